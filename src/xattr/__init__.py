@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from . import methods
+from . import methods, models
+from .api import explain
 from .explanation import Explanation
 from .trace import Trace, TraceError
 
-__all__ = ["Explanation", "Trace", "TraceError", "methods"]
+__all__ = ["Explanation", "Trace", "TraceError", "explain", "methods", "models"]
 __version__ = "0.1.0"

@@ -1,0 +1,427 @@
+"""The model-adapter interface and the family-independent trace capture (SPEC §1, §6).
+
+A family adapter answers only: how to load the model, how to build the prompt, where
+the visual tokens are and what grid they form, and which modules are the language
+model's attention layers. Everything else (teacher forcing, capture, gradients, state
+restoration) lives here once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from ..images import ImageLike, load_image
+from ..registry import Registry
+from ..trace import Trace
+
+ADAPTERS: Registry[type[ModelAdapter]] = Registry("model", "xattr.models")
+
+# Per-token tensors a processor may return beside input_ids, and the value an appended
+# (answer) token takes in each.
+_PER_TOKEN_FILL = {"attention_mask": 1, "mm_token_type_ids": 0, "token_type_ids": 0}
+
+
+class CaptureError(ValueError):
+    """Inputs or a model configuration the capture cannot explain (named in the message)."""
+
+
+@dataclass
+class PreparedInputs:
+    """A prompt run through the processor, with where its parts are."""
+
+    inputs: dict[str, Tensor]  # processor output for the prompt (batch of 1)
+    prompt_ids: Tensor  # [n_prompt]
+    visual_index: Tensor  # [|V|] positions in grid raster order
+    grids: list[tuple[int, int]]
+    prompt_index: Tensor  # [|P|] the question's own tokens
+    text: str  # the rendered prompt
+
+
+class ModelAdapter(ABC):
+    """One LVLM family's quirks behind a common `trace` / `generate` / `answer_logprobs` API."""
+
+    family: ClassVar[str] = ""
+    default_max_new_tokens: ClassVar[int] = 32
+
+    def __init__(self, model: nn.Module, processor: Any, *, max_new_tokens: int | None = None) -> None:
+        self.model = model
+        self.processor = processor
+        self.max_new_tokens = max_new_tokens or self.default_max_new_tokens
+        impl = getattr(model.config, "_attn_implementation", None)
+        if impl not in (None, "eager"):
+            raise CaptureError(
+                f"model uses attention implementation {impl!r}, which cannot return attention "
+                "weights; load it with attn_implementation='eager' (xattr.models.load does)"
+            )
+
+    # ------------------------------------------------------------ family hooks
+    @classmethod
+    @abstractmethod
+    def model_class(cls) -> type[nn.Module]:
+        """The transformers class this family loads."""
+
+    @abstractmethod
+    def visual_layout(self, inputs: dict[str, Tensor]) -> tuple[Tensor, list[tuple[int, int]]]:
+        """Positions of visual tokens in grid raster order, and each image's (h, w) grid."""
+
+    @abstractmethod
+    def attention_modules(self) -> list[nn.Module]:
+        """The language model's self-attention modules, input to output."""
+
+    def chat_messages(self, question: str) -> list[dict[str, Any]]:
+        """The chat for one image and one question (override for families that differ)."""
+        return [
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}
+        ]
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        *,
+        dtype: str | torch.dtype = "float32",
+        device: str | torch.device = "cpu",
+        max_new_tokens: int | None = None,
+        **model_kwargs: Any,
+    ) -> ModelAdapter:
+        """Load model and processor from a hub id or local directory, with eager attention."""
+        from transformers import AutoProcessor
+
+        if isinstance(path, Path) or str(path).startswith((".", "/", "~")):
+            if not Path(path).expanduser().exists():
+                raise FileNotFoundError(f"model directory not found: {path}")
+        torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        model_kwargs.setdefault("attn_implementation", "eager")
+        model = cls.model_class().from_pretrained(str(path), dtype=torch_dtype, **model_kwargs)
+        model.to(device).eval()
+        processor = AutoProcessor.from_pretrained(str(path))
+        return cls(model, processor, max_new_tokens=max_new_tokens)
+
+    # ----------------------------------------------------------------- prompting
+    @property
+    def tokenizer(self) -> Any:
+        return self.processor.tokenizer
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def context_length(self) -> int | None:
+        cfg = getattr(self.model.config, "text_config", self.model.config)
+        return getattr(cfg, "max_position_embeddings", None)
+
+    def prompt_text(self, question: str) -> str:
+        """The chat-templated prompt, ending where the assistant's answer starts."""
+        return self.processor.apply_chat_template(
+            self.chat_messages(question), tokenize=False, add_generation_prompt=True
+        )
+
+    def prepare(self, image: ImageLike, question: str) -> PreparedInputs:
+        """Run the processor on one image and question and locate V and P."""
+        if not isinstance(question, str) or not question.strip():
+            raise CaptureError("the question is empty: there is nothing to answer")
+        image = load_image(image)
+        text = self.prompt_text(question)
+        inputs = dict(self.processor(images=[image], text=[text], return_tensors="pt"))
+        prompt_ids = inputs["input_ids"][0]
+        visual_index, grids = self.visual_layout(inputs)
+        if visual_index.numel() == 0:
+            raise CaptureError(
+                f"the processor produced no visual tokens for this image ({image.width}x{image.height}); "
+                "check the image size against the processor's minimum"
+            )
+        prompt_index = self._question_positions(text, prompt_ids, question)
+        return PreparedInputs(inputs, prompt_ids, visual_index, grids, prompt_index, text)
+
+    def _question_positions(self, text: str, prompt_ids: Tensor, question: str) -> Tensor:
+        """Positions of the question's own tokens, found through tokenizer offsets."""
+        image_token = self.image_token
+        n_image = int((prompt_ids == self.image_token_id).sum())
+        expanded = text.replace(image_token, image_token * n_image) if n_image else text
+        start = expanded.rfind(question.strip())
+        if start < 0:
+            raise CaptureError(f"the question {question!r} does not appear in the rendered prompt")
+        end = start + len(question.strip())
+        ids = prompt_ids.tolist()
+        for add_special in (False, True):
+            enc = self.tokenizer(expanded, return_offsets_mapping=True, add_special_tokens=add_special)
+            if enc["input_ids"] == ids:
+                spans = enc["offset_mapping"]
+                inside = [i for i, (a, b) in enumerate(spans) if b > a and a < end and b > start]
+                return torch.tensor(inside, dtype=torch.long)
+        raise CaptureError(
+            "could not align the tokenizer with the processor's input ids to locate the question"
+        )
+
+    @property
+    def image_token(self) -> str:
+        return self.processor.image_token
+
+    @property
+    def image_token_id(self) -> int:
+        cfg = self.model.config
+        token_id = getattr(cfg, "image_token_id", None)
+        return int(token_id if token_id is not None else cfg.image_token_index)
+
+    def encode_answer(self, answer: str) -> Tensor:
+        """Token ids of a given answer, as they would follow the assistant prefix: [T]."""
+        ids = self.tokenizer(answer, add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise CaptureError(f"the answer {answer!r} encodes to zero tokens")
+        return torch.tensor(ids, dtype=torch.long)
+
+    def _stop_ids(self) -> set[int]:
+        ids = set()
+        for source in (self.model.generation_config, self.tokenizer):
+            eos = getattr(source, "eos_token_id", None)
+            ids.update([eos] if isinstance(eos, int) else list(eos or []))
+        pad = getattr(self.tokenizer, "pad_token_id", None)
+        if pad is not None:
+            ids.add(pad)
+        return ids
+
+    # ---------------------------------------------------------------- generation
+    @torch.no_grad()
+    def generate(self, prepared: PreparedInputs, max_new_tokens: int | None = None) -> Tensor:
+        """Greedy answer ids (end-of-turn and padding stripped): [T]."""
+        inputs = {k: v.to(self.device) for k, v in prepared.inputs.items()}
+        with _eval_mode(self.model):
+            out = self.model.generate(
+                **inputs,
+                max_new_tokens=max_new_tokens or self.max_new_tokens,
+                do_sample=False,
+                num_beams=1,
+            )
+        new = out[0, prepared.prompt_ids.numel() :].cpu()
+        stops = self._stop_ids()
+        keep = []
+        for tok in new.tolist():
+            if tok in stops:
+                break
+            keep.append(tok)
+        return torch.tensor(keep, dtype=torch.long)
+
+    def full_inputs(self, prepared: PreparedInputs, answer_ids: Tensor) -> dict[str, Tensor]:
+        """Prompt inputs with the answer appended for teacher forcing."""
+        inputs = dict(prepared.inputs)
+        inputs["input_ids"] = torch.cat([prepared.prompt_ids, answer_ids])[None]
+        for key, fill in _PER_TOKEN_FILL.items():
+            if key in inputs:
+                tail = torch.full((1, answer_ids.numel()), fill, dtype=inputs[key].dtype)
+                inputs[key] = torch.cat([inputs[key], tail], dim=1)
+        n = inputs["input_ids"].shape[1]
+        if self.context_length is not None and n > self.context_length:
+            raise CaptureError(
+                f"sequence of {n} tokens is longer than the model's context of {self.context_length}"
+            )
+        return {k: v.to(self.device) for k, v in inputs.items()}
+
+    # ------------------------------------------------------------------- capture
+    def trace(
+        self,
+        image: ImageLike,
+        question: str,
+        answer: str | Sequence[int] | Tensor | None = None,
+        *,
+        gradients: bool = True,
+        hidden_states: bool = False,
+        batch_vjp: int = 8,
+    ) -> Trace:
+        """One teacher-forced pass over prompt + answer with attentions kept in the graph.
+
+        ``answer=None`` generates it greedily; a string is tokenised and teacher-forced; a
+        sequence of ids is used as is. Per-token gradients are computed lazily by the
+        returned trace (one vector-Jacobian product per answer token, in chunks of
+        ``batch_vjp``; 1 means a plain loop).
+        """
+        prepared = self.prepare(image, question)
+        if answer is None:
+            answer_ids = self.generate(prepared)
+            source = "generated"
+            if answer_ids.numel() == 0:
+                raise CaptureError("the model generated an empty answer; nothing to explain")
+        else:
+            source = "given"
+            answer_ids = (
+                self.encode_answer(answer)
+                if isinstance(answer, str)
+                else torch.as_tensor(answer, dtype=torch.long)
+            )
+            if answer_ids.numel() == 0:
+                raise CaptureError("the given answer has zero tokens")
+        inputs = self.full_inputs(prepared, answer_ids)
+        n_prompt = prepared.prompt_ids.numel()
+        captured = self._forward(inputs, gradients=gradients, hidden_states=hidden_states)
+        attentions, logits = captured["attentions"], captured["logits"]
+        positions = torch.arange(n_prompt, n_prompt + answer_ids.numel())  # s_t
+        predicting = positions - 1  # p_t
+        answer_dev = answer_ids.to(logits.device)
+        z = logits[predicting, answer_dev]  # [T] logits of the produced tokens
+        with torch.no_grad():
+            conf = torch.softmax(logits[predicting].float(), dim=-1)[
+                torch.arange(answer_ids.numel()), answer_dev
+            ]
+        gradient_fn = _vjp_gradient_fn(z, attentions, batch_vjp) if gradients else None
+        ids = inputs["input_ids"][0].cpu()
+        return Trace(
+            attentions=[a.detach() for a in attentions],  # the graph stays in gradient_fn
+            visual_index=prepared.visual_index,
+            prompt_index=prepared.prompt_index,
+            answer_positions=positions,
+            grids=prepared.grids,
+            confidences=conf.detach().cpu(),
+            input_ids=ids,
+            tokens=self.tokenizer.convert_ids_to_tokens(ids.tolist()),
+            answer_source=source,
+            hidden_states=captured.get("hidden_states"),
+            readout=self.readout if hidden_states else None,
+            gradient_fn=gradient_fn,
+            meta={
+                "family": self.family,
+                "prompt_text": prepared.text,
+                "answer_text": self.tokenizer.decode(answer_ids.tolist()),
+                "logits": z.detach().cpu(),
+            },
+        )
+
+    def readout(self, hidden: Tensor) -> Tensor:
+        """Logit lens: the final norm and LM head applied to hidden states [.., D] -> [.., V]."""
+        return self.model.lm_head(self.final_norm()(hidden))
+
+    def final_norm(self) -> nn.Module:
+        """The language model's final normalisation layer."""
+        return self.model.model.language_model.norm
+
+    def _forward(self, inputs: dict[str, Tensor], *, gradients: bool, hidden_states: bool) -> dict[str, Any]:
+        """Forward with attention hooks; the model, its flags and its hooks are restored after."""
+        store: list[Tensor | None] = []
+
+        def keep_weights(_module: nn.Module, _args: Any, output: Any) -> None:
+            store.append(output[1] if isinstance(output, tuple) and len(output) > 1 else None)
+
+        def embeddings_require_grad(_module: nn.Module, _args: Any, output: Tensor) -> Tensor:
+            return output.detach().requires_grad_(True)
+
+        modules = self.attention_modules()
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(_eval_mode(self.model))
+            stack.enter_context(_frozen_parameters(self.model))
+            stack.enter_context(torch.enable_grad() if gradients else torch.no_grad())
+            handles = [m.register_forward_hook(keep_weights) for m in modules]
+            if gradients:
+                emb = self.model.get_input_embeddings()
+                handles.append(emb.register_forward_hook(embeddings_require_grad))
+            stack.callback(lambda: [h.remove() for h in handles])
+            out = self.model(**inputs, use_cache=False, output_hidden_states=hidden_states, return_dict=True)
+        if len(store) != len(modules) or any(a is None for a in store):
+            raise CaptureError(
+                "the attention layers returned no weights; the model must run eager attention "
+                f"(config says {getattr(self.model.config, '_attn_implementation', None)!r})"
+            )
+        result: dict[str, Any] = {
+            "attentions": [a[0] for a in store],  # L x [H, N, N]
+            "logits": out.logits[0],  # [N, V]
+        }
+        if hidden_states:
+            result["hidden_states"] = [h[0] for h in out.hidden_states]  # L+1 x [N, D]
+        return result
+
+    # ----------------------------------------------------- scoring (faithfulness)
+    @torch.no_grad()
+    def answer_logprobs(
+        self, images: Sequence[ImageLike], question: str, answer_ids: Tensor, batch_size: int = 8
+    ) -> Tensor:
+        """Teacher-forced log p(y_t | image, question, y_<t) for each image: [B, T].
+
+        Images are run through the model in batches; all must give the same number of
+        visual tokens (true for perturbations of one image).
+        """
+        rows = []
+        for start in range(0, len(images), batch_size):
+            chunk = [self.prepare(img, question) for img in images[start : start + batch_size]]
+            batch = [self.full_inputs(p, answer_ids) for p in chunk]
+            merged = {k: torch.cat([b[k] for b in batch]) for k in batch[0]}
+            if "image_grid_thw" in merged:  # per-image rows, not per-sequence
+                merged["image_grid_thw"] = torch.cat([b["image_grid_thw"] for b in batch])
+            with _eval_mode(self.model):
+                logits = self.model(**merged, use_cache=False, return_dict=True).logits
+            n_prompt = chunk[0].prompt_ids.numel()
+            pred = torch.arange(n_prompt - 1, n_prompt - 1 + answer_ids.numel(), device=logits.device)
+            logp = torch.log_softmax(logits[:, pred].float(), dim=-1)  # [b, T, V]
+            rows.append(logp.gather(-1, answer_ids.to(logp.device)[None, :, None].expand(len(chunk), -1, 1))[..., 0])
+        return torch.cat(rows).cpu()
+
+
+def _vjp_gradient_fn(z: Tensor, attentions: list[Tensor], chunk: int):
+    """Per-token gradients d z_t / d A for listed tokens: [k, L, H, N, N]."""
+
+    def grads_for(tokens: Sequence[int]) -> Tensor:
+        out = []
+        tokens = list(tokens)
+        step = max(1, chunk)
+        for start in range(0, len(tokens), step):
+            part = tokens[start : start + step]
+            if len(part) == 1:
+                g = torch.autograd.grad(z[part[0]], attentions, retain_graph=True, allow_unused=True)
+                out.append(_stack_layers(g, attentions)[None])
+                continue
+            cotangent = torch.zeros(len(part), z.numel(), dtype=z.dtype, device=z.device)
+            cotangent[torch.arange(len(part)), torch.tensor(part)] = 1.0
+            try:
+                g = torch.autograd.grad(
+                    z, attentions, grad_outputs=cotangent, retain_graph=True,
+                    is_grads_batched=True, allow_unused=True,
+                )
+                out.append(torch.stack([_zeros_if_none(gl, a, len(part)) for gl, a in zip(g, attentions)], dim=1))
+            except RuntimeError as err:  # an op without a batching rule: plain loop
+                warnings.warn(f"batched VJP failed ({err}); falling back to a loop", stacklevel=2)
+                for t in part:
+                    g = torch.autograd.grad(z[t], attentions, retain_graph=True, allow_unused=True)
+                    out.append(_stack_layers(g, attentions)[None])
+        return torch.cat(out).detach()
+
+    return grads_for
+
+
+def _zeros_if_none(g: Tensor | None, a: Tensor, batch: int) -> Tensor:
+    return torch.zeros((batch, *a.shape), dtype=a.dtype, device=a.device) if g is None else g
+
+
+def _stack_layers(grads: Sequence[Tensor | None], attentions: list[Tensor]) -> Tensor:
+    """L per-layer gradients -> [L, H, N, N] (an unused layer's gradient is zero)."""
+    return torch.stack([torch.zeros_like(a) if g is None else g for g, a in zip(grads, attentions)])
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode (no dropout) for the duration, then the caller's mode back."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+@contextlib.contextmanager
+def _frozen_parameters(model: nn.Module) -> Iterator[None]:
+    """No parameter requires grad during capture, so nothing accumulates in ``.grad``."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)

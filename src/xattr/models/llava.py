@@ -1,0 +1,50 @@
+"""LLaVA-1.5 (`LlavaForConditionalGeneration`): a CLIP grid of patches, projected one to one."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .base import ADAPTERS, ModelAdapter
+
+
+@ADAPTERS.register("llava")
+class LlavaAdapter(ModelAdapter):
+    """LLaVA-1.5-*-hf.
+
+    The vision tower sees a square ``image_size`` crop cut into ``patch_size`` patches,
+    a ``(S/p, S/p)`` grid in raster order. With ``vision_feature_select_strategy ==
+    "full"`` the CLS token comes first; it is on no grid cell, so it is kept out of V.
+    """
+
+    family = "llava"
+
+    @classmethod
+    def model_class(cls) -> type[nn.Module]:
+        from transformers import LlavaForConditionalGeneration
+
+        return LlavaForConditionalGeneration
+
+    @property
+    def grid_side(self) -> int:
+        vision = self.model.config.vision_config
+        return int(vision.image_size) // int(vision.patch_size)
+
+    def visual_layout(self, inputs: dict[str, Tensor]) -> tuple[Tensor, list[tuple[int, int]]]:
+        """Patch-token positions per image in raster order, CLS (strategy "full") left out."""
+        positions = torch.nonzero(inputs["input_ids"][0] == self.image_token_id).flatten()
+        side = self.grid_side
+        with_cls = self.model.config.vision_feature_select_strategy == "full"
+        per_image = side * side + int(with_cls)
+        if positions.numel() % per_image:
+            raise ValueError(
+                f"{positions.numel()} image tokens is not a multiple of the {per_image} per image "
+                f"implied by a {side}x{side} patch grid"
+            )
+        blocks = positions.view(-1, per_image)
+        if with_cls:
+            blocks = blocks[:, 1:]
+        return blocks.flatten(), [(side, side)] * blocks.shape[0]
+
+    def attention_modules(self) -> list[nn.Module]:
+        return [layer.self_attn for layer in self.model.model.language_model.layers]

@@ -1,0 +1,245 @@
+"""Trace capture on tiny models of the real classes: positions, gradients, state, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import xattr
+from xattr.images import ImageError
+from xattr.models import CaptureError
+
+FAMILIES = ("qwen2_vl", "qwen2_5_vl", "llava")
+QUESTION = "what color is the circle?"
+
+
+def _image(size: int, block: tuple[int, int, int] | None = None, seed: int = 0) -> Image.Image:
+    """A dark noisy image; ``block=(row, col, cell)`` paints one cell-sized white square."""
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 40, size=(size, size, 3), dtype=np.uint8)
+    if block is not None:
+        r, c, cell = block
+        arr[r * cell : (r + 1) * cell, c * cell : (c + 1) * cell] = 255
+    return Image.fromarray(arr)
+
+
+def _image_size(adapter) -> int:
+    """A square image size the family's processor keeps as is (no resize, no crop)."""
+    if adapter.family == "llava":
+        return int(adapter.model.config.vision_config.image_size)
+    return 112
+
+
+def _lm_input_embeddings(adapter, image) -> torch.Tensor:
+    """The language model's input embeddings at the visual positions, in V order: [|V|, D]."""
+    prepared = adapter.prepare(image, QUESTION)
+    seen = {}
+
+    def grab(_module, _args, kwargs):
+        seen["embeds"] = kwargs["inputs_embeds"].detach()[0]
+
+    handle = adapter.model.model.language_model.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            adapter.model(**prepared.inputs)
+    finally:
+        handle.remove()
+    return seen["embeds"][prepared.visual_index], prepared
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_visual_tokens_map_onto_the_right_grid_cell(tiny_adapter, family):
+    """Changing one cell of the image changes the visual token of that cell the most."""
+    adapter = tiny_adapter(family)
+    size = _image_size(adapter)
+    base, prepared = _lm_input_embeddings(adapter, _image(size))
+    (gh, gw) = prepared.grids[0]
+    assert gh * gw == prepared.visual_index.numel()
+    cell = size // gw
+    assert cell * gw == size and cell * gh == size, "test image must tile the grid exactly"
+    for r, c in [(0, 0), (0, gw - 1), (gh - 1, 1), (gh // 2, gw // 2)]:
+        moved, _ = _lm_input_embeddings(adapter, _image(size, block=(r, c, cell)))
+        change = (moved - base).norm(dim=-1)  # [|V|]
+        assert int(change.argmax()) == r * gw + c, f"block at ({r}, {c}) lit token {int(change.argmax())}"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_logits_are_read_at_the_predicting_position(tiny_adapter, family):
+    """z_t is the logit of y_t at p_t = s_t - 1, and a greedy y_t is the argmax there."""
+    adapter = tiny_adapter(family)
+    trace = adapter.trace(_image(_image_size(adapter)), QUESTION, answer=None)
+    assert trace.answer_source == "generated"
+    ids = trace.input_ids
+    with torch.no_grad():
+        inputs = adapter.full_inputs(adapter.prepare(_image(_image_size(adapter)), QUESTION), ids[trace.answer_positions])
+        logits = adapter.model(**inputs).logits[0]
+    for t, s in enumerate(trace.answer_positions.tolist()):
+        y = int(ids[s])
+        assert trace.meta["logits"][t] == pytest.approx(float(logits[s - 1, y]), rel=1e-5, abs=1e-5)
+        assert int(logits[s - 1].argmax()) == y  # greedy: the token was produced at s - 1
+        probs = torch.softmax(logits[s - 1], -1)
+        assert float(trace.confidences[t]) == pytest.approx(float(probs[y]), rel=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_gradient_rows_after_the_predicting_position_are_zero(tiny_adapter, family):
+    adapter = tiny_adapter(family)
+    trace = adapter.trace(_image(_image_size(adapter)), QUESTION, answer="red circle")
+    for t, grads in trace.iter_gradients():  # [L, H, N, N]
+        p = int(trace.predicting_positions[t])
+        assert torch.count_nonzero(grads[:, :, p + 1 :, :]) == 0
+        assert torch.count_nonzero(grads[:, :, p, :]) > 0  # the row read is not empty
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 8])
+def test_batched_gradients_equal_a_plain_autograd_loop(tiny_adapter, chunk):
+    adapter = tiny_adapter("qwen2_5_vl")
+    image = _image(112)
+    trace = adapter.trace(image, QUESTION, answer="red circle left", batch_vjp=chunk)
+    got = trace.gradients()  # [T, L, H, N, N]
+
+    # reference: a fresh forward and one torch.autograd.grad per token
+    inputs = adapter.full_inputs(adapter.prepare(image, QUESTION), trace.input_ids[trace.answer_positions])
+    store = []
+    hooks = [m.register_forward_hook(lambda _m, _a, out: store.append(out[1])) for m in adapter.attention_modules()]
+    emb = adapter.model.get_input_embeddings().register_forward_hook(
+        lambda _m, _a, out: out.detach().requires_grad_(True)
+    )
+    try:
+        logits = adapter.model(**inputs, use_cache=False).logits[0]
+    finally:
+        for h in [*hooks, emb]:
+            h.remove()
+    for t, s in enumerate(trace.answer_positions.tolist()):
+        z = logits[s - 1, int(trace.input_ids[s])]
+        ref = torch.stack(torch.autograd.grad(z, store, retain_graph=True))[:, 0]  # [L, H, N, N]
+        torch.testing.assert_close(got[t], ref, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_given_answer_is_teacher_forced_and_generated_matches_generate(tiny_adapter, family):
+    adapter = tiny_adapter(family)
+    image = _image(_image_size(adapter))
+    given = adapter.trace(image, QUESTION, answer="blue square")
+    expected = adapter.tokenizer("blue square", add_special_tokens=False)["input_ids"]
+    assert given.input_ids[given.answer_positions].tolist() == expected
+    assert given.answer_source == "given"
+    assert given.answer_tokens == adapter.tokenizer.convert_ids_to_tokens(expected)
+
+    generated = adapter.trace(image, QUESTION, answer=None, gradients=False)
+    prepared = adapter.prepare(image, QUESTION)
+    with torch.no_grad():
+        out = adapter.model.generate(**prepared.inputs, max_new_tokens=adapter.max_new_tokens, do_sample=False)
+    new = out[0, prepared.prompt_ids.numel() :].tolist()
+    got = generated.input_ids[generated.answer_positions].tolist()
+    assert new[: len(got)] == got
+    assert len(got) == len(new) or new[len(got)] in adapter._stop_ids()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_question_tokens_are_exactly_the_question(tiny_adapter, family):
+    adapter = tiny_adapter(family)
+    trace = adapter.trace(_image(_image_size(adapter)), QUESTION, answer="red", gradients=False)
+    text = adapter.tokenizer.convert_tokens_to_string(trace.prompt_tokens).strip()
+    assert text == QUESTION
+    # V, P and the answer are disjoint and V holds only image tokens
+    v, p, g = (set(x.tolist()) for x in (trace.visual_index, trace.prompt_index, trace.answer_positions))
+    assert not (v & p) and not (v & g) and not (p & g)
+    assert all(int(trace.input_ids[i]) == adapter.image_token_id for i in v)
+
+
+def test_capture_leaves_the_model_as_found(tiny_adapter):
+    adapter = tiny_adapter("qwen2_5_vl")
+    model = adapter.model
+    model.train()
+    params = list(model.parameters())
+    for i, p in enumerate(params):
+        p.requires_grad_(i % 2 == 0)
+    hooks_before = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+    try:
+        trace = adapter.trace(_image(112), QUESTION, answer="red circle")
+        trace.gradients()
+        assert model.training
+        assert [p.requires_grad for p in params] == [i % 2 == 0 for i in range(len(params))]
+        assert all(p.grad is None for p in params)
+        assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()) == hooks_before
+    finally:
+        model.eval()
+        for p in params:
+            p.requires_grad_(True)
+
+
+def test_trace_runs_in_eval_mode_without_dropout(tiny_adapter):
+    """With dropout switched on in the config, two captures still agree exactly."""
+    adapter = tiny_adapter("qwen2_5_vl")
+    model = adapter.model
+    old = [(m, m.p) for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    attn = [m for m in adapter.attention_modules()]
+    old_attn = [m.attention_dropout for m in attn]
+    model.train()
+    try:
+        for m in attn:
+            m.attention_dropout = 0.5
+        a = adapter.trace(_image(112), QUESTION, answer="red", gradients=False)
+        b = adapter.trace(_image(112), QUESTION, answer="red", gradients=False)
+        for x, y in zip(a.attentions, b.attentions):
+            torch.testing.assert_close(x, y)
+    finally:
+        model.eval()
+        for m, p in old:
+            m.p = p
+        for m, d in zip(attn, old_attn):
+            m.attention_dropout = d
+
+
+def test_methods_that_need_no_gradients_get_a_trace_without_a_graph(tiny_adapter):
+    adapter = tiny_adapter("qwen2_5_vl")
+    trace = adapter.trace(_image(112), QUESTION, answer="red", gradients=False)
+    assert not trace.has_gradients
+    assert all(not a.requires_grad for a in trace.attentions)
+    with pytest.raises(xattr.TraceError, match="without them"):
+        trace.require_gradients("glimpse")
+
+
+# ------------------------------------------------------------------ bad input
+def test_missing_and_corrupt_images_are_named(tiny_adapter, tmp_path):
+    adapter = tiny_adapter("qwen2_5_vl")
+    with pytest.raises(FileNotFoundError, match="nope.png"):
+        adapter.trace(tmp_path / "nope.png", QUESTION)
+    bad = tmp_path / "corrupt.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\nthis is not a png")
+    with pytest.raises(ImageError, match="corrupt.png"):
+        adapter.trace(bad, QUESTION)
+
+
+def test_empty_question_is_rejected(tiny_adapter):
+    with pytest.raises(CaptureError, match="question is empty"):
+        tiny_adapter("qwen2_5_vl").trace(_image(112), "   ")
+
+
+def test_attention_implementation_without_weights_is_rejected(tiny_model_dir):
+    with pytest.raises(CaptureError, match="sdpa"):
+        xattr.models.load("qwen2_5_vl", tiny_model_dir("qwen2_5_vl"), attn_implementation="sdpa")
+
+
+def test_image_without_visual_tokens_is_rejected(tiny_adapter, monkeypatch):
+    adapter = tiny_adapter("llava")
+    monkeypatch.setattr(type(adapter), "visual_layout", lambda self, inputs: (torch.zeros(0, dtype=torch.long), []))
+    with pytest.raises(CaptureError, match="no visual tokens"):
+        adapter.trace(_image(_image_size(adapter)), QUESTION)
+
+
+def test_sequence_longer_than_context_is_rejected(tiny_adapter, monkeypatch):
+    adapter = tiny_adapter("qwen2_5_vl")
+    monkeypatch.setattr(type(adapter), "context_length", property(lambda self: 10))
+    with pytest.raises(CaptureError, match="longer than the model's context of 10"):
+        adapter.trace(_image(112), QUESTION, answer="red")
+
+
+def test_unknown_family_and_missing_directory(tmp_path):
+    with pytest.raises(KeyError, match="known: llava, qwen2_5_vl, qwen2_vl"):
+        xattr.models.load("gpt5v", tmp_path)
+    with pytest.raises(FileNotFoundError, match="missing_model"):
+        xattr.models.load("llava", tmp_path / "missing_model")
