@@ -62,7 +62,9 @@ def test_visual_tokens_map_onto_the_right_grid_cell(tiny_adapter, family):
     for r, c in [(0, 0), (0, gw - 1), (gh - 1, 1), (gh // 2, gw // 2)]:
         moved, _ = _lm_input_embeddings(adapter, _image(size, block=(r, c, cell)))
         change = (moved - base).norm(dim=-1)  # [|V|]
-        assert int(change.argmax()) == r * gw + c, f"block at ({r}, {c}) lit token {int(change.argmax())}"
+        assert int(change.argmax()) == r * gw + c, (
+            f"block at ({r}, {c}) lit token {int(change.argmax())}"
+        )
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -73,7 +75,9 @@ def test_logits_are_read_at_the_predicting_position(tiny_adapter, family):
     assert trace.answer_source == "generated"
     ids = trace.input_ids
     with torch.no_grad():
-        inputs = adapter.full_inputs(adapter.prepare(_image(_image_size(adapter)), QUESTION), ids[trace.answer_positions])
+        inputs = adapter.full_inputs(
+            adapter.prepare(_image(_image_size(adapter)), QUESTION), ids[trace.answer_positions]
+        )
         logits = adapter.model(**inputs).logits[0]
     for t, s in enumerate(trace.answer_positions.tolist()):
         y = int(ids[s])
@@ -101,9 +105,14 @@ def test_batched_gradients_equal_a_plain_autograd_loop(tiny_adapter, chunk):
     got = trace.gradients()  # [T, L, H, N, N]
 
     # reference: a fresh forward and one torch.autograd.grad per token
-    inputs = adapter.full_inputs(adapter.prepare(image, QUESTION), trace.input_ids[trace.answer_positions])
+    inputs = adapter.full_inputs(
+        adapter.prepare(image, QUESTION), trace.input_ids[trace.answer_positions]
+    )
     store = []
-    hooks = [m.register_forward_hook(lambda _m, _a, out: store.append(out[1])) for m in adapter.attention_modules()]
+    hooks = [
+        m.register_forward_hook(lambda _m, _a, out: store.append(out[1]))
+        for m in adapter.attention_modules()
+    ]
     emb = adapter.model.get_input_embeddings().register_forward_hook(
         lambda _m, _a, out: out.detach().requires_grad_(True)
     )
@@ -131,7 +140,9 @@ def test_given_answer_is_teacher_forced_and_generated_matches_generate(tiny_adap
     generated = adapter.trace(image, QUESTION, answer=None, gradients=False)
     prepared = adapter.prepare(image, QUESTION)
     with torch.no_grad():
-        out = adapter.model.generate(**prepared.inputs, max_new_tokens=adapter.max_new_tokens, do_sample=False)
+        out = adapter.model.generate(
+            **prepared.inputs, max_new_tokens=adapter.max_new_tokens, do_sample=False
+        )
     new = out[0, prepared.prompt_ids.numel() :].tolist()
     got = generated.input_ids[generated.answer_positions].tolist()
     assert new[: len(got)] == got
@@ -142,10 +153,11 @@ def test_given_answer_is_teacher_forced_and_generated_matches_generate(tiny_adap
 def test_question_tokens_are_exactly_the_question(tiny_adapter, family):
     adapter = tiny_adapter(family)
     trace = adapter.trace(_image(_image_size(adapter)), QUESTION, answer="red", gradients=False)
-    text = adapter.tokenizer.convert_tokens_to_string(trace.prompt_tokens).strip()
-    assert text == QUESTION
+    assert trace.prompt_tokens == adapter.tokenizer.tokenize(QUESTION)
     # V, P and the answer are disjoint and V holds only image tokens
-    v, p, g = (set(x.tolist()) for x in (trace.visual_index, trace.prompt_index, trace.answer_positions))
+    v, p, g = (
+        set(x.tolist()) for x in (trace.visual_index, trace.prompt_index, trace.answer_positions)
+    )
     assert not (v & p) and not (v & g) and not (p & g)
     assert all(int(trace.input_ids[i]) == adapter.image_token_id for i in v)
 
@@ -164,7 +176,10 @@ def test_capture_leaves_the_model_as_found(tiny_adapter):
         assert model.training
         assert [p.requires_grad for p in params] == [i % 2 == 0 for i in range(len(params))]
         assert all(p.grad is None for p in params)
-        assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()) == hooks_before
+        assert (
+            sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+            == hooks_before
+        )
     finally:
         model.eval()
         for p in params:
@@ -226,7 +241,9 @@ def test_attention_implementation_without_weights_is_rejected(tiny_model_dir):
 
 def test_image_without_visual_tokens_is_rejected(tiny_adapter, monkeypatch):
     adapter = tiny_adapter("llava")
-    monkeypatch.setattr(type(adapter), "visual_layout", lambda self, inputs: (torch.zeros(0, dtype=torch.long), []))
+    monkeypatch.setattr(
+        type(adapter), "visual_layout", lambda self, inputs: (torch.zeros(0, dtype=torch.long), [])
+    )
     with pytest.raises(CaptureError, match="no visual tokens"):
         adapter.trace(_image(_image_size(adapter)), QUESTION)
 

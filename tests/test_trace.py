@@ -32,7 +32,12 @@ def _trace(**overrides):
 
 def test_from_tensors_exposes_positions_and_shapes():
     trace = _trace()
-    assert (trace.num_layers, trace.num_heads, trace.seq_len, trace.num_answer_tokens) == (2, 2, 8, 2)
+    assert (trace.num_layers, trace.num_heads, trace.seq_len, trace.num_answer_tokens) == (
+        2,
+        2,
+        8,
+        2,
+    )
     assert trace.predicting_positions.tolist() == [5, 6]
     assert trace.grid == (2, 2)
     assert trace.gradients().shape == (2, 2, 2, 8, 8)

@@ -23,7 +23,9 @@ def explain(
     attributor = methods.get(method, **hparams)
     needs = attributor.needs
     start = time.perf_counter()
-    trace = adapter.trace(image, question, answer, gradients=needs.gradients, hidden_states=needs.hidden_states)
+    trace = adapter.trace(
+        image, question, answer, gradients=needs.gradients, hidden_states=needs.hidden_states
+    )
     if needs.model:
         trace.meta["adapter"] = adapter
         trace.meta["image"] = image

@@ -37,9 +37,16 @@ class Trace:
     tokens: list[str] | None = None  # N token strings
     answer_source: str = "given"  # "given" (teacher-forced) or "generated" (greedy)
     hidden_states: list[Tensor] | None = None  # L+1 x [N, D] (embeddings, then each layer)
-    readout: Callable[[Tensor], Tensor] | None = None  # hidden [.., D] -> logits (final norm + head)
+    readout: Callable[[Tensor], Tensor] | None = (
+        None  # hidden [.., D] -> logits (final norm + head)
+    )
     meta: dict[str, Any] = field(default_factory=dict)
     gradient_fn: GradientFn | None = field(default=None, repr=False)
+    # Tensors still in the autograd graph of the captured pass, for methods that need
+    # gradients of other quantities (e.g. DEX-AR's logit lens): "attentions" L x [1, H, N, N],
+    # "hidden_states" L+1 x [1, N, D] (when captured), each with the forward's batch axis of 1
+    # (take gradients w.r.t. these very tensors, then drop the axis). None without gradients.
+    graph: dict[str, list[Tensor]] | None = field(default=None, repr=False)
     cache_gradients: bool = True
     _gradient_cache: dict[int, Tensor] = field(default_factory=dict, repr=False)
 
@@ -68,6 +75,7 @@ class Trace:
             confidences = torch.ones(n_tokens)
         grids = [tuple(grid)] if isinstance(grid[0], int) else [tuple(g) for g in grid]  # type: ignore[arg-type]
         gradient_fn = None
+        cached: dict[int, Tensor] = {}
         if gradients is not None:
             grads = gradients.detach()
             expected = (n_tokens, len(attn), *attn[0].shape) if attn else None
@@ -76,6 +84,8 @@ class Trace:
                     f"gradients have shape {tuple(grads.shape)}, expected [T, L, H, N, N] = {expected}"
                 )
             gradient_fn = lambda idx: grads[list(idx)]  # noqa: E731
+            # Views of the tensor passed in: token_gradients(t) then costs no copy.
+            cached = {t: grads[t] for t in range(n_tokens)}
         return cls(
             attentions=attn,
             visual_index=torch.as_tensor(visual_index, dtype=torch.long),
@@ -85,7 +95,7 @@ class Trace:
             confidences=torch.as_tensor(confidences, dtype=torch.float32),
             tokens=tokens,
             gradient_fn=gradient_fn,
-            cache_gradients=False,  # already in memory
+            _gradient_cache=cached,
         )
 
     def _validate(self) -> None:
@@ -93,10 +103,14 @@ class Trace:
             raise TraceError("trace has no attention layers")
         h, n, n2 = self.attentions[0].shape
         if n != n2:
-            raise TraceError(f"attention must be square [H, N, N], got {tuple(self.attentions[0].shape)}")
+            raise TraceError(
+                f"attention must be square [H, N, N], got {tuple(self.attentions[0].shape)}"
+            )
         for layer, a in enumerate(self.attentions):
             if tuple(a.shape) != (h, n, n):
-                raise TraceError(f"layer {layer} attention has shape {tuple(a.shape)}, expected {(h, n, n)}")
+                raise TraceError(
+                    f"layer {layer} attention has shape {tuple(a.shape)}, expected {(h, n, n)}"
+                )
         n_visual = sum(gh * gw for gh, gw in self.grids)
         if n_visual != self.visual_index.numel():
             raise TraceError(
@@ -177,8 +191,18 @@ class Trace:
             )
 
     def token_gradients(self, t: int) -> Tensor:
-        """d z_t / d A for answer token t: [L, H, N, N] (computed once, then cached)."""
-        return self.gradients_for([t])[0]
+        """d z_t / d A for answer token t: [L, H, N, N] (computed once, then cached; no copy)."""
+        cached = self._gradient_cache.get(t)
+        if cached is not None:
+            return cached
+        if self.gradient_fn is None:
+            raise TraceError("trace has no gradients")
+        if not 0 <= t < self.num_answer_tokens:
+            raise TraceError(f"answer token {t} out of range (T = {self.num_answer_tokens})")
+        grad = self.gradient_fn([t])[0]
+        if self.cache_gradients:
+            self._gradient_cache[t] = grad
+        return grad
 
     def gradients_for(self, tokens: Sequence[int]) -> Tensor:
         """Gradients of the listed answer tokens: [k, L, H, N, N]."""

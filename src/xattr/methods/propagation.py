@@ -7,7 +7,8 @@ vector from the top layer down, at O(L N^2) instead of the O(L N^3) matrix form:
     product form   R = A_L @ ... @ A_1           ->  v <- v @ A_l,                l = L..1
 
 Causality makes every entry past p_t irrelevant, so callers may pass maps cropped to
-``[:p+1, :p+1]``; the result is then the row cropped to ``p+1`` entries.
+``[:p+1, :p+1]``; the result is then the row cropped to ``p+1`` entries. A list of
+positions propagates several rows at once through shared maps (rollout, raw attention).
 """
 
 from __future__ import annotations
@@ -25,27 +26,51 @@ def one_hot_row(position: int, size: int, like: Tensor) -> Tensor:
     return v
 
 
-def propagate_residual(maps: Sequence[Tensor], position: int, weights: Sequence[float] | Tensor | None = None) -> Tensor:
-    """Row ``position`` of prod_{l=L..1} (I + w_l maps[l]), maps in input-to-output order: [N]."""
-    v = one_hot_row(position, maps[0].shape[-1], maps[0])
+def one_hot_rows(positions: int | Sequence[int], size: int, like: Tensor) -> Tensor:
+    """e_p for one position ([size]) or a stack of them ([k, size]), like ``like``."""
+    if isinstance(positions, Tensor):
+        positions = positions.tolist()
+    if isinstance(positions, int):
+        return one_hot_row(positions, size, like)
+    rows = torch.zeros(len(positions), size, dtype=like.dtype, device=like.device)
+    rows[torch.arange(len(positions)), torch.as_tensor(list(positions), dtype=torch.long)] = 1.0
+    return rows
+
+
+def propagate_residual(
+    maps: Sequence[Tensor],
+    position: int | Sequence[int],
+    weights: Sequence[float] | Tensor | None = None,
+) -> Tensor:
+    """Row(s) ``position`` of prod_{l=L..1} (I + w_l maps[l]), maps input-to-output: [N] or [k, N]."""
+    _require_maps(maps)
+    v = one_hot_rows(position, maps[0].shape[-1], maps[0])
     for layer in range(len(maps) - 1, -1, -1):
         w = 1.0 if weights is None else weights[layer]
         v = v + w * (v @ maps[layer])
     return v
 
 
-def propagate_product(maps: Sequence[Tensor], position: int) -> Tensor:
-    """Row ``position`` of maps[L-1] @ ... @ maps[0] (attention rollout): [N]."""
-    v = one_hot_row(position, maps[0].shape[-1], maps[0])
+def propagate_product(maps: Sequence[Tensor], position: int | Sequence[int]) -> Tensor:
+    """Row(s) ``position`` of maps[L-1] @ ... @ maps[0] (attention rollout): [N] or [k, N]."""
+    _require_maps(maps)
+    v = one_hot_rows(position, maps[0].shape[-1], maps[0])
     for layer in range(len(maps) - 1, -1, -1):
         v = v @ maps[layer]
     return v
 
 
+def _require_maps(maps: Sequence[Tensor]) -> None:
+    if len(maps) == 0:
+        raise ValueError("nothing to propagate through: the layer list is empty")
+
+
 def row_normalize(m: Tensor, eps: float = 0.0) -> Tensor:
     """Divide each row by its sum; rows that sum to 0 stay 0."""
     sums = m.sum(dim=-1, keepdim=True)
-    return torch.where(sums > eps, m / sums.clamp_min(torch.finfo(m.dtype).tiny), torch.zeros_like(m))
+    return torch.where(
+        sums > eps, m / sums.clamp_min(torch.finfo(m.dtype).tiny), torch.zeros_like(m)
+    )
 
 
 def select_layers(

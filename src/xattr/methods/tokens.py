@@ -42,7 +42,9 @@ def select_tokens(trace: Trace, policy: str = "non_punctuation") -> Tensor:
     if policy == "non_punctuation":
         if trace.tokens is None:
             return torch.ones(n, dtype=torch.bool)
-        keep = torch.tensor([not is_punctuation(tok) for tok in trace.answer_tokens], dtype=torch.bool)
+        keep = torch.tensor(
+            [not is_punctuation(tok) for tok in trace.answer_tokens], dtype=torch.bool
+        )
     else:
         raise ValueError(f"unknown token policy {policy!r}; known: all, non_punctuation")
     if not bool(keep.any()):

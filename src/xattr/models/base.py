@@ -52,7 +52,9 @@ class ModelAdapter(ABC):
     family: ClassVar[str] = ""
     default_max_new_tokens: ClassVar[int] = 32
 
-    def __init__(self, model: nn.Module, processor: Any, *, max_new_tokens: int | None = None) -> None:
+    def __init__(
+        self, model: nn.Module, processor: Any, *, max_new_tokens: int | None = None
+    ) -> None:
         self.model = model
         self.processor = processor
         self.max_new_tokens = max_new_tokens or self.default_max_new_tokens
@@ -94,18 +96,24 @@ class ModelAdapter(ABC):
         max_new_tokens: int | None = None,
         **model_kwargs: Any,
     ) -> ModelAdapter:
-        """Load model and processor from a hub id or local directory, with eager attention."""
-        from transformers import AutoProcessor
+        """Load model and processor from a hub id or local directory, with eager attention.
 
-        if isinstance(path, Path) or str(path).startswith((".", "/", "~")):
-            if not Path(path).expanduser().exists():
-                raise FileNotFoundError(f"model directory not found: {path}")
+        ``device="auto"`` shards a large model over the visible GPUs (``device_map="auto"``).
+        """
+        from .processors import load_processor
+
+        looks_local = isinstance(path, Path) or str(path).startswith((".", "/", "~"))
+        if looks_local and not Path(path).expanduser().exists():
+            raise FileNotFoundError(f"model directory not found: {path}")
         torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
         model_kwargs.setdefault("attn_implementation", "eager")
+        if str(device) == "auto":
+            model_kwargs.setdefault("device_map", "auto")
         model = cls.model_class().from_pretrained(str(path), dtype=torch_dtype, **model_kwargs)
-        model.to(device).eval()
-        processor = AutoProcessor.from_pretrained(str(path))
-        return cls(model, processor, max_new_tokens=max_new_tokens)
+        if str(device) != "auto":
+            model.to(device)
+        model.eval()
+        return cls(model, load_processor(str(path)), max_new_tokens=max_new_tokens)
 
     # ----------------------------------------------------------------- prompting
     @property
@@ -155,7 +163,9 @@ class ModelAdapter(ABC):
         end = start + len(question.strip())
         ids = prompt_ids.tolist()
         for add_special in (False, True):
-            enc = self.tokenizer(expanded, return_offsets_mapping=True, add_special_tokens=add_special)
+            enc = self.tokenizer(
+                expanded, return_offsets_mapping=True, add_special_tokens=add_special
+            )
             if enc["input_ids"] == ids:
                 spans = enc["offset_mapping"]
                 inside = [i for i, (a, b) in enumerate(spans) if b > a and a < end and b > start]
@@ -275,7 +285,7 @@ class ModelAdapter(ABC):
         gradient_fn = _vjp_gradient_fn(z, attentions, batch_vjp) if gradients else None
         ids = inputs["input_ids"][0].cpu()
         return Trace(
-            attentions=[a.detach() for a in attentions],  # the graph stays in gradient_fn
+            attentions=[a.detach()[0] for a in attentions],  # the graph stays in gradient_fn
             visual_index=prepared.visual_index,
             prompt_index=prepared.prompt_index,
             answer_positions=positions,
@@ -284,9 +294,16 @@ class ModelAdapter(ABC):
             input_ids=ids,
             tokens=self.tokenizer.convert_ids_to_tokens(ids.tolist()),
             answer_source=source,
-            hidden_states=captured.get("hidden_states"),
+            hidden_states=[h.detach()[0] for h in captured["hidden_states"]]
+            if hidden_states
+            else None,
             readout=self.readout if hidden_states else None,
             gradient_fn=gradient_fn,
+            graph=(
+                {"attentions": attentions, "hidden_states": captured.get("hidden_states") or []}
+                if gradients
+                else None
+            ),
             meta={
                 "family": self.family,
                 "prompt_text": prepared.text,
@@ -303,7 +320,9 @@ class ModelAdapter(ABC):
         """The language model's final normalisation layer."""
         return self.model.model.language_model.norm
 
-    def _forward(self, inputs: dict[str, Tensor], *, gradients: bool, hidden_states: bool) -> dict[str, Any]:
+    def _forward(
+        self, inputs: dict[str, Tensor], *, gradients: bool, hidden_states: bool
+    ) -> dict[str, Any]:
         """Forward with attention hooks; the model, its flags and its hooks are restored after."""
         store: list[Tensor | None] = []
 
@@ -323,18 +342,22 @@ class ModelAdapter(ABC):
                 emb = self.model.get_input_embeddings()
                 handles.append(emb.register_forward_hook(embeddings_require_grad))
             stack.callback(lambda: [h.remove() for h in handles])
-            out = self.model(**inputs, use_cache=False, output_hidden_states=hidden_states, return_dict=True)
+            out = self.model(
+                **inputs, use_cache=False, output_hidden_states=hidden_states, return_dict=True
+            )
         if len(store) != len(modules) or any(a is None for a in store):
             raise CaptureError(
                 "the attention layers returned no weights; the model must run eager attention "
                 f"(config says {getattr(self.model.config, '_attn_implementation', None)!r})"
             )
+        # Gradients must be taken w.r.t. the tensors the forward used ([1, H, N, N]), not
+        # w.r.t. views made afterwards; callers drop the batch axis from the results.
         result: dict[str, Any] = {
-            "attentions": [a[0] for a in store],  # L x [H, N, N]
+            "attentions": store,  # L x [1, H, N, N]
             "logits": out.logits[0],  # [N, V]
         }
         if hidden_states:
-            result["hidden_states"] = [h[0] for h in out.hidden_states]  # L+1 x [N, D]
+            result["hidden_states"] = list(out.hidden_states)  # L+1 x [1, N, D]
         return result
 
     # ----------------------------------------------------- scoring (faithfulness)
@@ -357,50 +380,70 @@ class ModelAdapter(ABC):
             with _eval_mode(self.model):
                 logits = self.model(**merged, use_cache=False, return_dict=True).logits
             n_prompt = chunk[0].prompt_ids.numel()
-            pred = torch.arange(n_prompt - 1, n_prompt - 1 + answer_ids.numel(), device=logits.device)
+            pred = torch.arange(
+                n_prompt - 1, n_prompt - 1 + answer_ids.numel(), device=logits.device
+            )
             logp = torch.log_softmax(logits[:, pred].float(), dim=-1)  # [b, T, V]
-            rows.append(logp.gather(-1, answer_ids.to(logp.device)[None, :, None].expand(len(chunk), -1, 1))[..., 0])
+            rows.append(
+                logp.gather(
+                    -1, answer_ids.to(logp.device)[None, :, None].expand(len(chunk), -1, 1)
+                )[..., 0]
+            )
         return torch.cat(rows).cpu()
 
 
 def _vjp_gradient_fn(z: Tensor, attentions: list[Tensor], chunk: int):
-    """Per-token gradients d z_t / d A for listed tokens: [k, L, H, N, N]."""
+    """Per-token gradients d z_t / d A for listed tokens: [k, L, H, N, N].
+
+    ``attentions`` are the tensors the forward used, L x [1, H, N, N]. Tokens are done in
+    chunks of ``chunk`` one-hot cotangents through one batched VJP; ``chunk=1`` (or an op
+    without a batching rule) is a plain loop of ``torch.autograd.grad``.
+    """
+
+    def one(t: int) -> Tensor:
+        grads = torch.autograd.grad(z[t], attentions, retain_graph=True, allow_unused=True)
+        return torch.stack([_or_zeros(g, a)[0] for g, a in zip(grads, attentions)])  # [L, H, N, N]
+
+    def batched(part: list[int]) -> Tensor:
+        cotangent = torch.zeros(len(part), z.numel(), dtype=z.dtype, device=z.device)
+        cotangent[torch.arange(len(part)), torch.tensor(part)] = 1.0
+        grads = torch.autograd.grad(
+            z,
+            attentions,
+            grad_outputs=cotangent,
+            retain_graph=True,
+            is_grads_batched=True,
+            allow_unused=True,
+        )  # L x [k, 1, H, N, N]
+        return torch.stack(
+            [_or_zeros(g, a, len(part))[:, 0] for g, a in zip(grads, attentions)], dim=1
+        )
 
     def grads_for(tokens: Sequence[int]) -> Tensor:
-        out = []
         tokens = list(tokens)
-        step = max(1, chunk)
-        for start in range(0, len(tokens), step):
-            part = tokens[start : start + step]
+        out = []
+        for start in range(0, len(tokens), max(1, chunk)):
+            part = tokens[start : start + max(1, chunk)]
             if len(part) == 1:
-                g = torch.autograd.grad(z[part[0]], attentions, retain_graph=True, allow_unused=True)
-                out.append(_stack_layers(g, attentions)[None])
+                out.append(one(part[0])[None])
                 continue
-            cotangent = torch.zeros(len(part), z.numel(), dtype=z.dtype, device=z.device)
-            cotangent[torch.arange(len(part)), torch.tensor(part)] = 1.0
             try:
-                g = torch.autograd.grad(
-                    z, attentions, grad_outputs=cotangent, retain_graph=True,
-                    is_grads_batched=True, allow_unused=True,
-                )
-                out.append(torch.stack([_zeros_if_none(gl, a, len(part)) for gl, a in zip(g, attentions)], dim=1))
+                out.append(batched(part))
             except RuntimeError as err:  # an op without a batching rule: plain loop
                 warnings.warn(f"batched VJP failed ({err}); falling back to a loop", stacklevel=2)
-                for t in part:
-                    g = torch.autograd.grad(z[t], attentions, retain_graph=True, allow_unused=True)
-                    out.append(_stack_layers(g, attentions)[None])
+                out.extend(one(t)[None] for t in part)
         return torch.cat(out).detach()
 
     return grads_for
 
 
-def _zeros_if_none(g: Tensor | None, a: Tensor, batch: int) -> Tensor:
-    return torch.zeros((batch, *a.shape), dtype=a.dtype, device=a.device) if g is None else g
-
-
-def _stack_layers(grads: Sequence[Tensor | None], attentions: list[Tensor]) -> Tensor:
-    """L per-layer gradients -> [L, H, N, N] (an unused layer's gradient is zero)."""
-    return torch.stack([torch.zeros_like(a) if g is None else g for g, a in zip(grads, attentions)])
+def _or_zeros(g: Tensor | None, a: Tensor, batch: int | None = None) -> Tensor:
+    """The gradient, or zeros shaped like ``a`` (with a leading batch axis if given) when unused."""
+    if g is not None:
+        return g
+    return torch.zeros(
+        a.shape if batch is None else (batch, *a.shape), dtype=a.dtype, device=a.device
+    )
 
 
 @contextlib.contextmanager

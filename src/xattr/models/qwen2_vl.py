@@ -33,7 +33,11 @@ class Qwen2VLAdapter(ModelAdapter):
         """Image-token positions (already raster order per image) and each image's merged grid."""
         positions = torch.nonzero(inputs["input_ids"][0] == self.image_token_id).flatten()
         m = self.merge_size
-        grids = [(int(h) // m, int(w) // m) for t, h, w in inputs["image_grid_thw"].tolist() for _ in range(t)]
+        grids = [
+            (int(h) // m, int(w) // m)
+            for t, h, w in inputs["image_grid_thw"].tolist()
+            for _ in range(t)
+        ]
         cells = sum(h * w for h, w in grids)
         if cells != positions.numel():
             raise ValueError(

@@ -1,0 +1,78 @@
+"""Processor loading that works where torchvision is missing (Qwen's video sub-processor needs it).
+
+transformers 5.23 cannot construct, save or load `Qwen2VLProcessor` / `Qwen2_5_VLProcessor`
+without torchvision, even for images only: the video processor is a mandatory attribute.
+The image-only subclasses here drop that attribute and keep every image/text code path of
+the real class. `load_processor` uses them only when torchvision is unavailable.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from transformers import (
+    AutoConfig,
+    AutoProcessor,
+    ProcessorMixin,
+    Qwen2_5_VLProcessor,
+    Qwen2VLProcessor,
+)
+from transformers.utils import is_torchvision_available
+
+
+class _ImageOnlyQwenMixin:
+    """Qwen processor without its video sub-processor (which needs torchvision).
+
+    transformers 5.23 cannot construct, save or load `Qwen2VLProcessor` / `Qwen2_5_VLProcessor`
+    without torchvision, even for images only: the video processor is a mandatory attribute.
+    These subclasses drop that attribute, keep every image/text code path of the real class, and
+    save under the real class name, so the saved folder is an ordinary Qwen processor folder.
+    """
+
+    real_name: str = ""
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        self.image_token = getattr(tokenizer, "image_token", "<|image_pad|>")
+        self.video_token = getattr(tokenizer, "video_token", "<|video_pad|>")
+        self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+        self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
+        ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+
+    def to_dict(self) -> dict:
+        """The real class's processor config."""
+        out = super().to_dict()
+        out["processor_class"] = self.real_name
+        return out
+
+    def save_pretrained(self, save_directory, **kwargs):
+        """Save like the real class (tokenizer_config's processor_class included)."""
+        files = super().save_pretrained(save_directory, **kwargs)
+        self.tokenizer._set_processor_class(self.real_name)
+        self.tokenizer.save_pretrained(save_directory)
+        return files
+
+
+class Qwen2VLImageOnlyProcessor(_ImageOnlyQwenMixin, Qwen2VLProcessor):
+    """`Qwen2VLProcessor` for images only; loadable without torchvision."""
+
+    real_name = "Qwen2VLProcessor"
+
+
+class Qwen2_5_VLImageOnlyProcessor(_ImageOnlyQwenMixin, Qwen2_5_VLProcessor):
+    """`Qwen2_5_VLProcessor` for images only; loadable without torchvision."""
+
+    real_name = "Qwen2_5_VLProcessor"
+
+
+IMAGE_ONLY_PROCESSORS: dict[str, type[ProcessorMixin]] = {
+    "qwen2_vl": Qwen2VLImageOnlyProcessor,
+    "qwen2_5_vl": Qwen2_5_VLImageOnlyProcessor,
+}
+
+
+def load_processor(model_dir: str | Path) -> ProcessorMixin:
+    """`AutoProcessor.from_pretrained`, or the image-only Qwen class when torchvision is missing."""
+    model_type = AutoConfig.from_pretrained(model_dir).model_type
+    if model_type in IMAGE_ONLY_PROCESSORS and not is_torchvision_available():
+        return IMAGE_ONLY_PROCESSORS[model_type].from_pretrained(model_dir)
+    return AutoProcessor.from_pretrained(model_dir)

@@ -1,0 +1,1 @@
+"""Tiny, randomly initialised vision-language models of the real transformers classes."""
