@@ -17,6 +17,8 @@ from typing import Any
 
 from xattr.metrics import agreement, auc, localisation  # noqa: F401  (register metrics)
 from xattr.metrics._base import METRICS, MapMetric, Metric, MetricUndefinedWarning
+from xattr.metrics.faithfulness import DeletionInsertion, FaithfulnessCurves
+from xattr.metrics.sanity import parameter_randomisation
 from xattr.metrics.stats import (
     PairedResult,
     Summary,
@@ -39,6 +41,8 @@ def get(name: str, **options: Any) -> Metric:
 
 __all__ = [
     "METRICS",
+    "DeletionInsertion",
+    "FaithfulnessCurves",
     "MapMetric",
     "Metric",
     "MetricUndefinedWarning",
@@ -47,6 +51,7 @@ __all__ = [
     "available",
     "get",
     "paired_comparison",
+    "parameter_randomisation",
     "results_table",
     "summarize",
     "summary_table",
