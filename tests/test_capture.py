@@ -260,3 +260,13 @@ def test_unknown_family_and_missing_directory(tmp_path):
         xattr.models.load("gpt5v", tmp_path)
     with pytest.raises(FileNotFoundError, match="missing_model"):
         xattr.models.load("llava", tmp_path / "missing_model")
+
+
+def test_gradients_survive_an_outer_no_grad(tiny_adapter):
+    """Inside a Lightning test loop everything runs under no_grad; gradients must not vanish."""
+    adapter = tiny_adapter("qwen2_5_vl")
+    free = adapter.trace(_image(112), QUESTION, answer="red circle").gradients()
+    with torch.no_grad():
+        inside = adapter.trace(_image(112), QUESTION, answer="red circle").gradients()
+    assert float(free.abs().sum()) > 0
+    torch.testing.assert_close(inside, free)

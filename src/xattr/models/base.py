@@ -9,6 +9,7 @@ restoration) lives here once.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
@@ -277,7 +278,10 @@ class ModelAdapter(ABC):
         positions = torch.arange(n_prompt, n_prompt + answer_ids.numel())  # s_t
         predicting = positions - 1  # p_t
         answer_dev = answer_ids.to(logits.device)
-        z = logits[predicting, answer_dev]  # [T] logits of the produced tokens
+        with torch.set_grad_enabled(
+            gradients
+        ):  # callers (a Lightning test loop) may run in no_grad
+            z = logits[predicting, answer_dev]  # [T] logits of the produced tokens
         with torch.no_grad():
             conf = torch.softmax(logits[predicting].float(), dim=-1)[
                 torch.arange(answer_ids.numel()), answer_dev
@@ -320,6 +324,14 @@ class ModelAdapter(ABC):
         """The language model's final normalisation layer."""
         return self.model.model.language_model.norm
 
+    def unembed(self, hidden: Tensor) -> Tensor:
+        """The LM head alone, for hidden states already through the final norm: [.., D] -> [.., V].
+
+        In transformers 5.x the last element of ``output_hidden_states`` is the final norm's
+        output (`readout` would apply the norm twice there).
+        """
+        return self.model.lm_head(hidden)
+
     def _forward(
         self, inputs: dict[str, Tensor], *, gradients: bool, hidden_states: bool
     ) -> dict[str, Any]:
@@ -345,6 +357,9 @@ class ModelAdapter(ABC):
             out = self.model(
                 **inputs, use_cache=False, output_hidden_states=hidden_states, return_dict=True
             )
+            # index inside the grad-enabled block: a view made under an outer no_grad (a
+            # Lightning test loop) would silently cut the graph
+            logits = out.logits[0]  # [N, V]
         if len(store) != len(modules) or any(a is None for a in store):
             raise CaptureError(
                 "the attention layers returned no weights; the model must run eager attention "
@@ -354,7 +369,7 @@ class ModelAdapter(ABC):
         # w.r.t. views made afterwards; callers drop the batch axis from the results.
         result: dict[str, Any] = {
             "attentions": store,  # L x [1, H, N, N]
-            "logits": out.logits[0],  # [N, V]
+            "logits": logits,
         }
         if hidden_states:
             result["hidden_states"] = list(out.hidden_states)  # L+1 x [1, N, D]
@@ -365,31 +380,127 @@ class ModelAdapter(ABC):
     def answer_logprobs(
         self, images: Sequence[ImageLike], question: str, answer_ids: Tensor, batch_size: int = 8
     ) -> Tensor:
-        """Teacher-forced log p(y_t | image, question, y_<t) for each image: [B, T].
+        """Teacher-forced log p(y_t | image, question, y_<t) for each image: [B, T] (float32, CPU).
 
-        Images are run through the model in batches; all must give the same number of
-        visual tokens (true for perturbations of one image).
+        Images are run through the model in batches of ``batch_size`` (one forward pass per
+        batch); all must give the same number of visual tokens (true for perturbations of
+        one image). Only the T predicting rows are projected onto the vocabulary
+        (``logits_to_keep``), so a batch never holds [b, N, vocab] logits.
         """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        answer_ids = torch.as_tensor(answer_ids, dtype=torch.long).reshape(-1).cpu()
+        if answer_ids.numel() == 0:
+            raise CaptureError("the answer has zero tokens: there is nothing to score")
+        images = list(images)
+        n_answer = answer_ids.numel()
+        if not images:
+            return torch.empty(0, n_answer)
+        keep_rows = "logits_to_keep" in inspect.signature(self.model.forward).parameters
         rows = []
         for start in range(0, len(images), batch_size):
             chunk = [self.prepare(img, question) for img in images[start : start + batch_size]]
-            batch = [self.full_inputs(p, answer_ids) for p in chunk]
-            merged = {k: torch.cat([b[k] for b in batch]) for k in batch[0]}
-            if "image_grid_thw" in merged:  # per-image rows, not per-sequence
-                merged["image_grid_thw"] = torch.cat([b["image_grid_thw"] for b in batch])
-            with _eval_mode(self.model):
-                logits = self.model(**merged, use_cache=False, return_dict=True).logits
             n_prompt = chunk[0].prompt_ids.numel()
-            pred = torch.arange(
-                n_prompt - 1, n_prompt - 1 + answer_ids.numel(), device=logits.device
+            if any(p.prompt_ids.numel() != n_prompt for p in chunk):
+                raise CaptureError(
+                    "images in one answer_logprobs call give prompts of different lengths "
+                    f"({sorted({p.prompt_ids.numel() for p in chunk})} tokens); they must share "
+                    "one size so the batch needs no padding"
+                )
+            batch = [self.full_inputs(p, answer_ids) for p in chunk]
+            # Sequence tensors stack on the batch axis; Qwen's pixel_values (patches) and
+            # image_grid_thw (one row per image) concatenate on axis 0 just the same.
+            merged = {k: torch.cat([b[k] for b in batch]) for k in batch[0]}
+            pred = torch.arange(n_prompt - 1, n_prompt - 1 + n_answer)  # p_t
+            kwargs: dict[str, Any] = {"use_cache": False, "return_dict": True}
+            if keep_rows:
+                kwargs["logits_to_keep"] = pred  # CPU index: valid for any device map
+            with _eval_mode(self.model):
+                logits = self.model(**merged, **kwargs).logits
+            if logits.shape[1] != n_answer:  # every position came back (N > T always)
+                logits = logits[:, pred.to(logits.device)]
+            logp = torch.log_softmax(logits.float(), dim=-1)  # [b, T, V]
+            index = answer_ids.to(logp.device)[None, :, None].expand(len(chunk), -1, 1)
+            rows.append(logp.gather(-1, index)[..., 0].cpu())
+        return torch.cat(rows)
+
+    # ------------------------------------- differentiable pixel-mask path (perturbation)
+    # The processors' resize, rescale and normalise are affine in each pixel value, so
+    # blending two *processed* images with a mask at the processed resolution equals
+    # processing the blended image, up to resampling (the mask is applied after the resize
+    # instead of before), uint8 rounding and clipping. Perturbation methods (iGOS) blend
+    # here, in `pixel_values` space, and differentiate through the whole model.
+    def processed_size(self, inputs: dict[str, Tensor]) -> tuple[int, int]:
+        """(H, W) of the first image as the vision tower sees it, after the processor's resize."""
+        raise NotImplementedError(f"{type(self).__name__} has no differentiable pixel-mask path")
+
+    def images_to_pixel_values(self, images: Tensor, inputs: dict[str, Tensor]) -> Tensor:
+        """Processed images [B, C, H, W] -> B copies of one image's ``pixel_values`` layout [B, *pv]."""
+        raise NotImplementedError(f"{type(self).__name__} has no differentiable pixel-mask path")
+
+    def pixel_values_to_image(self, pixel_values: Tensor, inputs: dict[str, Tensor]) -> Tensor:
+        """One image's ``pixel_values`` -> the processed (normalised) image [C, H, W]."""
+        raise NotImplementedError(f"{type(self).__name__} has no differentiable pixel-mask path")
+
+    def mask_to_pixel_values(self, mask: Tensor, inputs: dict[str, Tensor]) -> Tensor:
+        """Masks [B, H, W] at the processed resolution -> the ``pixel_values`` layout [B, *pv]."""
+        channels = int(self.pixel_values_to_image(inputs["pixel_values"], inputs).shape[0])
+        return self.images_to_pixel_values(mask[:, None].expand(-1, channels, -1, -1), inputs)
+
+    def masked_answer_logprobs(
+        self,
+        prepared: PreparedInputs,
+        baseline: PreparedInputs,
+        keep: Tensor,
+        answer_ids: Tensor,
+        *,
+        noise: float = 0.0,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Teacher-forced log p(y_t | blend_b) for B blends, differentiable in ``keep``: [B, T].
+
+        ``keep`` [B, H, W] in [0, 1] at the processed resolution (`processed_size`) weighs
+        the image against ``baseline`` (the same prompt on a perturbed image, e.g. blurred):
+        ``pv = keep * pv_image + (1 - keep) * pv_baseline`` in `pixel_values` space, plus
+        Gaussian noise of std ``noise`` there (iGOS's integrated-gradient noise). Parameters
+        stay frozen; the graph runs from ``keep`` through the vision tower and the LM. One
+        call is one forward pass over B images; the caller chunks and runs the backward.
+        """
+        if prepared.prompt_ids.numel() != baseline.prompt_ids.numel():
+            raise CaptureError(
+                "image and baseline prompts differ in length; resize the baseline alike"
             )
-            logp = torch.log_softmax(logits[:, pred].float(), dim=-1)  # [b, T, V]
-            rows.append(
-                logp.gather(
-                    -1, answer_ids.to(logp.device)[None, :, None].expand(len(chunk), -1, 1)
-                )[..., 0]
-            )
-        return torch.cat(rows).cpu()
+        answer_ids = torch.as_tensor(answer_ids, dtype=torch.long).reshape(-1).cpu()
+        n_blend, n_answer = int(keep.shape[0]), answer_ids.numel()
+        n_prompt = prepared.prompt_ids.numel()
+        full = self.full_inputs(prepared, answer_ids)
+        batch = {
+            k: v.repeat(n_blend, *[1] * (v.dim() - 1))
+            for k, v in full.items()
+            if k != "pixel_values"
+        }
+        pred = torch.arange(n_prompt - 1, n_prompt - 1 + n_answer)  # p_t
+        kwargs: dict[str, Any] = {"use_cache": False, "return_dict": True}
+        if "logits_to_keep" in inspect.signature(self.model.forward).parameters:
+            kwargs["logits_to_keep"] = pred  # only the T predicting rows reach the vocabulary
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(_eval_mode(self.model))
+            stack.enter_context(_frozen_parameters(self.model))
+            stack.enter_context(torch.enable_grad())  # callers (a test loop) may run in no_grad
+            pv = prepared.inputs["pixel_values"].to(self.device)
+            pv_base = baseline.inputs["pixel_values"].to(self.device)
+            weight = self.mask_to_pixel_values(keep.to(self.device, pv.dtype), prepared.inputs)
+            blended = weight * pv + (1 - weight) * pv_base  # [B, *pv]
+            if noise > 0:
+                eps = torch.randn(blended.shape, generator=generator, dtype=blended.dtype)
+                blended = blended + noise * eps.to(blended.device)
+            batch["pixel_values"] = blended.flatten(0, 1)  # Qwen [B*n, D]; LLaVA [B, 3, S, S]
+            logits = self.model(**batch, **kwargs).logits
+            if logits.shape[1] != n_answer:
+                logits = logits[:, pred.to(logits.device)]
+            logp = torch.log_softmax(logits.float(), dim=-1)  # [B, T, V]
+            index = answer_ids.to(logp.device)[None, :, None].expand(n_blend, -1, 1)
+            return logp.gather(-1, index)[..., 0]  # [B, T]
 
 
 def _vjp_gradient_fn(z: Tensor, attentions: list[Tensor], chunk: int):
@@ -419,6 +530,7 @@ def _vjp_gradient_fn(z: Tensor, attentions: list[Tensor], chunk: int):
             [_or_zeros(g, a, len(part))[:, 0] for g, a in zip(grads, attentions)], dim=1
         )
 
+    @torch.enable_grad()  # methods may run inside no_grad (a Lightning test loop)
     def grads_for(tokens: Sequence[int]) -> Tensor:
         tokens = list(tokens)
         out = []
