@@ -44,7 +44,8 @@ class Trace:
     gradient_fn: GradientFn | None = field(default=None, repr=False)
     # Tensors still in the autograd graph of the captured pass, for methods that need
     # gradients of other quantities (e.g. DEX-AR's logit lens): "attentions" L x [1, H, N, N],
-    # "hidden_states" L+1 x [1, N, D] (when captured), each with the forward's batch axis of 1
+    # "hidden_states" L+1 x [1, N, D] (when captured), each with the forward's batch axis of 1,
+    # and "logits" [T] (z_t)
     # (take gradients w.r.t. these very tensors, then drop the axis). None without gradients.
     graph: dict[str, list[Tensor]] | None = field(default=None, repr=False)
     cache_gradients: bool = True

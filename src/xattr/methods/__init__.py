@@ -8,7 +8,7 @@ from typing import Any
 from .base import METHODS, Attributor, Needs, register
 
 # Built-in methods register themselves on import; a new method is one more module here.
-_BUILTIN = ("glimpse", "tmme", "rollout", "raw_attention", "gradcam")
+_BUILTIN = ("glimpse", "tmme", "rollout", "raw_attention", "gradcam", "dexar", "igos")
 for _module in _BUILTIN:
     try:
         import_module(f"{__name__}.{_module}")

@@ -73,6 +73,12 @@ def row_normalize(m: Tensor, eps: float = 0.0) -> Tensor:
     )
 
 
+def row_normalize_(m: Tensor) -> Tensor:
+    """`row_normalize` in place (no allocation of an [N, N] map); returns ``m``."""
+    sums = m.sum(dim=-1, keepdim=True)
+    return m.div_(sums.clamp_min_(torch.finfo(m.dtype).tiny))  # zero rows: 0 / tiny = 0
+
+
 def select_layers(
     num_layers: int,
     layers: str | int | float | Sequence[int] | None = "all",

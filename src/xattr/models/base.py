@@ -304,7 +304,11 @@ class ModelAdapter(ABC):
             readout=self.readout if hidden_states else None,
             gradient_fn=gradient_fn,
             graph=(
-                {"attentions": attentions, "hidden_states": captured.get("hidden_states") or []}
+                {
+                    "attentions": attentions,
+                    "hidden_states": captured.get("hidden_states") or [],
+                    "logits": z,  # [T] z_t, the produced tokens' logits, in the graph
+                }
                 if gradients
                 else None
             ),
