@@ -1,0 +1,134 @@
+"""The Lightning test loop: one sample per step, rows on disk at once, the table at epoch end."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import TQDMProgressBar
+
+from ..data.sample import Sample, SampleError
+from .evaluator import SampleEvaluator
+from .results import ResultStore, load_rows, load_skipped, summarize_run, write_summary
+
+log = logging.getLogger(__name__)
+
+
+class ExplainEvalModule(L.LightningModule):
+    """Evaluates methods with metrics sample by sample; knows no method or model internals."""
+
+    def __init__(self, evaluator: SampleEvaluator, run_dir: str | Path, overlays: int = 3) -> None:
+        super().__init__()
+        self.evaluator = evaluator
+        self.run_dir = Path(run_dir)
+        self.overlays = overlays
+        self.summary: dict[str, Any] = {}
+        self.markdown = ""
+        self._store: ResultStore | None = None
+        self._counts = {"scored": 0, "resumed": 0, "skipped": 0}
+        self._started = time.perf_counter()
+
+    # the adapter's model is not a submodule: Lightning must not move or re-mode it
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return {}
+
+    @property
+    def store(self) -> ResultStore:
+        if self._store is None:
+            self._store = ResultStore(self.run_dir, rank=self.global_rank)
+        return self._store
+
+    def on_test_epoch_start(self) -> None:
+        self._started = time.perf_counter()
+
+    def test_step(self, batch: Sample | SampleError, batch_idx: int) -> None:
+        methods = list(self.evaluator.methods)
+        if isinstance(batch, SampleError):
+            self._skip(batch.sample_id, batch.reason)
+            return
+        if self.store.is_done(batch.sample_id, methods):
+            self._counts["resumed"] += 1
+            return
+        todo = [m for m in methods if not self.store.done(batch.sample_id, m)]
+        try:
+            result = self.evaluator.evaluate(batch, todo)
+        except Exception as err:  # one bad sample must not end a long run
+            self._skip(batch.sample_id, f"{type(err).__name__}: {err}")
+            return
+        for row in result.rows:
+            self.store.append(row)
+        self._counts["scored"] += 1
+        if batch_idx < self.overlays:
+            self._save_overlays(batch, result.explanations)
+
+    def _skip(self, sample_id: str, reason: str) -> None:
+        log.warning("skipping sample %s: %s", sample_id, reason)
+        self.store.skip(sample_id, reason)
+        self._counts["skipped"] += 1
+
+    def _save_overlays(self, sample: Sample, explanations: dict[str, Any]) -> None:
+        out = self.run_dir / "overlays"
+        out.mkdir(exist_ok=True)
+        image = sample.load_image()
+        image.save(out / f"{sample.sample_id}_image.png")
+        for name, expl in explanations.items():
+            expl.overlay(image).save(out / f"{sample.sample_id}_{name}.png")
+
+    def on_test_epoch_end(self) -> None:
+        self.trainer.strategy.barrier()
+        elapsed = time.perf_counter() - self._started
+        if self.global_rank != 0:
+            return
+        rows = load_rows(self.run_dir)
+        metrics = [m for m in self.evaluator.metric_names]
+        metrics += [k for k in ("correct",) if any(k in r for r in rows)]
+        table, markdown = summarize_run(rows, metrics=metrics, methods=list(self.evaluator.methods))
+        skipped = load_skipped(self.run_dir)
+        extra = {
+            "samples": len({r["sample_id"] for r in rows}),
+            "skipped_samples": len(skipped),
+            "this_session": dict(self._counts),
+            "seconds": elapsed,
+        }
+        write_summary(self.run_dir, table, markdown, extra)
+        self.summary = {"table": table, **extra}
+        self.markdown = markdown
+        flat = {
+            f"{method}/{metric}": s.mean
+            for method, by in table.items()
+            for metric, s in by.items()
+            if s.n
+        }
+        for logger in self.loggers:
+            logger.log_metrics(flat)
+            _log_rich(logger, rows, self.run_dir / "overlays")
+
+
+def _log_rich(logger: Any, rows: list[dict[str, Any]], overlay_dir: Path) -> None:
+    """Per-sample table and overlay images for loggers that support them (W&B)."""
+    if not hasattr(logger, "log_table"):
+        return
+    columns = sorted({k for r in rows for k in r})
+    logger.log_table(
+        key="samples", columns=columns, data=[[r.get(c) for c in columns] for r in rows]
+    )
+    images = sorted(overlay_dir.glob("*.png")) if overlay_dir.exists() else []
+    if images:
+        logger.log_image(
+            key="overlays", images=[str(p) for p in images], caption=[p.stem for p in images]
+        )
+
+
+class XattrProgressBar(TQDMProgressBar):
+    """The test bar shows samples/s and the method being run."""
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        metrics = dict(super().get_metrics(trainer, pl_module))
+        metrics.pop("v_num", None)
+        evaluator = getattr(pl_module, "evaluator", None)
+        if evaluator is not None:
+            metrics["method"] = evaluator.current_method
+        return metrics

@@ -1,0 +1,124 @@
+"""Per-sample results on disk: append-only JSONL per process, resume, aggregation, summary files."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..metrics import stats
+
+SAMPLES_GLOB = "samples*.jsonl"
+SKIPPED_FILE = "skipped.jsonl"
+
+
+class ResultStore:
+    """Rows ``{sample_id, method, <metric>: value, ...}`` written as they are scored.
+
+    Each process appends to its own ``samples.rank<k>.jsonl`` and flushes after every
+    row, so an interrupted run loses at most the sample in flight; rerunning into the
+    same directory skips every (sample, method) pair already present.
+    """
+
+    def __init__(self, run_dir: str | Path, rank: int = 0) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.rank = rank
+        self.samples_path = self.run_dir / f"samples.rank{rank}.jsonl"
+        self._done = {(r["sample_id"], r["method"]) for r in load_rows(self.run_dir)}
+        self._skipped = {r["sample_id"] for r in _read_jsonl(self.run_dir / SKIPPED_FILE)}
+
+    def is_done(self, sample_id: str, methods: Iterable[str]) -> bool:
+        """True when every listed method already has a row for this sample."""
+        return all((sample_id, m) in self._done for m in methods)
+
+    def done(self, sample_id: str, method: str) -> bool:
+        return (sample_id, method) in self._done
+
+    def append(self, row: dict[str, Any]) -> None:
+        """Write one row now (flushed), so nothing scored is lost on interruption."""
+        _append_jsonl(self.samples_path, row)
+        self._done.add((row["sample_id"], row["method"]))
+
+    def skip(self, sample_id: str, reason: str) -> None:
+        """Record a sample that could not be evaluated, with its reason (once per sample)."""
+        if sample_id in self._skipped:
+            return
+        self._skipped.add(sample_id)
+        _append_jsonl(
+            self.run_dir / SKIPPED_FILE,
+            {"sample_id": sample_id, "reason": reason, "rank": self.rank},
+        )
+
+
+def load_rows(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Every scored row of a run, one per (sample, method): the first written wins."""
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for path in sorted(Path(run_dir).glob(SAMPLES_GLOB)):
+        for row in _read_jsonl(path):
+            rows.setdefault((row["sample_id"], row["method"]), row)
+    return sorted(rows.values(), key=lambda r: (r["method"], r["sample_id"]))
+
+
+def load_skipped(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Samples skipped in a run, with their reasons."""
+    return _read_jsonl(Path(run_dir) / SKIPPED_FILE)
+
+
+def summarize_run(
+    rows: Sequence[dict[str, Any]],
+    metrics: Sequence[str] | None = None,
+    methods: Sequence[str] | None = None,
+) -> tuple[dict[str, dict[str, stats.Summary]], str]:
+    """Method x metric summaries and the markdown table for a run's rows."""
+    table = stats.summary_table(rows, metrics=metrics, methods=methods)
+    return table, stats.results_table(rows, metrics=metrics, methods=methods)
+
+
+def write_summary(
+    run_dir: str | Path,
+    table: dict[str, dict[str, stats.Summary]],
+    markdown: str,
+    extra: dict[str, Any],
+) -> None:
+    """summary.json (every statistic) and results.md (the table) in the run directory."""
+    out = Path(run_dir)
+    summary = {
+        method: {metric: _summary_dict(s) for metric, s in by_metric.items()}
+        for method, by_metric in table.items()
+    }
+    (out / "summary.json").write_text(json.dumps({"summary": summary, **extra}, indent=2))
+    (out / "results.md").write_text(markdown + "\n")
+
+
+def _summary_dict(s: stats.Summary) -> dict[str, float | int | None]:
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in vars(s).items()}
+
+
+def _append_jsonl(path: Path, row: dict[str, Any]) -> None:
+    with path.open("a") as fh:
+        fh.write(json.dumps(row, default=_json_default) + "\n")
+        fh.flush()
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Rows of a JSONL file; a line cut off by an interruption is ignored."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)

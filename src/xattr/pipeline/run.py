@@ -1,0 +1,105 @@
+"""Build a run from a composed Hydra config and execute it (the body of train_free_eval.py)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+def _toy_checkpoint(family: str) -> str:
+    from ..toy import checkpoint
+
+    return str(checkpoint(family))
+
+
+def _wandb_offline() -> bool:
+    """Offline unless an API key is configured (env var or a netrc entry)."""
+    if os.environ.get("WANDB_MODE") in ("offline", "disabled"):
+        return True
+    if os.environ.get("WANDB_API_KEY"):
+        return False
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    return not (netrc.exists() and "api.wandb.ai" in netrc.read_text(errors="ignore"))
+
+
+def register_resolvers() -> None:
+    """``${xattr.toy:qwen2_5_vl}`` (shipped checkpoint dir) and ``${xattr.wandb_offline:}``."""
+    if not OmegaConf.has_resolver("xattr.toy"):
+        OmegaConf.register_new_resolver("xattr.toy", _toy_checkpoint)
+    if not OmegaConf.has_resolver("xattr.wandb_offline"):
+        OmegaConf.register_new_resolver("xattr.wandb_offline", _wandb_offline)
+
+
+def instantiate(cfg: Any, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate``, re-raising the underlying error (it names the bad path or name)."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate as hydra_instantiate
+
+    try:
+        return hydra_instantiate(cfg, **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, (FileNotFoundError, KeyError, ValueError, TypeError, ImportError)):
+            raise cause from None
+        raise
+
+
+def build_metrics(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Map metrics by name (``cfg.map``) and model-in-the-loop metrics (``cfg.model``)."""
+    from .. import metrics
+
+    map_metrics = {
+        name: metrics.get(name, **(opts or {})) for name, opts in (cfg.get("map") or {}).items()
+    }
+    model_metrics = {
+        name: instantiate(c) for name, c in (cfg.get("model") or {}).items() if c is not None
+    }
+    return map_metrics, model_metrics
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate the configured methods and metrics; returns the summary (and writes it)."""
+    import lightning as L
+
+    from .evaluator import SampleEvaluator
+    from .module import ExplainEvalModule, XattrProgressBar
+
+    L.seed_everything(cfg.get("seed", 0), verbose=False)
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=False)
+
+    # everything that can fail on a bad path or name fails here, before the model loads
+    datamodule = instantiate(cfg.data)
+    _ = datamodule.dataset
+    methods = {name: instantiate(mcfg) for name, mcfg in cfg.method.items()}
+    if not methods:
+        raise ValueError("no method selected: pass method=glimpse or method=[glimpse,tmme]")
+    map_metrics, model_metrics = build_metrics(cfg.metrics)
+
+    adapter = instantiate(cfg.model)
+    evaluator = SampleEvaluator(
+        adapter, methods, map_metrics, model_metrics, answer=cfg.get("answer", "generated")
+    )
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    module = ExplainEvalModule(evaluator, run_dir=run_dir, overlays=cfg.get("overlays", 3))
+    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[XattrProgressBar()])
+    try:
+        for logger in loggers:
+            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        trainer.test(module, datamodule=datamodule, verbose=False)
+    finally:
+        for logger in loggers:
+            if hasattr(logger, "experiment") and type(logger).__name__ == "WandbLogger":
+                import wandb
+
+                wandb.finish()
+    if trainer.global_rank == 0:
+        print(f"\nResults ({run_dir}):\n\n{module.markdown}\n")
+    return module.summary

@@ -1,0 +1,218 @@
+"""train_free_eval.py end to end: real configs composed in-process, a tiny model, synthetic data."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+
+from support.wandb_log import logged
+from xattr.pipeline import register_resolvers, run
+from xattr.pipeline.results import load_rows, load_skipped
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+FAST_METHODS = "method=[glimpse,rollout]"
+
+
+def _compose(tmp: Path, model_dir: Path, *overrides: str):
+    """The real config with a tiny model, a few synthetic samples and tmp output folders."""
+    register_resolvers()
+    synthetic = not any(o.startswith("data=") for o in overrides)
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(
+            config_name="train_free_eval",
+            return_hydra_config=True,
+            overrides=[
+                f"model.path={model_dir}",
+                f"paths.root_dir={tmp}",
+                f"paths.data_dir={tmp / 'data'}",
+                f"paths.output_dir={tmp / 'run'}",
+                *(["data.dataset.n=4"] if synthetic else []),
+                "overlays=2",
+                *overrides,
+            ],
+        )
+    HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]  # as @hydra.main hands it over: the job config only
+    return cfg
+
+
+@pytest.fixture()
+def model_dir(tiny_model_dir):
+    return tiny_model_dir("qwen2_5_vl")
+
+
+def _table(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())["summary"]
+
+
+def test_default_config_composes_every_group():
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train_free_eval", return_hydra_config=True)
+    assert set(cfg.method) == {"glimpse", "tmme", "rollout", "raw_attention", "gradcam"}
+    assert cfg.model.family == "qwen2_5_vl"
+    assert cfg.data.dataset.n == 200
+    assert set(cfg.metrics.map) >= {"nss", "spearman", "pointing_game"}
+    assert "faithfulness" in cfg.metrics.model
+    assert not cfg.trainer.inference_mode  # gradients must be computable in the test loop
+
+
+def test_run_writes_rows_table_and_overlays(tmp_path, model_dir):
+    cfg = _compose(tmp_path, model_dir, FAST_METHODS)
+    summary = run(cfg)
+    out = tmp_path / "run"
+    rows = load_rows(out)
+    assert len(rows) == 4 * 2  # 4 samples x 2 methods
+    assert {r["method"] for r in rows} == {"glimpse", "rollout"}
+    for r in rows:
+        assert {"nss", "spearman", "pointing_game", "deletion_auc"} <= set(r)
+    table = _table(out)
+    assert table["glimpse"]["nss"]["n"] + table["glimpse"]["nss"]["skipped"] == 4
+    assert "| glimpse |" in (out / "results.md").read_text()
+    assert summary["samples"] == 4
+    overlays = sorted(p.name for p in (out / "overlays").glob("*.png"))
+    assert len(overlays) == 2 * (1 + 2)  # first 2 samples: image + one overlay per method
+    assert (out / "config.yaml").exists()
+
+
+def test_methods_share_one_trace_per_sample(tmp_path, model_dir, monkeypatch):
+    from xattr.models.base import ModelAdapter
+
+    calls = []
+    original = ModelAdapter.trace
+
+    def counting(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ModelAdapter, "trace", counting)
+    cfg = _compose(tmp_path, model_dir, "method=[glimpse,rollout,tmme]", "metrics=agreement")
+    run(cfg)
+    assert len(calls) == 4
+
+
+def test_interrupted_run_resumes_to_the_uninterrupted_table(tmp_path, model_dir, monkeypatch):
+    from xattr.pipeline.evaluator import SampleEvaluator
+
+    full = _compose(tmp_path / "a", model_dir, FAST_METHODS, "metrics=agreement")
+    run(full)
+
+    original = SampleEvaluator.evaluate
+    seen = []
+
+    def interrupted(self, sample, methods=None):
+        if len(seen) == 2:
+            raise KeyboardInterrupt  # the user hits Ctrl-C at the third sample
+        seen.append(sample.sample_id)
+        return original(self, sample, methods)
+
+    monkeypatch.setattr(SampleEvaluator, "evaluate", interrupted)
+    cfg = _compose(tmp_path / "b", model_dir, FAST_METHODS, "metrics=agreement")
+    with pytest.raises((KeyboardInterrupt, SystemExit)):
+        run(cfg)
+    assert len(load_rows(tmp_path / "b" / "run")) == 2 * 2
+    monkeypatch.setattr(SampleEvaluator, "evaluate", original)
+
+    resumed = run(_compose(tmp_path / "b", model_dir, FAST_METHODS, "metrics=agreement"))
+    assert resumed["this_session"] == {"scored": 2, "resumed": 2, "skipped": 0}
+    assert _table(tmp_path / "b" / "run") == _table(tmp_path / "a" / "run")
+
+
+def test_missing_dataset_fails_before_the_model_loads(tmp_path, model_dir, monkeypatch):
+    import xattr
+
+    monkeypatch.setattr(
+        xattr.models, "load", lambda *a, **k: pytest.fail("model loaded before data check")
+    )
+    cfg = _compose(tmp_path, model_dir, "data=vqahat", f"data.dataset.root={tmp_path / 'nowhere'}")
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        run(cfg)
+
+
+def test_unknown_config_name_is_a_clear_error(tmp_path, model_dir):
+    from hydra.errors import MissingConfigException
+
+    with pytest.raises(MissingConfigException, match="glimpsee"):
+        _compose(tmp_path, model_dir, "method=[glimpsee]")
+
+
+def test_corrupt_image_is_skipped_with_its_reason(tmp_path, model_dir):
+    cfg = _compose(tmp_path, model_dir, FAST_METHODS, "metrics=agreement")
+    from hydra.utils import instantiate
+
+    dataset = instantiate(cfg.data).dataset  # writes the synthetic files
+    images = sorted((Path(cfg.data.dataset.root) / "val2014").glob("*.jpg"))
+    images[1].write_bytes(b"not a jpeg at all")
+    summary = run(cfg)
+    skipped = load_skipped(tmp_path / "run")
+    assert len(skipped) == 1 and "cannot read image" in skipped[0]["reason"]
+    assert summary["skipped_samples"] == 1 and summary["samples"] == len(dataset) - 1
+
+
+def test_wandb_offline_run_holds_summary_and_images(tmp_path, model_dir, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    cfg = _compose(
+        tmp_path, model_dir, FAST_METHODS, "metrics=agreement", "logger=wandb", "data.limit=2"
+    )
+    run(cfg)
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    summary = logged(runs[0])  # offline runs keep everything in the run-*.wandb log
+    table = _table(tmp_path / "run")
+    assert summary["glimpse/nss"] == pytest.approx(table["glimpse"]["nss"]["mean"])
+    assert "rollout/spearman" in summary
+    media = list((runs[0] / "files" / "media").rglob("*.png"))
+    assert media, "overlays were not logged as images"
+
+
+def test_compare_prints_one_table_across_runs(tmp_path, model_dir, capsys):
+    from xattr.cli import main
+
+    for name, methods in (("one", "method=[glimpse]"), ("two", "method=[rollout]")):
+        run(_compose(tmp_path / name, model_dir, methods, "metrics=agreement", "data.limit=2"))
+    os.rename(tmp_path / "one" / "run", tmp_path / "run_one")
+    os.rename(tmp_path / "two" / "run", tmp_path / "run_two")
+    capsys.readouterr()
+    assert main(["compare", str(tmp_path / "run_one"), str(tmp_path / "run_two")]) == 0
+    out = capsys.readouterr().out
+    assert "| run_one:glimpse |" in out and "| run_two:rollout |" in out
+    assert main(["compare", str(tmp_path / "missing")]) == 2
+
+
+@pytest.mark.slow
+def test_multirun_writes_one_directory_per_job(tmp_path, model_dir):
+    cmd = [
+        sys.executable,
+        str(ROOT / "train_free_eval.py"),
+        "-m",
+        "method=[glimpse]",
+        "method.glimpse.tau_head=0.25,1.0",
+        "metrics=agreement",
+        f"model.path={model_dir}",
+        f"paths.root_dir={tmp_path}",
+        f"paths.data_dir={tmp_path / 'data'}",
+        "data.dataset.n=2",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    ]
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    jobs = sorted(p for p in (tmp_path / "sweep").iterdir() if p.is_dir() and p.name.isdigit())
+    assert [p.name for p in jobs] == ["0", "1"]
+    taus = []
+    for job in jobs:
+        rows = load_rows(job)
+        assert len(rows) == 2 and all(r["method"] == "glimpse" for r in rows)
+        taus.append((job / ".hydra" / "overrides.yaml").read_text())
+    assert "tau_head=0.25" in taus[0] and "tau_head=1.0" in taus[1]
