@@ -216,3 +216,17 @@ def test_multirun_writes_one_directory_per_job(tmp_path, model_dir):
         assert len(rows) == 2 and all(r["method"] == "glimpse" for r in rows)
         taus.append((job / ".hydra" / "overrides.yaml").read_text())
     assert "tau_head=0.25" in taus[0] and "tau_head=1.0" in taus[1]
+
+
+@pytest.mark.slow
+def test_two_process_ddp_gives_the_single_process_table(tmp_path, model_dir):
+    """Samples sharded over 2 CPU processes (odd count: the sampler pads with a duplicate)."""
+    common = (FAST_METHODS, "metrics=agreement", "data.dataset.n=5")
+    single = run(_compose(tmp_path / "one", model_dir, *common))
+    sharded = run(_compose(tmp_path / "ddp", model_dir, *common, "trainer=ddp_cpu"))
+    assert sorted(p.name for p in (tmp_path / "ddp" / "run").glob("samples*.jsonl")) == [
+        "samples.rank0.jsonl",
+        "samples.rank1.jsonl",
+    ]
+    assert sharded["samples"] == single["samples"] == 5
+    assert _table(tmp_path / "ddp" / "run") == _table(tmp_path / "one" / "run")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 
 from ..data.sample import Sample, SampleError
@@ -78,7 +79,11 @@ class ExplainEvalModule(L.LightningModule):
             expl.overlay(image).save(out / f"{sample.sample_id}_{name}.png")
 
     def on_test_epoch_end(self) -> None:
-        self.trainer.strategy.barrier()
+        keys = sorted(self._counts)
+        local = torch.tensor([float(self._counts[k]) for k in keys])
+        total = self.trainer.strategy.reduce(local, reduce_op="sum")  # every rank's counts
+        counts = {k: int(v) for k, v in zip(keys, total.tolist())}
+        self.trainer.strategy.barrier()  # every rank's rows are on disk
         elapsed = time.perf_counter() - self._started
         if self.global_rank != 0:
             return
@@ -90,7 +95,7 @@ class ExplainEvalModule(L.LightningModule):
         extra = {
             "samples": len({r["sample_id"] for r in rows}),
             "skipped_samples": len(skipped),
-            "this_session": dict(self._counts),
+            "this_session": counts,
             "seconds": elapsed,
         }
         write_summary(self.run_dir, table, markdown, extra)

@@ -122,3 +122,16 @@ def _json_default(value: Any) -> Any:
     if hasattr(value, "tolist"):
         return value.tolist()
     return str(value)
+
+
+def read_summary(run_dir: str | Path) -> dict[str, Any]:
+    """summary.json as written by `write_summary`, with the table as `stats.Summary` objects."""
+    data = json.loads((Path(run_dir) / "summary.json").read_text())
+    table = {
+        method: {
+            metric: stats.Summary(**{k: math.nan if v is None else v for k, v in values.items()})
+            for metric, values in by_metric.items()
+        }
+        for method, by_metric in data.pop("summary").items()
+    }
+    return {"table": table, **data}

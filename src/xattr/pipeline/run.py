@@ -69,6 +69,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     from .evaluator import SampleEvaluator
     from .module import ExplainEvalModule, XattrProgressBar
+    from .results import read_summary
 
     L.seed_everything(cfg.get("seed", 0), verbose=False)
     run_dir = Path(cfg.paths.output_dir)
@@ -100,6 +101,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 import wandb
 
                 wandb.finish()
+    # read back from disk: with a spawning strategy the module above ran in other processes
+    summary = read_summary(run_dir)
     if trainer.global_rank == 0:
-        print(f"\nResults ({run_dir}):\n\n{module.markdown}\n")
-    return module.summary
+        print(f"\nResults ({run_dir}):\n\n{(run_dir / 'results.md').read_text()}")
+    return summary
