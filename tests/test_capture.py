@@ -270,3 +270,25 @@ def test_gradients_survive_an_outer_no_grad(tiny_adapter):
         inside = adapter.trace(_image(112), QUESTION, answer="red circle").gradients()
     assert float(free.abs().sum()) > 0
     torch.testing.assert_close(inside, free)
+
+
+@pytest.mark.parametrize(("method", "needs_grad"), [("rollout", False), ("glimpse", True)])
+def test_explain_captures_only_what_the_method_needs(tiny_adapter, monkeypatch, method, needs_grad):
+    adapter = tiny_adapter("qwen2_5_vl")
+    seen = {}
+    original = type(adapter).trace
+
+    def spy(self, *args, **kwargs):
+        seen.update(kwargs)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(adapter), "trace", spy)
+    expl = xattr.explain(adapter, _image(112), QUESTION, method=method, answer="red circle")
+    assert seen["gradients"] is needs_grad
+    assert (
+        expl.method == method
+        and expl.visual.shape == adapter.prepare(_image(112), QUESTION).grids[0]
+    )
+    assert expl.answer_tokens == ["red", "circle"] and expl.meta["answer_source"] == "given"
+    assert torch.isfinite(expl.visual).all() and float(expl.visual.abs().sum()) > 0
+    assert expl.timings["capture_s"] > 0
