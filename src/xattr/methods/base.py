@@ -37,6 +37,11 @@ class Attributor(ABC):
 
     def __init__(self, **hparams: Any) -> None:
         self.hparams: dict[str, Any] = dict(hparams)
+        policy = hparams.get("token_policy")
+        if policy is not None:  # a policy may need more captured (model passes, gradients)
+            from .selection import policy_needs
+
+            self.needs = policy_needs(type(self).needs, policy)
 
     @abstractmethod
     def attribute(self, trace: Trace) -> Explanation:

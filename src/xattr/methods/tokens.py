@@ -45,8 +45,10 @@ def select_tokens(trace: Trace, policy: str = "non_punctuation") -> Tensor:
         keep = torch.tensor(
             [not is_punctuation(tok) for tok in trace.answer_tokens], dtype=torch.bool
         )
-    else:
-        raise ValueError(f"unknown token policy {policy!r}; known: all, non_punctuation")
+    else:  # visual (likelihood ratio), dexar (delta_t), or an unknown name (raises)
+        from .selection import select_answer_tokens
+
+        return select_answer_tokens(trace, policy)
     if not bool(keep.any()):
         warnings.warn(
             f"token policy {policy!r} kept none of the answer tokens {trace.answer_tokens}; "

@@ -48,3 +48,17 @@ class LlavaAdapter(ModelAdapter):
 
     def attention_modules(self) -> list[nn.Module]:
         return [layer.self_attn for layer in self.model.model.language_model.layers]
+
+    # ------------------------------------------------ pixel_values layout (mask path)
+    def processed_size(self, inputs: dict[str, Tensor]) -> tuple[int, int]:
+        """(S, S): the CLIP crop the vision tower sees."""
+        h, w = inputs["pixel_values"].shape[-2:]
+        return int(h), int(w)
+
+    def images_to_pixel_values(self, images: Tensor, inputs: dict[str, Tensor]) -> Tensor:
+        """[B, C, S, S] -> [B, 1, C, S, S] (one image's ``pixel_values`` is [1, C, S, S])."""
+        return images[:, None]
+
+    def pixel_values_to_image(self, pixel_values: Tensor, inputs: dict[str, Tensor]) -> Tensor:
+        """[1, C, S, S] -> [C, S, S]."""
+        return pixel_values[0]

@@ -48,6 +48,41 @@ class Qwen2VLAdapter(ModelAdapter):
     def attention_modules(self) -> list[nn.Module]:
         return [layer.self_attn for layer in self.model.model.language_model.layers]
 
+    # ------------------------------------------------ pixel_values layout (mask path)
+    @property
+    def _patch_dims(self) -> tuple[int, int]:
+        vision = self.model.config.vision_config
+        return int(vision.patch_size), int(vision.temporal_patch_size)
+
+    def processed_size(self, inputs: dict[str, Tensor]) -> tuple[int, int]:
+        """(H, W) = patch_size * (grid_h, grid_w) of the first image's ``image_grid_thw``."""
+        _, gh, gw = (int(v) for v in inputs["image_grid_thw"][0])
+        p, _ = self._patch_dims
+        return gh * p, gw * p
+
+    def images_to_pixel_values(self, images: Tensor, inputs: dict[str, Tensor]) -> Tensor:
+        """[B, C, H, W] -> [B, n, C*T*p*p] in the processor's patch order (see the comments)."""
+        # patches grouped by merge block (h/m, w/m, m, m); each patch flattened as (C, T, p, p)
+        # with the frame repeated over the temporal axis T
+        b, c, h, w = images.shape
+        p, tp = self._patch_dims
+        m = self.merge_size
+        x = images.reshape(b, c, h // (p * m), m, p, w // (p * m), m, p)
+        x = x.permute(0, 2, 5, 3, 6, 1, 4, 7)  # [B, h/pm, w/pm, m, m, C, p, p]
+        x = x.unsqueeze(6).expand(*x.shape[:6], tp, p, p)  # [B, .., C, T, p, p]
+        return x.reshape(b, (h // p) * (w // p), c * tp * p * p)
+
+    def pixel_values_to_image(self, pixel_values: Tensor, inputs: dict[str, Tensor]) -> Tensor:
+        """The first image's patches [n, C*T*p*p] back to [C, H, W] (first temporal slice)."""
+        h, w = self.processed_size(inputs)
+        p, tp = self._patch_dims
+        m = self.merge_size
+        n = (h // p) * (w // p)
+        x = pixel_values[:n].reshape(h // (p * m), w // (p * m), m, m, -1, tp, p, p)
+        x = x[:, :, :, :, :, 0]  # [h/pm, w/pm, m, m, C, p, p]
+        x = x.permute(4, 0, 2, 5, 1, 3, 6)  # [C, h/pm, m, p, w/pm, m, p]
+        return x.reshape(x.shape[0], h, w)
+
 
 @ADAPTERS.register("qwen2_5_vl")
 class Qwen25VLAdapter(Qwen2VLAdapter):
