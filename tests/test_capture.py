@@ -292,3 +292,21 @@ def test_explain_captures_only_what_the_method_needs(tiny_adapter, monkeypatch, 
     assert expl.answer_tokens == ["red", "circle"] and expl.meta["answer_source"] == "given"
     assert torch.isfinite(expl.visual).all() and float(expl.visual.abs().sum()) > 0
     assert expl.timings["capture_s"] > 0
+
+
+@pytest.mark.parametrize(
+    ("method", "policy"), [("rollout", "dexar"), ("glimpse", "visual"), ("tmme", "all")]
+)
+def test_every_method_takes_every_token_policy(tiny_adapter, method, policy):
+    """A policy widens what is captured: rollout + dexar needs gradients, visual the model."""
+    attributor = xattr.methods.get(method, token_policy=policy)
+    assert attributor.needs.gradients is (method != "rollout" or policy == "dexar")
+    assert attributor.needs.model is (policy == "visual")
+    expl = xattr.explain(adapter := tiny_adapter("qwen2_5_vl"), _image(112), QUESTION, method=method,
+                         answer="red circle", token_policy=policy)  # fmt: skip
+    assert expl.token_mask is not None and expl.token_mask.shape == (2,)
+    assert expl.visual.shape == adapter.prepare(_image(112), QUESTION).grids[0]
+    with pytest.raises(ValueError, match="unknown token policy"):
+        xattr.methods.get(method, token_policy="nouns").explain(
+            adapter.trace(_image(112), QUESTION, answer="red", gradients=method != "rollout")
+        )
