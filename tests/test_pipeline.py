@@ -59,7 +59,11 @@ def test_default_config_composes_every_group():
     register_resolvers()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="train_free_eval", return_hydra_config=True)
-    assert set(cfg.method) == {"glimpse", "tmme", "rollout", "raw_attention", "gradcam"}
+    import xattr
+
+    # every registered method (iGOS++ on a reduced budget, and on the first samples only)
+    assert {cfg.method[k].name for k in cfg.method} == set(xattr.methods._BUILTIN)
+    assert cfg.method_limits == {"igos_fast": 20}
     assert cfg.model.family == "qwen2_5_vl"
     assert cfg.data.dataset.n == 200
     assert set(cfg.metrics.map) >= {"nss", "spearman", "pointing_game"}
@@ -230,3 +234,18 @@ def test_two_process_ddp_gives_the_single_process_table(tmp_path, model_dir):
     ]
     assert sharded["samples"] == single["samples"] == 5
     assert _table(tmp_path / "ddp" / "run") == _table(tmp_path / "one" / "run")
+
+
+def test_method_limits_run_an_expensive_method_on_the_first_samples_only(tmp_path, model_dir):
+    cfg = _compose(
+        tmp_path, model_dir, FAST_METHODS, "metrics=agreement", "+method_limits.rollout=2"
+    )
+    run(cfg)
+    rows = load_rows(tmp_path / "run")
+    assert sorted(r["sample_id"] for r in rows if r["method"] == "rollout") == ["10", "20"]
+    assert len([r for r in rows if r["method"] == "glimpse"]) == 4
+    assert (
+        _table(tmp_path / "run")["rollout"]["nss"]["n"]
+        + _table(tmp_path / "run")["rollout"]["nss"]["skipped"]
+        == 2
+    )

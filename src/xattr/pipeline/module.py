@@ -21,9 +21,16 @@ log = logging.getLogger(__name__)
 class ExplainEvalModule(L.LightningModule):
     """Evaluates methods with metrics sample by sample; knows no method or model internals."""
 
-    def __init__(self, evaluator: SampleEvaluator, run_dir: str | Path, overlays: int = 3) -> None:
+    def __init__(
+        self,
+        evaluator: SampleEvaluator,
+        run_dir: str | Path,
+        overlays: int = 3,
+        method_limits: dict[str, int] | None = None,
+    ) -> None:
         super().__init__()
         self.evaluator = evaluator
+        self.method_limits = dict(method_limits or {})  # method -> first k samples only
         self.run_dir = Path(run_dir)
         self.overlays = overlays
         self.summary: dict[str, Any] = {}
@@ -46,7 +53,11 @@ class ExplainEvalModule(L.LightningModule):
         self._started = time.perf_counter()
 
     def test_step(self, batch: Sample | SampleError, batch_idx: int) -> None:
-        methods = list(self.evaluator.methods)
+        # the dataset index (a non-shuffled distributed sampler deals indices round-robin)
+        index = batch_idx * self.trainer.world_size + self.global_rank
+        methods = [
+            m for m in self.evaluator.methods if index < self.method_limits.get(m, index + 1)
+        ]
         if isinstance(batch, SampleError):
             self._skip(batch.sample_id, batch.reason)
             return

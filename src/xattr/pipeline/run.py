@@ -89,7 +89,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         adapter, methods, map_metrics, model_metrics, answer=cfg.get("answer", "generated")
     )
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
-    module = ExplainEvalModule(evaluator, run_dir=run_dir, overlays=cfg.get("overlays", 3))
+    # limits of methods not selected in this run are ignored
+    limits = {k: int(v) for k, v in (cfg.get("method_limits") or {}).items() if k in methods}
+    module = ExplainEvalModule(
+        evaluator, run_dir=run_dir, overlays=cfg.get("overlays", 3), method_limits=limits
+    )
     trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[XattrProgressBar()])
     try:
         for logger in loggers:
