@@ -10,11 +10,7 @@ from .base import METHODS, Attributor, Needs, register
 # Built-in methods register themselves on import; a new method is one more module here.
 _BUILTIN = ("glimpse", "tmme", "rollout", "raw_attention", "gradcam", "dexar", "igos")
 for _module in _BUILTIN:
-    try:
-        import_module(f"{__name__}.{_module}")
-    except ModuleNotFoundError as err:  # a method file not written yet
-        if err.name != f"{__name__}.{_module}":
-            raise
+    import_module(f"{__name__}.{_module}")
 
 
 def available() -> list[str]:
