@@ -74,7 +74,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     L.seed_everything(cfg.get("seed", 0), verbose=False)
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=False)
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
 
     # everything that can fail on a bad path or name fails here, before the model loads
     datamodule = instantiate(cfg.data)

@@ -1,0 +1,59 @@
+"""Compose the README figure from a finished run: image, queried-object mask, method overlays.
+
+python docs/make_figure.py RUN_DIR docs/default_run.png --samples 3 --methods glimpse tmme rollout
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+from omegaconf import OmegaConf
+from PIL import Image, ImageDraw
+
+from xattr.data.cached import synthetic_dataset
+
+CELL = 112
+
+
+def _tile(img: Image.Image, label: str) -> Image.Image:
+    tile = Image.new("RGB", (CELL, CELL + 14), "white")
+    tile.paste(img.convert("RGB").resize((CELL, CELL)), (0, 14))
+    ImageDraw.Draw(tile).text((2, 1), label, fill="black")
+    return tile
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("run_dir", type=Path)
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--samples", type=int, default=3)
+    ap.add_argument("--methods", nargs="+", default=["glimpse", "tmme", "rollout", "dexar"])
+    args = ap.parse_args()
+    cfg = OmegaConf.load(args.run_dir / "config.yaml")
+    data = cfg.data.dataset
+    dataset = synthetic_dataset(data.root, n=data.n, seed=data.seed, split=data.split)
+    rows = []
+    for i in range(args.samples):
+        sample = dataset[i]
+        mask = Image.fromarray((np.asarray(sample.mask) * 255).astype(np.uint8))
+        tiles = [
+            _tile(sample.load_image(), "..." + sample.question[-17:]),
+            _tile(mask, "queried object"),
+        ]
+        for m in args.methods:
+            path = args.run_dir / "overlays" / f"{sample.sample_id}_{m}.png"
+            tiles.append(_tile(Image.open(path), m))
+        rows.append(tiles)
+    sheet = Image.new("RGB", (len(rows[0]) * (CELL + 4), len(rows) * (CELL + 18)), "white")
+    for r, tiles in enumerate(rows):
+        for c, tile in enumerate(tiles):
+            sheet.paste(tile, (c * (CELL + 4), r * (CELL + 18)))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(args.out)
+    print(args.out)
+
+
+if __name__ == "__main__":
+    main()
