@@ -22,16 +22,16 @@ run: setup
 	$(PY) train_free_eval.py $(ARGS)
 
 test: setup
-	$(PY) -m ruff check src tests benchmarks train_free_eval.py
-	$(PY) -m ruff format --check src tests benchmarks train_free_eval.py
+	$(PY) -m ruff check src tests benchmarks docs train_free_eval.py
+	$(PY) -m ruff format --check src tests benchmarks docs train_free_eval.py
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: setup
-	$(PY) -m ruff check src tests benchmarks train_free_eval.py
+	$(PY) -m ruff check src tests benchmarks docs train_free_eval.py
 
 format: setup
-	$(PY) -m ruff format src tests benchmarks train_free_eval.py
-	$(PY) -m ruff check --fix src tests benchmarks train_free_eval.py
+	$(PY) -m ruff format src tests benchmarks docs train_free_eval.py
+	$(PY) -m ruff check --fix src tests benchmarks docs train_free_eval.py
 
 bench: setup
 	for f in benchmarks/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
