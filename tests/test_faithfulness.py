@@ -409,3 +409,26 @@ def test_deletion_insertion_on_a_real_model(tiny_adapter):
     )(adapter, image, QUESTION, trace, expl)
     for key in m.outputs:
         assert out[key] == pytest.approx(one_by_one[key], rel=1e-4, abs=1e-5), key
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "llava"])
+def test_pixel_values_blending_matches_blending_the_image(tiny_adapter, family):
+    """The fast path (process image and baseline once, blend pixel_values) scores the same
+    curves as blending PIL images and processing each, up to the uint8 rounding of the latter."""
+    adapter = tiny_adapter(family)
+    size = 112 if family != "llava" else int(adapter.model.config.vision_config.image_size)
+    image = _noisy(3).resize((size, size))
+    trace = adapter.trace(image, QUESTION, "red circle", gradients=False)
+    (gh, gw) = trace.grid
+    sal = torch.randn(gh, gw, generator=torch.Generator().manual_seed(0))
+    fractions = [0.0, 0.25, 0.5, 0.75, 1.0]
+    fast = DeletionInsertion(
+        fractions=fractions, curves=["deletion", "insertion"], space="processed"
+    )
+    slow = DeletionInsertion(fractions=fractions, curves=["deletion", "insertion"], space="image")
+    answer = trace.input_ids[trace.answer_positions]
+    a = fast.curves_for(adapter, image, QUESTION, answer, sal)
+    b = slow.curves_for(adapter, image, QUESTION, answer, sal)
+    for curve in ("deletion", "insertion"):
+        np.testing.assert_allclose(a.scores[curve], b.scores[curve], atol=2e-2)
+    assert fast._processed_space(adapter) and DeletionInsertion()._processed_space(adapter)

@@ -132,7 +132,11 @@ class DeletionInsertion:
         batch_size: int = 11,
         blur_radius: float | None = None,
         min_span: float = 1e-4,
+        space: str = "auto",
     ) -> None:
+        if space not in ("auto", "image", "processed"):
+            raise ValueError(f"space must be auto, image or processed, got {space!r}")
+        self.space = space
         fr = [float(f) for f in fractions]
         if (
             len(fr) < 2
@@ -190,6 +194,45 @@ class DeletionInsertion:
             )
             return Image.new("RGB", image.size, mean)
         return Image.new("RGB", image.size, (0, 0, 0))
+
+    def _processed_space(self, adapter: Any) -> bool:
+        """Blend in the processor's pixel_values space when asked, or (auto) when the adapter can."""
+        if self.space == "image":
+            return False
+        from ..models.base import ModelAdapter
+
+        able = (
+            isinstance(adapter, ModelAdapter)
+            and type(adapter).processed_size is not ModelAdapter.processed_size
+        )
+        if self.space == "processed" and not able:
+            raise ValueError(f"{type(adapter).__name__} has no pixel_values blending path")
+        return able
+
+    def _score_processed(
+        self,
+        adapter: Any,
+        image: Image.Image,
+        base: Image.Image,
+        question: str,
+        answer_ids: torch.Tensor,
+        grid: tuple[int, ...],
+        keeps: list[np.ndarray],
+    ) -> torch.Tensor:
+        """Scores of the blends made in pixel_values space: the image and the baseline are
+        processed once, and each grid cell maps exactly onto the pixels the model sees
+        (after the processor's resize or crop)."""
+        prepared = adapter.prepare(image, question)
+        baseline = adapter.prepare(base, question)
+        height, width = adapter.processed_size(prepared.inputs)
+        cells = torch.as_tensor(_cell_index(grid, (width, height)))  # [H, W] cell of each pixel
+        weights = torch.as_tensor(np.stack(keeps), dtype=torch.float32)  # [B, cells]
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(keeps), self.batch_size):
+                chunk = weights[start : start + self.batch_size][:, cells]  # [b, H, W]
+                out.append(adapter.masked_answer_logprobs(prepared, baseline, chunk, answer_ids))
+        return torch.cat(out).float().cpu()
 
     def __call__(
         self, adapter: Any, image: ImageLike, question: str, trace: Any, expl: Any
@@ -263,21 +306,25 @@ class DeletionInsertion:
                 passes=1,
                 undefined_reason="the baseline image equals the image (nothing to perturb)",
             )
-        cells = _cell_index(sal.shape, image.size)
-        order_values = sal.reshape(-1)
         interior = list(fractions[1:-1])
-        images = [image, base]  # s_orig, s_base
+        keeps = [np.ones(sal.size), np.zeros(sal.size)]  # s_orig, s_base: per-cell keep weights
         for curve in self.curves:
             for f in interior:
-                removed = _removed_weights(order_values, _cells_for(f, order_values.size))
-                keep_cells = 1.0 - removed if curve == "deletion" else removed
-                images.append(blend_images(image, base, keep_cells[cells]))
-        logp = adapter.answer_logprobs(images, question, answer_ids, batch_size=self.batch_size)
+                removed = _removed_weights(sal.reshape(-1), _cells_for(f, sal.size))
+                keeps.append(1.0 - removed if curve == "deletion" else removed)
+        if self._processed_space(adapter):
+            logp = self._score_processed(
+                adapter, image, base, question, answer_ids, sal.shape, keeps
+            )
+        else:
+            cells = _cell_index(sal.shape, image.size)
+            images = [image, base] + [blend_images(image, base, k[cells]) for k in keeps[2:]]
+            logp = adapter.answer_logprobs(images, question, answer_ids, batch_size=self.batch_size)
         logp = torch.as_tensor(logp)
-        if tuple(logp.shape) != (len(images), answer_ids.numel()):
+        if tuple(logp.shape) != (len(keeps), answer_ids.numel()):
             raise ValueError(
                 f"answer_logprobs returned shape {tuple(logp.shape)}, "
-                f"expected {(len(images), answer_ids.numel())}"
+                f"expected {(len(keeps), answer_ids.numel())}"
             )
         s = logp.double().mean(dim=1).numpy()  # mean per-token log-likelihood per image
         s_orig, s_base = float(s[0]), float(s[1])
@@ -295,7 +342,7 @@ class DeletionInsertion:
                 f"(<= min_span {self.min_span:g}): the curve cannot be normalised"
             )
         return FaithfulnessCurves(
-            fractions, scores, s_orig, s_base, passes=len(images), undefined_reason=reason
+            fractions, scores, s_orig, s_base, passes=len(keeps), undefined_reason=reason
         )
 
 

@@ -490,7 +490,8 @@ class ModelAdapter(ABC):
         with contextlib.ExitStack() as stack:
             stack.enter_context(_eval_mode(self.model))
             stack.enter_context(_frozen_parameters(self.model))
-            stack.enter_context(torch.enable_grad())  # callers (a test loop) may run in no_grad
+            # a graph only when the mask asks for one (iGOS); callers may run in no_grad
+            stack.enter_context(torch.set_grad_enabled(keep.requires_grad))
             pv = prepared.inputs["pixel_values"].to(self.device)
             pv_base = baseline.inputs["pixel_values"].to(self.device)
             weight = self.mask_to_pixel_values(keep.to(self.device, pv.dtype), prepared.inputs)

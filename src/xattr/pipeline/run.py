@@ -72,6 +72,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     from .results import read_summary
 
     L.seed_everything(cfg.get("seed", 0), verbose=False)
+    if cfg.get("num_threads"):
+        import torch
+
+        torch.set_num_threads(int(cfg.num_threads))
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
