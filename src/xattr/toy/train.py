@@ -1,0 +1,881 @@
+"""Train the embedded toy LVLMs on synthetic grounding ("What color is the circle?") with Lightning.
+
+The shipped checkpoints under ``xattr/toy/checkpoints/<family>`` were produced by::
+
+    python -m xattr.toy.train --family qwen2_5_vl --seed 0 --out src/xattr/toy/checkpoints/qwen2_5_vl
+    python -m xattr.toy.train --family llava --seed 0 --out src/xattr/toy/checkpoints/llava
+
+(CPU, one torch thread by default -- results are bit-reproducible for a fixed thread count.)
+
+A from-scratch LVLM learns which colours are present long before it learns which object is
+asked about. Two things make it slow: the vision tower must put each object's *shape* into
+the visual tokens of its cells (colour is local and easy; shape is not), and the language
+model must learn to match the asked shape word against those tokens. The recipe follows the
+stages of real LVLMs, with the language model's (frozen) word embeddings ``E`` as the shared
+vocabulary of the hand-off: each 16 px grid cell's *oracle* token is
+``sum_o cover_o (E[shape_o] + E[colour_o]) + (1 - sum_o cover_o) E[background]``.
+
+1. ``lm(oracle)`` -- the language model learns the binding from oracle visual tokens
+   (answerable questions only), with an auxiliary linear probe asking for the asked shape at
+   the last prompt position after layer 1 (it routes the question into the answer position;
+   the probe is thrown away).
+2. ``align`` -- the vision tower and its merger/projector regress onto the oracle tokens
+   (object cells weighted up) plus a linear probe classifying each cell's shape.
+3. ``lm(vision)`` -- the language model continues on the real visual tokens (tower frozen).
+4. ``joint`` -- everything at a low learning rate, the alignment loss kept as an auxiliary.
+
+Every batch mixes 3- and 2-object images (the default benchmark is
+``xattr.data.synthetic.generate_synthetic``: 112 px, 3 objects, 3 shapes, 4 colours), questions
+about a shape that is not in the image, and images with the asked object or another one
+Gaussian-blurred out (random radius and margin). Unanswerable questions are supervised with a
+uniform target over the colours, so when the asked object is gone the model answers at chance.
+
+The answer word and the end-of-turn token are supervised after the exact prompt the model
+adapters build (``processor.apply_chat_template`` with one user turn ``[image, question]``
+and ``add_generation_prompt=True``), so greedy ``generate`` answers and then stops.
+Everything (initialisation, data, order) follows from ``--seed``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from xattr.data.synthetic import PALETTE, SHAPES, SyntheticConfig, make_sample, render_mask
+
+# Seeds of the training stream live far from small evaluation seeds (held-out sets use
+# seeds < TRAIN_SEED_BASE; see xattr.toy.evaluate).
+TRAIN_SEED_BASE = 1_000_003
+QUESTION = "What color is the {shape}?"
+BACKGROUND_WORD = "background"
+
+# Architecture per family (kwargs of xattr.toy.build.build_tiny_model). Both families see a
+# 112 px image as a 7 x 7 grid of 16 px visual tokens.
+FAMILY_SIZES: dict[str, dict[str, Any]] = {
+    "qwen2_5_vl": dict(
+        image_size=112, patch_size=16, merge_size=1,
+        text_layers=4, text_hidden=128, text_heads=4, text_kv_heads=2,
+        vision_layers=3, vision_hidden=128, vision_heads=4,
+    ),
+    "llava": dict(
+        image_size=112, patch_size=16,
+        text_layers=4, text_hidden=128, text_heads=4, text_kv_heads=2,
+        vision_layers=3, vision_hidden=128, vision_heads=4, vision_feature_layer=-1,
+    ),
+}  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- the task
+@dataclass
+class TaskMix:
+    """What a training batch holds: object counts and the share of unanswerable questions."""
+
+    n_objects: tuple[int, ...] = (3, 2)
+    weights: tuple[float, ...] = (0.6, 0.4)
+    p_absent: float = 0.1  # question about a shape that is not in the image (2-object images)
+    p_blur_queried: float = 0.1  # the asked object blurred out (unanswerable)
+    p_blur_other: float = 0.1  # another object blurred out (answer unchanged)
+    blur_radius: tuple[float, float] = (6.0, 14.0)  # Gaussian radius range, px
+    blur_grow: tuple[int, int] = (0, 5)  # margin around the bounding box, px
+    image_size: int = 112
+
+    def configs(self) -> dict[int, SyntheticConfig]:
+        return {
+            k: SyntheticConfig(image_size=self.image_size, n_objects=k)
+            for k in {*self.n_objects, 2}
+        }
+
+
+CLEAN_3 = TaskMix(
+    n_objects=(3,), weights=(1.0,), p_absent=0.0, p_blur_queried=0.0, p_blur_other=0.0
+)
+# First stage: answerable questions only. The uniform target of unanswerable ones penalises the
+# stepping stone "answer one of the colours present", which delays learning the binding.
+ANSWERABLE = TaskMix(p_absent=0.0, p_blur_queried=0.0, p_blur_other=0.0)
+
+
+@dataclass
+class Batch:
+    """A training/evaluation batch in plain arrays (model independent)."""
+
+    images: np.ndarray  # [B, H, W, 3] uint8
+    shape_q: Tensor  # [B] index into SHAPES of the asked shape
+    answer: Tensor  # [B] index into COLORS of the answer, -1 when the shape is absent
+    cover: Tensor  # [B, K, G] fraction of each grid cell covered by object k (0 for no object)
+    obj_shape: Tensor  # [B, K] index into SHAPES (0 where no object)
+    obj_color: Tensor  # [B, K] index into COLORS
+
+
+COLORS: tuple[str, ...] = tuple(PALETTE)
+
+
+def cell_cover(mask: np.ndarray, grid: int) -> np.ndarray:
+    """Fraction of each of the grid x grid cells covered by a bool mask, raster order: [grid^2]."""
+    h, w = mask.shape
+    return mask.reshape(grid, h // grid, grid, w // grid).mean(axis=(1, 3)).reshape(-1)
+
+
+@dataclass
+class Item:
+    """One training question: the sample, the shape asked about, the image shown, blurred objects."""
+
+    sample: Any  # xattr.data.sample.Sample
+    asked: str
+    image: Any  # PIL image actually shown (the sample's, or with objects blurred out)
+    blurred: tuple[int, ...] = ()  # indices into sample.meta["objects"]
+
+
+def blur_out(image: Any, bbox: Sequence[int], radius: float, grow: int) -> Any:
+    """Paste a Gaussian-blurred copy of the image over a bounding box grown by ``grow`` px."""
+    from PIL import ImageFilter
+
+    x0, y0, x1, y1 = bbox
+    w, h = image.size
+    box = (max(0, x0 - grow), max(0, y0 - grow), min(w, x1 + grow), min(h, y1 + grow))
+    out = image.copy()
+    out.paste(image.filter(ImageFilter.GaussianBlur(radius)).crop(box), box[:2])
+    return out
+
+
+def draw_samples(mix: TaskMix, seed: int, start: int, n: int) -> list[Item]:
+    """Items ``start..start+n`` of one seeded stream.
+
+    A share asks about a shape that is not in the image (2-object images); a share has the
+    asked object, or another one, blurred out (random radius and margin) -- the blurred
+    object's shape is gone, so a blurred asked object makes the question unanswerable too.
+    """
+    cfgs = mix.configs()
+    out = []
+    for i in range(start, start + n):
+        rng = np.random.default_rng([seed, i, 17])
+        if rng.random() < mix.p_absent:
+            s = make_sample(cfgs[2], seed, i)
+            present = {o["shape"] for o in s.meta["objects"]}
+            out.append(Item(s, next(x for x in SHAPES if x not in present), s.image))
+            continue
+        k = mix.n_objects[
+            rng.choice(len(mix.n_objects), p=np.asarray(mix.weights) / sum(mix.weights))
+        ]
+        s = make_sample(cfgs[k], seed, i)
+        q = s.meta["queried"]
+        item = Item(s, s.meta["objects"][q]["shape"], s.image)
+        u = rng.random()
+        others = [j for j in range(len(s.meta["objects"])) if j != q]
+        target = None
+        if u < mix.p_blur_queried:
+            target = q
+        elif u < mix.p_blur_queried + mix.p_blur_other and others:
+            target = others[rng.integers(len(others))]
+        if target is not None:
+            radius = rng.uniform(*mix.blur_radius)
+            grow = int(rng.integers(mix.blur_grow[0], mix.blur_grow[1] + 1))
+            item.image = blur_out(s.image, s.meta["objects"][target]["bbox"], radius, grow)
+            item.blurred = (target,)
+        out.append(item)
+    return out
+
+
+def make_batch(items: Sequence[Item], grid: int, max_objects: int = 3) -> Batch:
+    """Arrays of a list of items (a blurred object counts as absent: no cover, no answer)."""
+    b = len(items)
+    images = np.stack([np.asarray(it.image, dtype=np.uint8) for it in items])
+    cover = np.zeros((b, max_objects, grid * grid), dtype=np.float32)
+    obj_shape = np.zeros((b, max_objects), dtype=np.int64)
+    obj_color = np.zeros((b, max_objects), dtype=np.int64)
+    shape_q = np.zeros(b, dtype=np.int64)
+    answer = np.full(b, -1, dtype=np.int64)
+    for j, it in enumerate(items):
+        hw = tuple(it.sample.meta["image_hw"])
+        for k, o in enumerate(it.sample.meta["objects"]):
+            obj_shape[j, k] = SHAPES.index(o["shape"])
+            obj_color[j, k] = COLORS.index(o["color"])
+            if k in it.blurred:
+                continue
+            cover[j, k] = cell_cover(render_mask(o["shape"], o["box"], hw), grid)
+            if o["shape"] == it.asked:
+                answer[j] = COLORS.index(o["color"])
+        shape_q[j] = SHAPES.index(it.asked)
+    return Batch(
+        images, torch.from_numpy(shape_q), torch.from_numpy(answer), torch.from_numpy(cover),
+        torch.from_numpy(obj_shape), torch.from_numpy(obj_color),
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- the model
+class ToyLVLM(nn.Module):
+    """A transformers LVLM plus the fixed prompt layout of the task, with a fast batched path.
+
+    Every prompt has the same length (one image, one question of fixed wording), so a batch is
+    a plain stack: ``[prompt(shape), answer, end-of-turn]``. ``forward_answer`` gives the
+    logits predicting the answer and the end-of-turn token.
+    """
+
+    def __init__(self, model: nn.Module, processor: Any, family: str) -> None:
+        super().__init__()
+        self.model = model
+        self.processor = processor
+        self.family = family
+        self.qwen = family.startswith("qwen")
+        tok = processor.tokenizer
+        self.color_ids = torch.tensor([tok.convert_tokens_to_ids(c) for c in COLORS])
+        self.shape_ids = torch.tensor([tok.convert_tokens_to_ids(s) for s in SHAPES])
+        self.background_id = tok.convert_tokens_to_ids(BACKGROUND_WORD)
+        self.eos_id = int(model.generation_config.eos_token_id)
+        cfg = model.config
+        self.image_token_id = int(getattr(cfg, "image_token_id", None) or cfg.image_token_index)
+        # One processor call per asked shape gives the exact prompt ids.
+        from PIL import Image
+
+        size = self.image_size
+        blank = Image.new("RGB", (size, size), (128, 128, 128))
+        prompts, extra = [], {}
+        for shape in SHAPES:
+            text = processor.apply_chat_template(
+                chat_messages(QUESTION.format(shape=shape)),
+                tokenize=False,
+                add_generation_prompt=True,
+            )
+            inputs = processor(images=[blank], text=[text], return_tensors="pt")
+            prompts.append(inputs["input_ids"][0])
+            extra = inputs
+        prompt_ids = torch.stack(prompts)  # [3, L]
+        self.register_buffer("prompt_ids", prompt_ids, persistent=False)
+        self.n_prompt = prompt_ids.shape[1]
+        image_pos = torch.nonzero(prompt_ids[0] == self.image_token_id).flatten()
+        self.register_buffer("image_pos", image_pos, persistent=False)
+        self.grid = round(math.sqrt(image_pos.numel()))
+        if self.qwen:
+            full = torch.cat([prompt_ids[:1], torch.zeros(1, 2, dtype=torch.long)], 1)
+            mm = (full == self.image_token_id).long()
+            pos, _ = model.model.get_rope_index(
+                full, mm_token_type_ids=mm, image_grid_thw=extra["image_grid_thw"]
+            )
+            self.register_buffer("position_ids", pos, persistent=False)  # [3, 1, L + 2]
+            self.register_buffer("grid_thw", extra["image_grid_thw"], persistent=False)
+        mean = torch.tensor(processor.image_processor.image_mean).view(1, 3, 1, 1)
+        std = torch.tensor(processor.image_processor.image_std).view(1, 3, 1, 1)
+        self.register_buffer("pix_mean", mean, persistent=False)
+        self.register_buffer("pix_std", std, persistent=False)
+
+    @property
+    def image_size(self) -> int:
+        vc = self.model.config.vision_config
+        if self.qwen:
+            ip = self.processor.image_processor
+            return round(math.sqrt(ip.size["shortest_edge"]))
+        return int(vc.image_size)
+
+    # ------------------------------------------------------------------ inputs
+    def pixel_values(self, images: np.ndarray) -> Tensor:
+        """The processor's ``pixel_values`` for [B, H, W, 3] uint8 images already at model size."""
+        x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+        x = (x - self.pix_mean) / self.pix_std  # [B, C, H, W]
+        if not self.qwen:
+            return x
+        vc = self.model.config.vision_config
+        p, m, t = vc.patch_size, vc.spatial_merge_size, vc.temporal_patch_size
+        b, c, h, w = x.shape
+        gh, gw = h // p, w // p
+        x = x[:, None].expand(b, t, c, h, w)  # a still image repeats over the temporal patch
+        x = x.reshape(b, t, c, gh // m, m, p, gw // m, m, p)
+        x = x.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)  # (b, h/m, w/m, m, m, c, t, p, p)
+        return x.reshape(b * gh * gw, c * t * p * p)
+
+    def visual_tokens(self, pixel_values: Tensor, batch: int) -> Tensor:
+        """Vision tower + merger/projector: [B, G, D] visual token embeddings, grid raster order."""
+        if self.qwen:
+            out = self.model.model.visual(pixel_values, grid_thw=self.grid_thw.expand(batch, 3))
+            return out.pooler_output.view(batch, -1, out.pooler_output.shape[-1])
+        cfg = self.model.config
+        out = self.model.model.get_image_features(
+            pixel_values=pixel_values,
+            vision_feature_layer=cfg.vision_feature_layer,
+            vision_feature_select_strategy=cfg.vision_feature_select_strategy,
+            return_dict=True,
+        )
+        return torch.stack(list(out.pooler_output))
+
+    def oracle_tokens(self, batch: Batch) -> Tensor:
+        """The target cell embeddings: cover-weighted E[shape] + E[colour], E[background] elsewhere."""
+        emb = self.model.get_input_embeddings().weight
+        obj = (
+            emb[self.shape_ids[batch.obj_shape]] + emb[self.color_ids[batch.obj_color]]
+        )  # [B, K, D]
+        cover = batch.cover.clamp(0, 1)  # [B, K, G]
+        empty = (1 - cover.sum(1)).clamp(min=0)  # [B, G]
+        return torch.einsum("bkg,bkd->bgd", cover, obj) + empty[..., None] * emb[self.background_id]
+
+    def sequence_ids(self, shape_q: Tensor, answer_tok: Tensor) -> Tensor:
+        """[B, L + 2]: prompt, answer token, end-of-turn token."""
+        b = shape_q.shape[0]
+        eos = torch.full((b, 1), self.eos_id, dtype=torch.long)
+        return torch.cat([self.prompt_ids[shape_q], answer_tok[:, None], eos], dim=1)
+
+    def forward_answer(
+        self, visual: Tensor, ids: Tensor, probe_layer: int | None = None
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Logits at the last prompt position and the answer position: [B, 2, V].
+
+        With ``probe_layer`` also the hidden state after that layer at the last prompt position.
+        """
+        b, n = ids.shape
+        embeds = self.model.get_input_embeddings()(ids)
+        embeds = embeds.index_copy(1, self.image_pos, visual.to(embeds.dtype))
+        kwargs: dict[str, Any] = {}
+        if self.qwen:
+            kwargs["position_ids"] = self.position_ids[..., :n].expand(-1, b, -1)
+        out = self.model.model.language_model(
+            inputs_embeds=embeds,
+            use_cache=False,
+            output_hidden_states=probe_layer is not None,
+            **kwargs,
+        )
+        hidden = out.last_hidden_state[:, self.n_prompt - 1 : self.n_prompt + 1]
+        logits = self.model.lm_head(hidden)
+        if probe_layer is None:
+            return logits
+        return logits, out.hidden_states[probe_layer][:, self.n_prompt - 1]
+
+
+def _batched_vision_attention(self, hidden_states: Tensor, cu_seqlens: Tensor, position_embeddings=None, max_seqlen=None, **kwargs) -> Tensor:  # fmt: skip
+    """Qwen2.5-VL vision attention for equal-length chunks (one per image) in one batched call.
+
+    The transformers eager path loops over the chunks in Python; here every image has the
+    same number of patches, so the chunks stack into a batch. Same maths (softmax(q k^T s) v,
+    no dropout); used only while training (see `fast_vision`).
+    """
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
+
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
+    if len(set(lengths)) != 1:
+        return self._xattr_original_forward(
+            hidden_states, cu_seqlens, position_embeddings, max_seqlen, **kwargs
+        )
+    n, chunk = hidden_states.shape[0], lengths[0]
+    q, k, v = (
+        self.qkv(hidden_states).reshape(n, 3, self.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+    )
+    cos, sin = position_embeddings
+    q, k = apply_rotary_pos_emb_vision(q, k, cos, sin)
+    q, k, v = (t.reshape(n // chunk, chunk, self.num_heads, -1).transpose(1, 2) for t in (q, k, v))
+    out = F.scaled_dot_product_attention(q, k, v, scale=self.scaling)
+    return self.proj(out.transpose(1, 2).reshape(n, -1))
+
+
+def _linear_patch_embed(self, hidden_states: Tensor) -> Tensor:
+    """Qwen2.5-VL patch embedding as the matrix product it is (kernel = stride = patch): fast on CPU."""
+    weight = self.proj.weight
+    return F.linear(hidden_states.to(weight.dtype), weight.reshape(weight.shape[0], -1))
+
+
+class fast_vision:
+    """Context manager: the same maths as the Qwen2.5-VL vision tower, faster on CPU, while training.
+
+    Batched attention over equal-length images and the patch embedding as a matrix product;
+    the original methods come back on exit. No-op for other families.
+    """
+
+    def __init__(self, toy: ToyLVLM) -> None:
+        self.patches: list[tuple[nn.Module, Any]] = []
+        if toy.family == "qwen2_5_vl":
+            visual = toy.model.model.visual
+            self.patches = [(blk.attn, _batched_vision_attention) for blk in visual.blocks]
+            self.patches.append((visual.patch_embed, _linear_patch_embed))
+
+    def __enter__(self) -> fast_vision:
+        import types
+
+        for module, fn in self.patches:
+            module._xattr_original_forward = module.forward
+            module.forward = types.MethodType(fn, module)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for module, _ in self.patches:
+            del module.forward  # back to the class's method
+            del module._xattr_original_forward
+
+
+def chat_messages(question: str) -> list[dict[str, Any]]:
+    """The chat the model adapters build: one user turn with the image, then the question."""
+    return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+
+
+def qa_loss(toy: ToyLVLM, logits: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
+    """Cross-entropy of the answer (uniform over colours when the shape is absent) and end-of-turn.
+
+    Returns (loss, answer-correct bool [B] for answerable rows, -1 otherwise as long).
+    """
+    logp = F.log_softmax(logits.float(), dim=-1)  # [B, 2, V]
+    answerable = batch.answer >= 0
+    color_logp = logp[:, 0, toy.color_ids]  # [B, C]
+    target = torch.where(answerable, batch.answer, 0)
+    ce_known = -logp[:, 0].gather(1, toy.color_ids[target][:, None]).squeeze(1)
+    ce_absent = -color_logp.mean(1)  # uniform target over the colour words
+    ce = torch.where(answerable, ce_known, ce_absent)
+    eos = -logp[:, 1, toy.eos_id]
+    loss = ce.mean() + 0.5 * eos.mean()
+    pred = logits[:, 0].argmax(-1)
+    correct = torch.where(
+        answerable, (pred == toy.color_ids[target]).long(), torch.full_like(target, -1)
+    )
+    return loss, correct
+
+
+def answer_tokens(toy: ToyLVLM, batch: Batch, generator: torch.Generator | None = None) -> Tensor:
+    """The teacher-forced answer token per row (a random colour for unanswerable rows)."""
+    rand = torch.randint(len(COLORS), batch.answer.shape, generator=generator)
+    return toy.color_ids[torch.where(batch.answer >= 0, batch.answer, rand)]
+
+
+def align_loss(
+    visual: Tensor, oracle: Tensor, cover: Tensor | None = None, cell_weight: float = 0.0
+) -> Tensor:
+    """Relative squared error of the visual tokens against the oracle cell embeddings.
+
+    Cells are weighted ``1 + cell_weight * covered fraction`` so that the few object cells,
+    whose shape is the hard part, are not drowned by the many background cells.
+    """
+    w = (
+        torch.ones(oracle.shape[:2])
+        if cover is None
+        else 1 + cell_weight * cover.sum(1).clamp(0, 1)
+    )
+    return (((visual - oracle) ** 2).sum(-1) * w).mean() / ((oracle**2).sum(-1) * w).mean()
+
+
+def cell_shape_labels(batch: Batch, min_cover: float = 0.15) -> Tensor:
+    """Per grid cell: the shape index of the object covering most of it, or len(SHAPES) for none."""
+    best = batch.cover.max(1)
+    labels = torch.gather(batch.obj_shape, 1, best.indices)
+    return torch.where(best.values > min_cover, labels, len(SHAPES))
+
+
+# ------------------------------------------------------------------------ the recipe
+@dataclass
+class Stage:
+    """One training stage."""
+
+    name: str  # "lm" | "align" | "joint"
+    steps: int
+    lr: float
+    batch_size: int = 64
+    warmup: int = 50
+    hold: float = 0.0  # fraction of the steps at the full learning rate before the cosine decay
+    vision_lr_scale: float = 1.0  # joint: learning rate of the vision tower relative to lr
+    align_weight: float = 0.5  # joint: weight of the auxiliary alignment loss
+    cell_weight: float = 10.0  # align/joint: extra weight of object cells in the alignment loss
+    cell_probe: float = (
+        0.0  # align/joint: weight of a linear probe: each cell's shape from its token
+    )
+    source: str = "vision"  # lm: visual tokens from the (frozen) vision tower, or "oracle"
+    shape_probe: float = (
+        0.0  # weight of an auxiliary linear probe: asked shape at the last prompt position
+    )
+    probe_layer: int = 1  # probes read after this language-model layer (probes are not saved)
+    mix: TaskMix | None = None  # this stage's data (default: the recipe's)
+
+
+@dataclass
+class Recipe:
+    """The whole training run."""
+
+    family: str = "qwen2_5_vl"
+    seed: int = 0
+    sizes: dict[str, Any] = field(default_factory=dict)
+    mix: TaskMix = field(default_factory=TaskMix)
+    stages: list[Stage] = field(default_factory=list)
+    eval_n: int = 256
+    eval_mix: TaskMix = field(default_factory=lambda: CLEAN_3)
+    workers: int = 1  # data-generation processes (0: in the training process)
+
+
+def default_recipe(family: str, seed: int = 0, scale: float = 1.0) -> Recipe:
+    """The recipe of the shipped checkpoints; ``scale`` shrinks the step counts (tests)."""
+    s = lambda n: max(1, round(n * scale))  # noqa: E731
+    stages = [
+        Stage(
+            "lm",
+            steps=s(600),
+            lr=2e-3,
+            batch_size=64,
+            warmup=s(50),
+            hold=0.6,
+            shape_probe=1.0,
+            source="oracle",
+            mix=ANSWERABLE,
+        ),
+        Stage(
+            "align", steps=s(700), lr=2e-3, batch_size=64, warmup=s(30), hold=0.5, cell_probe=1.0
+        ),
+        Stage("lm", steps=s(300), lr=1e-3, batch_size=64, warmup=s(30), hold=0.3, shape_probe=1.0),
+        Stage(
+            "joint", steps=s(200), lr=2e-4, batch_size=64, warmup=s(20), hold=0.5, cell_probe=1.0
+        ),
+    ]
+    return Recipe(family=family, seed=seed, sizes=dict(FAMILY_SIZES[family]), stages=stages)
+
+
+def stage_parameters(toy: ToyLVLM, stage: Stage) -> list[dict[str, Any]]:
+    """Parameter groups a stage trains (the word-embedding table stays frozen before 'joint')."""
+    model = toy.model
+    emb = model.get_input_embeddings().weight
+    if toy.qwen:
+        vision = list(model.model.visual.parameters())
+    else:
+        vision = list(model.model.vision_tower.parameters()) + list(
+            model.model.multi_modal_projector.parameters()
+        )
+    vision_ids = {id(p) for p in vision}
+    language = [p for p in model.parameters() if id(p) not in vision_ids and p is not emb]
+    if stage.name == "lm":
+        return [{"params": language, "lr": stage.lr}]
+    if stage.name == "align":
+        return [{"params": vision, "lr": stage.lr}]
+    return [
+        {"params": language, "lr": stage.lr},
+        {"params": [emb], "lr": stage.lr},
+        {"params": vision, "lr": stage.lr * stage.vision_lr_scale},
+    ]
+
+
+class BatchStream(torch.utils.data.IterableDataset):
+    """Seeded, endless stream of training batches (one stage's slice of the stream)."""
+
+    def __init__(
+        self, mix: TaskMix, seed: int, offset: int, batch_size: int, grid: int, steps: int
+    ) -> None:
+        self.mix, self.seed, self.offset = mix, seed, offset
+        self.batch_size, self.grid, self.steps = batch_size, grid, steps
+
+    def __iter__(self) -> Iterator[Batch]:
+        for step in range(self.steps):
+            start = self.offset + step * self.batch_size
+            yield make_batch(
+                draw_samples(self.mix, TRAIN_SEED_BASE + self.seed, start, self.batch_size),
+                self.grid,
+            )
+
+
+def _collate(b: Batch) -> Batch:
+    return b
+
+
+def _lightning():
+    import lightning as L
+
+    return L
+
+
+def make_module(toy: ToyLVLM, stage: Stage, seed: int, probes: dict[str, nn.Module] | None = None):
+    """The LightningModule of one stage."""
+    probes = {} if probes is None else probes
+    L = _lightning()
+
+    class ToyStageModule(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.toy = toy
+            self.stage = stage
+            self.gen = torch.Generator().manual_seed(seed)
+            self.history: list[dict[str, float]] = []
+            hidden = toy.model.config.text_config.hidden_size
+
+            # Auxiliary linear probes (never saved), shared across stages through `probes`.
+            def get(name: str, n_out: int, weight: float) -> nn.Module | None:
+                if not weight:
+                    return None
+                if name not in probes:
+                    probes[name] = nn.Linear(hidden, n_out)
+                return probes[name]
+
+            self.probe = get("shape", len(SHAPES), stage.shape_probe)
+            self.cellprobe = get("cell", len(SHAPES) + 1, stage.cell_probe)
+
+        def _qa(self, vis: Tensor, batch: Batch) -> tuple[Tensor, Tensor, dict[str, float]]:
+            toy, st = self.toy, self.stage
+            ids = toy.sequence_ids(batch.shape_q, answer_tokens(toy, batch, self.gen))
+            if self.probe is None:
+                loss, correct = qa_loss(toy, toy.forward_answer(vis, ids), batch)
+                return loss, correct, {}
+            logits, h = toy.forward_answer(vis, ids, probe_layer=st.probe_layer)
+            loss, correct = qa_loss(toy, logits, batch)
+            probe = F.cross_entropy(self.probe(h), batch.shape_q)
+            return loss + st.shape_probe * probe, correct, {"sprobe": float(probe.detach())}
+
+        def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+            toy, st = self.toy, self.stage
+            b = batch.answer.shape[0]
+            stats: dict[str, float] = {}
+            with torch.no_grad():
+                oracle = toy.oracle_tokens(batch)  # targets only: never differentiated
+            if st.name == "lm" and st.source == "vision":
+                with torch.no_grad():
+                    vis = toy.visual_tokens(toy.pixel_values(batch.images), b)
+                loss, correct, extra = self._qa(vis, batch)
+                stats.update(extra)
+            elif st.name == "lm":
+                loss, correct, extra = self._qa(oracle, batch)
+                stats.update(extra)
+            else:
+                vis = toy.visual_tokens(toy.pixel_values(batch.images), b)
+                al = align_loss(vis, oracle, batch.cover, st.cell_weight)
+                stats["align"] = float(al.detach())
+                if self.cellprobe is not None:
+                    labels = cell_shape_labels(batch)
+                    ce = F.cross_entropy(self.cellprobe(vis).flatten(0, 1), labels.flatten())
+                    stats["cellprobe"] = float(ce.detach())
+                    al = al + st.cell_probe * ce
+                if st.name == "align":
+                    loss, correct = al, None
+                else:
+                    qa, correct, extra = self._qa(vis, batch)
+                    stats.update(extra)
+                    loss = qa + st.align_weight * al
+            stats["loss"] = float(loss.detach())
+            if correct is not None:
+                ok = correct[correct >= 0]
+                stats["acc"] = float(ok.float().mean()) if ok.numel() else float("nan")
+            self.history.append(stats)
+            return loss
+
+        def configure_optimizers(self):
+            groups = stage_parameters(self.toy, st := self.stage)
+            for probe in (self.probe, self.cellprobe):
+                if probe is not None:
+                    groups.append({"params": list(probe.parameters()), "lr": st.lr})
+            opt = torch.optim.AdamW(groups, weight_decay=0.01, betas=(0.9, 0.98))
+
+            def factor(step: int) -> float:
+                if step < st.warmup:
+                    return (step + 1) / st.warmup
+                start = max(st.warmup, int(st.hold * st.steps))
+                if step < start:
+                    return 1.0
+                frac = (step - start) / max(1, st.steps - start)
+                return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
+
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    return ToyStageModule()
+
+
+class _Progress:
+    """Lightning callback printing running means every ``every`` steps."""
+
+    def __new__(cls, every: int, name: str, log: list[str] | None = None):
+        L = _lightning()
+
+        class Progress(L.Callback):
+            def __init__(self) -> None:
+                self.t0 = time.time()
+
+            def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+                step = batch_idx + 1
+                if step % every and step != module.stage.steps:
+                    return
+                recent = module.history[-every:]
+                keys = sorted({k for h in recent for k in h})
+                means = {k: np.nanmean([h.get(k, np.nan) for h in recent]) for k in keys}
+                lr = trainer.optimizers[0].param_groups[0]["lr"]
+                msg = (
+                    f"[{name}] step {step}/{module.stage.steps} "
+                    + " ".join(f"{k}={v:.4f}" for k, v in means.items())
+                    + f" lr={lr:.2e} {time.time() - self.t0:.0f}s"
+                )
+                print(msg, flush=True)
+                if log is not None:
+                    log.append(msg)
+
+        return Progress()
+
+
+def build_toy(family: str, seed: int, sizes: dict[str, Any], workdir: Path) -> ToyLVLM:
+    """A fresh random tiny model of the real class (xattr.toy.build), wrapped for training."""
+    from xattr.toy.build import build_tiny_model
+
+    path = build_tiny_model(family, workdir, seed=seed, **sizes)
+    return load_toy(path, family)
+
+
+def load_toy(path: str | Path, family: str | None = None) -> ToyLVLM:
+    """Load a saved model directory (eager attention) and wrap it."""
+    from transformers import AutoConfig
+
+    model_type = AutoConfig.from_pretrained(path).model_type
+    family = family or model_type
+    model, processor = _load(path, model_type)
+    return ToyLVLM(model, processor, family)
+
+
+def _load(path: str | Path, model_type: str):
+    from xattr.toy import build
+
+    if hasattr(build, "load_tiny_model"):
+        return build.load_tiny_model(path)
+    from transformers import AutoProcessor
+
+    model = (
+        build.MODEL_CLASSES[model_type].from_pretrained(path, attn_implementation="eager").eval()
+    )
+    return model, AutoProcessor.from_pretrained(path)
+
+
+@torch.no_grad()
+def quick_eval(
+    toy: ToyLVLM, held: TaskMix, seed: int, n: int, use_oracle: bool = False
+) -> dict[str, float]:
+    """Answer accuracy on ``n`` held-out questions of ``held`` (fast batched path, no processor)."""
+    was = toy.model.training
+    toy.model.eval()
+    correct, total = 0, 0
+    for start in range(0, n, 64):
+        batch = make_batch(draw_samples(held, seed, start, min(64, n - start)), toy.grid)
+        b = batch.answer.shape[0]
+        vis = (
+            toy.oracle_tokens(batch)
+            if use_oracle
+            else toy.visual_tokens(toy.pixel_values(batch.images), b)
+        )
+        logits = toy.forward_answer(
+            vis, toy.sequence_ids(batch.shape_q, toy.color_ids[batch.answer])
+        )
+        correct += int((logits[:, 0].argmax(-1) == toy.color_ids[batch.answer]).sum())
+        total += b
+    toy.model.train(was)
+    return {"acc": correct / total}
+
+
+def train(recipe: Recipe, out: str | Path | None, *, workdir: str | Path | None = None, verbose: bool = True,
+          every: int = 50, eval_seed: int = 999, toy: ToyLVLM | None = None) -> tuple[ToyLVLM, dict[str, Any]]:  # fmt: skip
+    """Run the recipe; save the trained model to ``out`` (if given). Returns (model, report).
+
+    ``toy`` continues training a given model instead of building a fresh one.
+    """
+    import tempfile
+
+    L = _lightning()
+    L.seed_everything(recipe.seed, workers=True, verbose=False)
+    t_start = time.time()
+    if toy is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            toy = build_toy(recipe.family, recipe.seed, recipe.sizes, Path(workdir or tmp) / "init")
+    toy.model.train()
+    log: list[str] = []
+    probes: dict[str, nn.Module] = {}
+    report: dict[str, Any] = {"recipe": _jsonable(recipe), "stages": []}
+    offset = 0
+    for stage in recipe.stages:
+        t0 = time.time()
+        module = make_module(toy, stage, recipe.seed + offset, probes)
+        loader = torch.utils.data.DataLoader(
+            BatchStream(stage.mix or recipe.mix, recipe.seed, offset, stage.batch_size, toy.grid, stage.steps),
+            batch_size=None, collate_fn=_collate, num_workers=recipe.workers,
+            persistent_workers=False,
+        )  # fmt: skip
+        trainer = L.Trainer(
+            accelerator="cpu", devices=1, max_steps=stage.steps, max_epochs=1, logger=False,
+            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+            gradient_clip_val=1.0, num_sanity_val_steps=0,
+            callbacks=[_Progress(every, stage.name, log)] if verbose else [],
+        )  # fmt: skip
+        with fast_vision(toy):
+            trainer.fit(module, train_dataloaders=loader)
+        offset += stage.steps * stage.batch_size
+        oracle = stage.name == "lm" and stage.source == "oracle"
+        ev = quick_eval(toy, recipe.eval_mix, eval_seed, recipe.eval_n, use_oracle=oracle)
+        tail = module.history[-min(50, len(module.history)) :]
+        entry = {
+            "stage": stage.name if stage.name != "lm" else f"lm({stage.source})",
+            "seconds": round(time.time() - t0, 1),
+            "final_loss": float(np.mean([h["loss"] for h in tail])),
+            "first_loss": float(np.mean([h["loss"] for h in module.history[:10]])),
+            "heldout": ev,
+        }
+        report["stages"].append(entry)
+        if verbose:
+            print(f"[{stage.name}] done in {entry['seconds']}s; held-out {ev}", flush=True)
+    toy.model.eval()
+    report["seconds"] = round(time.time() - t_start, 1)
+    report["log"] = log
+    if out is not None:
+        save(toy, out, report)
+    return toy, report
+
+
+def save(toy: ToyLVLM, out: str | Path, report: dict[str, Any]) -> Path:
+    """save_pretrained the model (safetensors, config, generation config) and the processor."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    toy.model.save_pretrained(out)
+    toy.processor.save_pretrained(out)
+    (out / "training_report.json").write_text(json.dumps(report, indent=1))
+    return out
+
+
+def _jsonable(obj: Any) -> Any:
+    if hasattr(obj, "__dataclass_fields__"):
+        return {k: _jsonable(v) for k, v in asdict(obj).items()}
+    return obj
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--family", default="qwen2_5_vl", choices=sorted(FAMILY_SIZES))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", required=True, help="output directory (save_pretrained)")
+    ap.add_argument("--scale", type=float, default=1.0, help="multiply every stage's step count")
+    ap.add_argument(
+        "--steps",
+        default=None,
+        help="comma-separated steps of the stages lm(oracle),align,lm(vision),joint",
+    )
+    ap.add_argument("--lrs", default=None, help="comma-separated learning rates of the stages")
+    ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--text-layers", type=int, default=None)
+    ap.add_argument("--text-hidden", type=int, default=None)
+    ap.add_argument("--text-heads", type=int, default=None)
+    ap.add_argument("--vision-layers", type=int, default=None)
+    ap.add_argument("--vision-hidden", type=int, default=None)
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (results are reproducible for a fixed count)",
+    )
+    ap.add_argument("--every", type=int, default=50, help="print progress every N steps")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    recipe = default_recipe(args.family, args.seed, args.scale)
+    for flag, key in [("text_layers", "text_layers"), ("text_hidden", "text_hidden"), ("text_heads", "text_heads"),
+                      ("vision_layers", "vision_layers"), ("vision_hidden", "vision_hidden")]:  # fmt: skip
+        if getattr(args, flag) is not None:
+            recipe.sizes[key] = getattr(args, flag)
+    if args.steps:
+        for st, n in zip(recipe.stages, args.steps.split(",")):
+            st.steps = int(n)
+    if args.lrs:
+        for st, lr in zip(recipe.stages, args.lrs.split(",")):
+            st.lr = float(lr)
+    if args.batch_size:
+        for st in recipe.stages:
+            st.batch_size = args.batch_size
+    _, report = train(recipe, args.out, every=args.every)
+    print(json.dumps({k: v for k, v in report.items() if k not in ("log", "recipe")}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""The shipped toy LVLMs ground their answers in the queried object (xattr.toy.checkpoint)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import xattr.toy
+from xattr.toy.evaluate import HELDOUT_SEED, answer_batch, grounding_report
+
+FAMILIES = ("qwen2_5_vl", "llava")
+N_HELDOUT = 200
+
+
+def test_checkpoint_helper_errors():
+    with pytest.raises(ValueError, match="no shipped toy checkpoint"):
+        xattr.toy.checkpoint("gpt2")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_checkpoint_files_are_small_and_complete(family):
+    path = xattr.toy.checkpoint(family)
+    for name in (
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "processor_config.json",
+    ):
+        assert (path / name).is_file(), name
+    total = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    assert total < 10 * 2**20, f"{family} checkpoint is {total / 2**20:.1f} MB"
+    assert json.loads((path / "config.json").read_text())["model_type"] == family
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_checkpoint_loads_through_from_pretrained(family):
+    """Plain transformers loading (eager attention) gives the real class; greedy answers stop."""
+    from transformers import LlavaForConditionalGeneration, Qwen2_5_VLForConditionalGeneration
+
+    cls = {"qwen2_5_vl": Qwen2_5_VLForConditionalGeneration, "llava": LlavaForConditionalGeneration}
+    model = cls[family].from_pretrained(xattr.toy.checkpoint(family), attn_implementation="eager")
+    assert type(model) is cls[family]
+    assert model.generation_config.eos_token_id is not None
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def report(request):
+    import xattr.models as models
+
+    adapter = models.load(request.param, xattr.toy.checkpoint(request.param))
+    return (
+        request.param,
+        adapter,
+        grounding_report(adapter, n=N_HELDOUT, seed=HELDOUT_SEED, modes=("fill", "blur")),
+    )
+
+
+def test_heldout_accuracy(report):
+    family, _, rep = report
+    assert rep["accuracy"] >= 0.95, (family, rep)
+
+
+# Bars the shipped checkpoints do not meet yet, kept visible as strict xfails (issue 6).
+KNOWN_MISSES = {
+    ("llava", "blur"): "the LLaVA toy still reads the colour of a Gaussian-blurred object "
+    "(70% with it blurred vs 25% chance; 28% when it is filled with background)",
+}
+
+
+@pytest.mark.parametrize("mode", ["fill", "blur"])
+def test_queried_object_blurred_out_falls_to_chance(report, mode, request):
+    family, _, rep = report
+    if (family, mode) in KNOWN_MISSES:
+        request.applymarker(pytest.mark.xfail(reason=KNOWN_MISSES[family, mode], strict=True))
+    assert abs(rep[mode]["queried_blurred"] - rep["chance"]) <= 0.12, (family, mode, rep)
+
+
+def test_other_object_blurred_out_keeps_accuracy(report):
+    family, _, rep = report
+    for mode in ("fill", "blur"):
+        assert rep[mode]["other_blurred"] >= 0.90, (family, mode, rep)
+
+
+def test_greedy_generate_answers_one_word_then_stops(report):
+    """Unbatched adapter generation matches the batched answers and stops after the colour."""
+    from xattr.data.synthetic import PALETTE, generate_synthetic
+
+    family, adapter, _ = report
+    samples = generate_synthetic(4, HELDOUT_SEED)
+    batched = answer_batch(adapter, [s.image for s in samples], [s.question for s in samples])
+    for s, b in zip(samples, batched):
+        prepared = adapter.prepare(s.image, s.question)
+        with torch.no_grad():
+            out = adapter.model.generate(**prepared.inputs, max_new_tokens=4, do_sample=False)
+        new = out[0, prepared.prompt_ids.numel() :].tolist()
+        assert len(new) == 2 and new[1] in adapter._stop_ids(), (family, new)
+        word = adapter.tokenizer.decode(new[:1]).strip()
+        assert word in PALETTE and word == b

