@@ -22,6 +22,16 @@ from torch import Tensor
 import xattr
 
 
+def close(actual, expected, rtol=1e-5):
+    """float64 comparison to a relative tolerance (the methods' exactness contract: 1e-5)."""
+    torch.testing.assert_close(
+        torch.as_tensor(actual, dtype=torch.float64),
+        torch.as_tensor(expected, dtype=torch.float64),
+        rtol=rtol,
+        atol=1e-10,
+    )
+
+
 @pytest.fixture
 def single_thread():
     """Tiny tensors gain nothing from intra-op threads, and lose a lot on a busy machine."""

@@ -9,6 +9,7 @@ import torch
 
 import xattr
 from reference_methods import (
+    close,
     gradcam_reference,
     per_token_rows_to_maps,
     random_trace,
@@ -30,15 +31,6 @@ SIZES = [  # (N, L, H, T, grid)
     (33, 4, 1, 3, (3, 4)),
     (33, 2, 3, 1, (4, 4)),
 ]
-
-
-def close(actual, expected, rtol=1e-5):
-    torch.testing.assert_close(
-        torch.as_tensor(actual, dtype=torch.float64),
-        torch.as_tensor(expected, dtype=torch.float64),
-        rtol=rtol,
-        atol=1e-10,
-    )
 
 
 def check_against(expl, rows, lay, token_mask=None):

@@ -11,6 +11,7 @@ import torch
 import xattr
 from reference_methods import (
     blur_reference,
+    close,
     glimpse_reference,
     random_trace,
     relevance_flow_reference,
@@ -30,15 +31,6 @@ SIZES = [  # (N, L, H, T, grid)
     (33, 4, 3, 3, (3, 4)),
     (33, 1, 3, 1, (4, 4)),
 ]
-
-
-def close(actual, expected, rtol=1e-5):
-    torch.testing.assert_close(
-        torch.as_tensor(actual, dtype=torch.float64),
-        torch.as_tensor(expected, dtype=torch.float64),
-        rtol=rtol,
-        atol=1e-10,
-    )
 
 
 def run(trace, **hparams):
