@@ -87,12 +87,6 @@ def test_task_batches_are_seeded_and_grounded():
     assert float(a.cover.sum(1).max()) <= 1.0 + 1e-6
 
 
-@pytest.mark.xfail(
-    reason="issue 6 open: with the current train.py recipe this small retrain does not halve its "
-    "loss within the step budget (1.55 vs 1.92 measured); the shipped checkpoints came from an "
-    "earlier run of the recipe",
-    strict=False,
-)
 @pytest.mark.parametrize("family", ["qwen2_5_vl"])
 def test_small_retrain_learns(family, tmp_path):
     """A much smaller model, all three stages for a few dozen steps: losses drop, answers beat chance."""
@@ -120,9 +114,9 @@ def test_small_retrain_learns(family, tmp_path):
     toy, report = T.train(recipe, out, verbose=False)
     stages = {s["stage"]: s for s in report["stages"]}
     # The language model learns to read the colour off the (oracle) visual tokens.
-    assert stages["lm(oracle)"]["final_loss"] < 0.5 * stages["lm(oracle)"]["first_loss"]
-    # The vision tower learns to produce the cell embeddings.
-    assert stages["align"]["final_loss"] < 0.5 * stages["align"]["first_loss"]
+    assert stages["lm(oracle)"]["final"]["loss"] < 0.5 * stages["lm(oracle)"]["first"]["loss"]
+    # The vision tower learns to produce the cell embeddings (relative error of the regression).
+    assert stages["align"]["final"]["align"] < 0.5 * stages["align"]["first"]["align"]
     # End to end from pixels, one object: well above chance (1/4).
     assert stages["joint"]["heldout"]["acc"] >= 0.6
 

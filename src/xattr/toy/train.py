@@ -65,12 +65,12 @@ BACKGROUND_WORD = "background"
 FAMILY_SIZES: dict[str, dict[str, Any]] = {
     "qwen2_5_vl": dict(
         image_size=112, patch_size=16, merge_size=1,
-        text_layers=4, text_hidden=128, text_heads=4, text_kv_heads=2,
+        text_layers=4, text_hidden=128, text_heads=8, text_kv_heads=2,
         vision_layers=3, vision_hidden=128, vision_heads=4,
     ),
     "llava": dict(
         image_size=112, patch_size=16,
-        text_layers=4, text_hidden=128, text_heads=4, text_kv_heads=2,
+        text_layers=4, text_hidden=128, text_heads=8, text_kv_heads=2,
         vision_layers=3, vision_hidden=128, vision_heads=4, vision_feature_layer=-1,
     ),
 }  # fmt: skip
@@ -507,8 +507,8 @@ def default_recipe(family: str, seed: int = 0, scale: float = 1.0) -> Recipe:
     stages = [
         Stage(
             "lm",
-            steps=s(600),
-            lr=2e-3,
+            steps=s(400),
+            lr=1e-3,
             batch_size=64,
             warmup=s(50),
             hold=0.6,
@@ -802,6 +802,8 @@ def train(recipe: Recipe, out: str | Path | None, *, workdir: str | Path | None 
             "seconds": round(time.time() - t0, 1),
             "final_loss": float(np.mean([h["loss"] for h in tail])),
             "first_loss": float(np.mean([h["loss"] for h in module.history[:10]])),
+            "first": _means(module.history[:10]),  # every logged term, first 10 steps
+            "final": _means(tail),  # ... and last 50 steps
             "heldout": ev,
         }
         report["stages"].append(entry)
@@ -813,6 +815,11 @@ def train(recipe: Recipe, out: str | Path | None, *, workdir: str | Path | None 
     if out is not None:
         save(toy, out, report)
     return toy, report
+
+
+def _means(history: list[dict[str, float]]) -> dict[str, float]:
+    keys = sorted({k for h in history for k in h})
+    return {k: float(np.nanmean([h.get(k, np.nan) for h in history])) for k in keys}
 
 
 def save(toy: ToyLVLM, out: str | Path, report: dict[str, Any]) -> Path:
