@@ -37,6 +37,15 @@ def test_checkpoint_files_are_small_and_complete(family):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+def test_checkpoint_training_record(family):
+    """The shipped weights come from the documented command: seed 0, well within 30 minutes."""
+    record = json.loads((xattr.toy.checkpoint(family) / "training_report.json").read_text())
+    assert record["recipe"]["family"] == family and record["recipe"]["seed"] == 0
+    assert record["seconds"] < 30 * 60
+    assert record["stages"][-1]["heldout"]["acc"] >= 0.95
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_checkpoint_loads_through_from_pretrained(family):
     """Plain transformers loading (eager attention) gives the real class; greedy answers stop."""
     from transformers import LlavaForConditionalGeneration, Qwen2_5_VLForConditionalGeneration
@@ -64,18 +73,10 @@ def test_heldout_accuracy(report):
     assert rep["accuracy"] >= 0.95, (family, rep)
 
 
-# Bars the shipped checkpoints do not meet yet, kept visible as strict xfails (issue 6).
-KNOWN_MISSES = {
-    ("llava", "blur"): "the LLaVA toy still reads the colour of a Gaussian-blurred object "
-    "(70% with it blurred vs 25% chance; 28% when it is filled with background)",
-}
-
-
 @pytest.mark.parametrize("mode", ["fill", "blur"])
-def test_queried_object_blurred_out_falls_to_chance(report, mode, request):
+def test_queried_object_blurred_out_falls_to_chance(report, mode):
+    """Filled with background or Gaussian-blurred, the asked object is gone: about 1/4 correct."""
     family, _, rep = report
-    if (family, mode) in KNOWN_MISSES:
-        request.applymarker(pytest.mark.xfail(reason=KNOWN_MISSES[family, mode], strict=True))
     assert abs(rep[mode]["queried_blurred"] - rep["chance"]) <= 0.12, (family, mode, rep)
 
 
@@ -100,3 +101,9 @@ def test_greedy_generate_answers_one_word_then_stops(report):
         assert len(new) == 2 and new[1] in adapter._stop_ids(), (family, new)
         word = adapter.tokenizer.decode(new[:1]).strip()
         assert word in PALETTE and word == b
+
+
+def test_checkpoint_helper_missing_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setattr(xattr.toy, "CHECKPOINT_DIR", tmp_path)
+    with pytest.raises(FileNotFoundError, match="python -m xattr.toy.train --family llava"):
+        xattr.toy.checkpoint("llava")
