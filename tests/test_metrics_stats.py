@@ -150,3 +150,14 @@ def test_results_table_markdown():
     assert results_table(RECORDS, metrics=["nss"], methods=["rollout"], digits=1) == (
         "| method | nss ↑ |\n|---|---|\n| rollout | 2.0 ± 1.0 (n=2, skipped 1) |"
     )
+
+
+def test_summary_table_infers_only_numeric_columns():
+    """Answers and warning lists in the rows are not metrics; missing values are NaN."""
+    rows = [
+        {"sample_id": "a", "method": "m", "nss": 1.0, "answer": "red", "warnings": ["w"]},
+        {"sample_id": "b", "method": "m", "nss": 3.0, "answer": "blue", "warnings": []},
+    ]
+    table = summary_table(rows, n_boot=0)
+    assert list(table["m"]) == ["nss"]
+    assert table["m"]["nss"].mean == 2.0 and table["m"]["nss"].n == 2

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -249,3 +250,36 @@ def test_method_limits_run_an_expensive_method_on_the_first_samples_only(tmp_pat
         + _table(tmp_path / "run")["rollout"]["nss"]["skipped"]
         == 2
     )
+
+
+def test_method_warnings_are_counted_per_sample_not_repeated(
+    tmp_path, model_dir, monkeypatch, capsys, caplog
+):
+    """An AttributionWarning lands in the sample's row, in summary.json's counts, and once in the log."""
+    from xattr.methods.common import AttributionWarning
+    from xattr.methods.rollout import Rollout
+
+    original = Rollout.attribute
+    seen = []
+
+    def warning_on_two(self, trace):
+        seen.append(1)
+        if len(seen) % 2:  # the 1st and 3rd samples
+            warnings.warn("rollout: test degenerate map", AttributionWarning, stacklevel=2)
+        return original(self, trace)
+
+    monkeypatch.setattr(Rollout, "attribute", warning_on_two)
+    run(_compose(tmp_path, model_dir, FAST_METHODS, "metrics=agreement"))
+    rows = {(r["sample_id"], r["method"]): r["warnings"] for r in load_rows(tmp_path / "run")}
+    assert sorted(v for k, v in rows.items() if k[1] == "rollout") == [
+        [],
+        [],
+        ["rollout: test degenerate map"],
+        ["rollout: test degenerate map"],
+    ]
+    assert all(v == [] for k, v in rows.items() if k[1] == "glimpse")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["warnings"] == {"rollout": {"rollout: test degenerate map": 2}}
+    assert "- rollout: 2 of 4 samples: rollout: test degenerate map" in capsys.readouterr().out
+    logged_once = [r for r in caplog.records if "test degenerate map" in r.getMessage()]
+    assert len(logged_once) == 1

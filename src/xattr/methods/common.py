@@ -267,8 +267,9 @@ def make_explanation(
     meta["empty_visual_map"] = empty
     if empty:
         warnings.warn(
-            f"{method}: the visual map is all zero: no relevance reaches the image tokens "
-            "(zero gradient or attention on them: the answer ignores the image); returned as zeros",
+            f"{method}: the visual map is all zero: no positive relevance on the image tokens "
+            "(zero gradients or attention there, or every value clipped at zero by the method's "
+            "ReLU); returned as zeros",
             AttributionWarning,
             stacklevel=3,
         )

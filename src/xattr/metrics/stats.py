@@ -151,8 +151,8 @@ def _order(records: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[str]]:
     metrics: dict[str, None] = {}
     for rec in records:
         methods.setdefault(rec["method"], None)
-        for key in rec:
-            if key not in _ID_KEYS:
+        for key, value in rec.items():  # numeric columns only (not answers or warning lists)
+            if key not in _ID_KEYS and (value is None or isinstance(value, (int, float))):
                 metrics.setdefault(key, None)
     return list(methods), list(metrics)
 

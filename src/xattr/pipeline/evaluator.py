@@ -6,6 +6,7 @@ the adapter for a trace, and metrics for numbers.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 import warnings
@@ -18,8 +19,11 @@ import numpy as np
 from ..data.sample import Sample
 from ..explanation import Explanation
 from ..methods import Attributor
+from ..methods.common import AttributionWarning
 from ..metrics import Metric
 from ..models.base import ModelAdapter
+
+log = logging.getLogger(__name__)
 
 # Metrics compared with the continuous human map vs with the binary object mask.
 MASK_METRICS = frozenset({"pointing_game", "iou_topk", "energy_pointing_game"})
@@ -56,6 +60,7 @@ class SampleEvaluator:
         self.model_metrics = dict(model_metrics or {})
         self.answer_mode = answer
         self.current_method = ""
+        self._warned: set[tuple[str, str]] = set()
 
     @property
     def metric_names(self) -> list[str]:
@@ -86,8 +91,8 @@ class SampleEvaluator:
             method = self.methods[name]
             if method.needs.model:
                 trace.meta.update(adapter=self.adapter, image=image, question=sample.question)
-            expl = method.explain(trace)
-            row: dict[str, Any] = {"sample_id": sample.sample_id, "method": name}
+            expl, notes = self._explain(name, method, trace)
+            row: dict[str, Any] = {"sample_id": sample.sample_id, "method": name, "warnings": notes}
             row.update(self._map_scores(expl, sample))
             for metric in self.model_metrics.values():
                 row.update(metric(self.adapter, image, sample.question, trace, expl))
@@ -100,6 +105,24 @@ class SampleEvaluator:
             result.rows.append(row)
             result.explanations[name] = expl
         return result
+
+    def _explain(self, name: str, method: Attributor, trace: Any) -> tuple[Explanation, list[str]]:
+        """Run one method; its AttributionWarnings go into the row (and the log, once each)."""
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            expl = method.explain(trace)
+        notes: list[str] = []
+        for w in caught:
+            if not issubclass(w.category, AttributionWarning):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+                continue
+            text = str(w.message)
+            if text not in notes:
+                notes.append(text)
+            if (name, text) not in self._warned:
+                self._warned.add((name, text))
+                log.warning("%s (logged once; every occurrence is counted in summary.json)", text)
+        return expl, notes
 
     def _map_scores(self, expl: Explanation, sample: Sample) -> dict[str, float]:
         """Map metrics against the human map (agreement) or the object mask (localisation)."""

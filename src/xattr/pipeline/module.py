@@ -13,7 +13,14 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 
 from ..data.sample import Sample, SampleError
 from .evaluator import SampleEvaluator
-from .results import ResultStore, load_rows, load_skipped, summarize_run, write_summary
+from .results import (
+    ResultStore,
+    load_rows,
+    load_skipped,
+    summarize_run,
+    warning_counts,
+    write_summary,
+)
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +114,7 @@ class ExplainEvalModule(L.LightningModule):
             "samples": len({r["sample_id"] for r in rows}),
             "skipped_samples": len(skipped),
             "this_session": counts,
+            "warnings": warning_counts(rows),
             "seconds": elapsed,
         }
         write_summary(self.run_dir, table, markdown, extra)

@@ -77,6 +77,25 @@ def summarize_run(
     return table, stats.results_table(rows, metrics=metrics, methods=methods)
 
 
+def warning_counts(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """``{method: {warning text: number of samples}}`` from the rows' ``warnings`` lists."""
+    counts: dict[str, dict[str, int]] = {}
+    for row in rows:
+        for text in row.get("warnings") or []:
+            by_text = counts.setdefault(row["method"], {})
+            by_text[text] = by_text.get(text, 0) + 1
+    return counts
+
+
+def format_warnings(counts: dict[str, dict[str, int]], rows_per_method: dict[str, int]) -> str:
+    """One line per (method, warning): how many of the method's samples raised it."""
+    lines = []
+    for method, by_text in counts.items():
+        for text, n in sorted(by_text.items(), key=lambda kv: -kv[1]):
+            lines.append(f"- {method}: {n} of {rows_per_method.get(method, n)} samples: {text}")
+    return "\n".join(lines)
+
+
 def write_summary(
     run_dir: str | Path,
     table: dict[str, dict[str, stats.Summary]],
