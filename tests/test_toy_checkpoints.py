@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -107,3 +109,10 @@ def test_checkpoint_helper_missing_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(xattr.toy, "CHECKPOINT_DIR", tmp_path)
     with pytest.raises(FileNotFoundError, match="python -m xattr.toy.train --family llava"):
         xattr.toy.checkpoint("llava")
+
+
+def test_plain_import_exposes_the_checkpoint_helper():
+    """`import xattr` alone is enough for the README's `xattr.toy.checkpoint(...)` line."""
+    code = "import xattr; print(xattr.toy.checkpoint('qwen2_5_vl'))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == str(xattr.toy.checkpoint("qwen2_5_vl"))

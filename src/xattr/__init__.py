@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from . import methods, models
+from . import methods, models, toy
 from .api import explain
 from .explanation import Explanation
 from .trace import Trace, TraceError
 
-__all__ = ["Explanation", "Trace", "TraceError", "explain", "methods", "models"]
+__all__ = ["Explanation", "Trace", "TraceError", "explain", "methods", "models", "toy"]
 __version__ = "0.1.0"
