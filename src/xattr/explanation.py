@@ -34,10 +34,33 @@ class Explanation:
     def grid(self) -> tuple[int, int]:
         return tuple(self.visual.shape)  # type: ignore[return-value]
 
+    @property
+    def image_region(self) -> tuple[float, float, float, float]:
+        """``(top, left, bottom, right)`` fractions of the image the grid covers (the model's view)."""
+        region = self.meta.get("image_region")
+        return (0.0, 0.0, 1.0, 1.0) if region is None else tuple(float(x) for x in region)
+
     def visual_pixels(self, size: tuple[int, int]) -> Tensor:
-        """The visual map bilinearly upsampled to ``size`` = (height, width) pixels."""
-        v = self.visual.detach().float()[None, None]
-        return F.interpolate(v, size=tuple(size), mode="bilinear", align_corners=False)[0, 0]
+        """The visual map on the image's ``size`` = (height, width) pixels, bilinearly.
+
+        The grid is placed on the part of the image the model saw (`image_region`, e.g.
+        LLaVA's centre crop); pixels the model never saw get the map's minimum.
+        """
+        v = self.visual.detach().float()[None, None]  # [1, 1, h, w]
+        height, width = int(size[0]), int(size[1])
+        top, left, bottom, right = self.image_region
+        if (top, left, bottom, right) == (0.0, 0.0, 1.0, 1.0):
+            return F.interpolate(v, size=(height, width), mode="bilinear", align_corners=False)[
+                0, 0
+            ]
+        # pixel centres in grid_sample's [-1, 1] coordinates of the region (align_corners=False)
+        ys = ((torch.arange(height) + 0.5) / height - top) / (bottom - top) * 2 - 1  # [H]
+        xs = ((torch.arange(width) + 0.5) / width - left) / (right - left) * 2 - 1  # [W]
+        gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+        grid = torch.stack([gx, gy], dim=-1)[None]  # [1, H, W, 2] as (x, y)
+        out = F.grid_sample(v, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        outside = (gy.abs() > 1) | (gx.abs() > 1)
+        return out[0, 0].masked_fill(outside, float(v.min()))
 
     def overlay(self, image: Image.Image, alpha: float = 0.5, cmap: str = "jet") -> Image.Image:
         """The image with the min-max normalised map drawn over it as a heatmap."""

@@ -56,6 +56,8 @@ class Attributor(ABC):
         expl.timings.setdefault("attribute_s", time.perf_counter() - start)
         expl.hparams = {**self.hparams, **expl.hparams}
         expl.method = self.name
+        if trace.meta.get("image_region") is not None:  # where the grid sits on the image
+            expl.meta.setdefault("image_region", tuple(trace.meta["image_region"]))
         return expl
 
     def __repr__(self) -> str:

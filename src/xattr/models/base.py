@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from ..images import ImageLike, load_image
 from ..registry import Registry
 from ..trace import Trace
+from .geometry import FULL_IMAGE, Region
 
 ADAPTERS: Registry[type[ModelAdapter]] = Registry("model", "xattr.models")
 
@@ -45,6 +46,7 @@ class PreparedInputs:
     grids: list[tuple[int, int]]
     prompt_index: Tensor  # [|P|] the question's own tokens
     text: str  # the rendered prompt
+    image_size: tuple[int, int] | None = None  # (W, H) of the original image
 
 
 class ModelAdapter(ABC):
@@ -151,7 +153,9 @@ class ModelAdapter(ABC):
                 "check the image size against the processor's minimum"
             )
         prompt_index = self._question_positions(text, prompt_ids, question)
-        return PreparedInputs(inputs, prompt_ids, visual_index, grids, prompt_index, text)
+        return PreparedInputs(
+            inputs, prompt_ids, visual_index, grids, prompt_index, text, image_size=image.size
+        )
 
     def _question_positions(self, text: str, prompt_ids: Tensor, question: str) -> Tensor:
         """Positions of the question's own tokens, found through tokenizer offsets."""
@@ -317,6 +321,10 @@ class ModelAdapter(ABC):
                 "prompt_text": prepared.text,
                 "answer_text": self.tokenizer.decode(answer_ids.tolist()),
                 "logits": z.detach().cpu(),
+                # the box of the original image the token grid covers (fractions)
+                "image_region": (
+                    self.image_region(prepared.image_size) if prepared.image_size else FULL_IMAGE
+                ),
             },
         )
 
@@ -434,6 +442,13 @@ class ModelAdapter(ABC):
     # processing the blended image, up to resampling (the mask is applied after the resize
     # instead of before), uint8 rounding and clipping. Perturbation methods (iGOS) blend
     # here, in `pixel_values` space, and differentiate through the whole model.
+    def image_region(self, image_size: tuple[int, int]) -> Region:
+        """``(top, left, bottom, right)``: the box of a (W, H) image the token grid covers.
+
+        The whole image unless the processor crops or pads (see `xattr.models.geometry`).
+        """
+        return FULL_IMAGE
+
     def processed_size(self, inputs: dict[str, Tensor]) -> tuple[int, int]:
         """(H, W) of the first image as the vision tower sees it, after the processor's resize."""
         raise NotImplementedError(f"{type(self).__name__} has no differentiable pixel-mask path")

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import ADAPTERS, ModelAdapter
+from .geometry import Region, processor_region
 
 
 @ADAPTERS.register("llava")
@@ -48,6 +49,10 @@ class LlavaAdapter(ModelAdapter):
 
     def attention_modules(self) -> list[nn.Module]:
         return [layer.self_attn for layer in self.model.model.language_model.layers]
+
+    def image_region(self, image_size: tuple[int, int]) -> Region:
+        """The centre square the CLIP processor keeps (resize shortest edge, centre crop)."""
+        return processor_region(image_size, self.processor.image_processor)
 
     # ------------------------------------------------ pixel_values layout (mask path)
     def processed_size(self, inputs: dict[str, Tensor]) -> tuple[int, int]:

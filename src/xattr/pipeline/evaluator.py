@@ -125,14 +125,20 @@ class SampleEvaluator:
         return expl, notes
 
     def _map_scores(self, expl: Explanation, sample: Sample) -> dict[str, float]:
-        """Map metrics against the human map (agreement) or the object mask (localisation)."""
-        saliency = expl.visual.detach().float().numpy()
+        """Map metrics against the human map (agreement) or the object mask (localisation).
+
+        When the grid covers only part of the image (a centre crop), the map is first placed
+        on the reference's pixels (`Explanation.visual_pixels`) so the two stay aligned.
+        """
+        grid_map = expl.visual.detach().float().numpy()
+        whole_image = expl.image_region == (0.0, 0.0, 1.0, 1.0)
         scores = {}
         for name, metric in self.map_metrics.items():
             reference = _reference_for(name, sample)
             if reference is None:
                 scores[name] = math.nan
                 continue
+            saliency = grid_map if whole_image else expl.visual_pixels(reference.shape[:2]).numpy()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # undefined values are NaN, counted as skipped
                 scores[name] = float(metric(saliency, reference))
