@@ -310,3 +310,24 @@ def test_every_method_takes_every_token_policy(tiny_adapter, method, policy):
         xattr.methods.get(method, token_policy="nouns").explain(
             adapter.trace(_image(112), QUESTION, answer="red", gradients=method != "rollout")
         )
+
+
+def test_prefetched_gradients_are_the_per_token_ones_and_are_reused(tiny_adapter):
+    """One batched prefetch fills the cache with what per-token VJPs give; later reads reuse it."""
+    adapter = tiny_adapter("qwen2_5_vl")
+    image = _image(112)
+    batched = adapter.trace(image, QUESTION, answer="red circle left", batch_vjp=8)
+    plain = adapter.trace(image, QUESTION, answer="red circle left", batch_vjp=1)
+    calls = []
+    inner = batched.gradient_fn
+    batched.gradient_fn = lambda tokens: calls.append(list(tokens)) or inner(tokens)
+    batched.prefetch_gradients()
+    assert calls == [list(range(batched.num_answer_tokens))]  # one request for every token
+    for t in range(batched.num_answer_tokens):
+        torch.testing.assert_close(batched.token_gradients(t), plain.token_gradients(t))
+    assert len(calls) == 1  # every read came from the cache
+
+    uncached = adapter.trace(image, QUESTION, answer="red circle left")
+    uncached.cache_gradients = False
+    uncached.prefetch_gradients()  # nothing to keep them in: no work
+    assert uncached._gradient_cache == {}

@@ -276,6 +276,22 @@ def test_negative_infinity_gradient_raises_too():
         run(trace)
 
 
+def test_nan_in_a_layer_outside_the_subset_is_not_read():
+    """Finiteness is checked on the layers the method reads: a NaN elsewhere is not an error."""
+    trace, attn, grads, lay, conf = random_trace(16, 3, 2, 2, (2, 3), seed=6)
+    grads = grads.clone()
+    grads[1, 0, 0, 5, 3] = float("nan")  # layer 0 of token 1
+    trace = xattr.Trace.from_tensors(list(attn), grads, confidences=conf, **lay)
+    clean = grads.clone()
+    clean[1, 0] = 0.0
+    reference = xattr.Trace.from_tensors(list(attn), clean, confidences=conf, **lay)
+    torch.testing.assert_close(
+        run(trace, layers=[1, 2]).visual, run(reference, layers=[1, 2]).visual
+    )
+    with pytest.raises(ValueError, match="answer token 1, layer 0"):
+        run(trace)
+
+
 def test_empty_layer_subset_is_an_error():
     trace, *_ = random_trace(16, 2, 2, 1, (2, 3))
     with pytest.raises(ValueError, match="selects no layer"):

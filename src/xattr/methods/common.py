@@ -140,6 +140,8 @@ class GradientAttention:
         self._ones: Tensor | None = None  # [n_max^2]
         self._masks: dict[int, Tensor] = {}
         self._token: tuple[int, Tensor] | None = None  # the answer token whose gradient is held
+        self._finite = True  # every layer of the held token's gradient is finite
+        trace.prefetch_gradients()  # the methods using this pass visit every answer token
 
     def layer(
         self,
@@ -166,7 +168,8 @@ class GradientAttention:
     def _compute(self, t: int, layer: int, head_weights: HeadWeightFn | None) -> LayerPass:
         n = int(self.trace.predicting_positions[t]) + 1
         full = self._gradients(t)[layer]  # [H, N, N]
-        check_finite(full, f"gradients of answer token {t}, layer {layer}")
+        if not self._finite:  # some layer of this token is not finite: is it this one?
+            check_finite(full, f"gradients of answer token {t}, layer {layer}")
         grad = full[:, :n, :n]  # [H, n, n] causal block
         attn = self.trace.attentions[layer][:, :n, :n]  # [H, n, n]
         heads = grad.shape[0]
@@ -198,7 +201,13 @@ class GradientAttention:
         """Token t's gradients [L, H, N, N], fetched once per token even from a trace that
         recomputes them on every request (cache_gradients=False)."""
         if self._token is None or self._token[0] != t:
-            self._token = (t, self.trace.token_gradients(t))
+            grads = self.trace.token_gradients(t)  # [L, H, N, N]
+            try:  # one pass over every layer; per-layer checks only if it fails
+                check_finite(grads, f"gradients of answer token {t}")
+                self._finite = True
+            except ValueError:
+                self._finite = False
+            self._token = (t, grads)
         return self._token[1]
 
     def _causal_mask(self, n: int) -> Tensor:

@@ -78,6 +78,7 @@ class GradCAM(Attributor):
         n_seq, heads = trace.seq_len, trace.num_heads
         support = causal_mask(n_seq, torch.empty(0, dtype=dtype))  # [N*N] 1 where j <= i
         rows = torch.zeros(trace.num_answer_tokens, n_seq, dtype=dtype)  # [T, N]
+        trace.prefetch_gradients()  # every token's gradients, in batched chunks
         for t in range(trace.num_answer_tokens):
             p = int(trace.predicting_positions[t])
             grad = (
