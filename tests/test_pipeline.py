@@ -283,3 +283,25 @@ def test_method_warnings_are_counted_per_sample_not_repeated(
     assert "- rollout: 2 of 4 samples: rollout: test degenerate map" in capsys.readouterr().out
     logged_once = [r for r in caplog.records if "test degenerate map" in r.getMessage()]
     assert len(logged_once) == 1
+
+
+def test_progress_bar_names_the_method_as_it_starts(tmp_path, model_dir, monkeypatch):
+    """The bar's label is set before each method runs (not after, to the previous one)."""
+    from xattr.methods.rollout import Rollout
+    from xattr.pipeline.module import XattrProgressBar
+
+    events = []
+    show = XattrProgressBar.show_method
+    monkeypatch.setattr(
+        XattrProgressBar,
+        "show_method",
+        lambda self, name: events.append(("bar", name)) or show(self, name),
+    )
+    attribute = Rollout.attribute
+    monkeypatch.setattr(
+        Rollout,
+        "attribute",
+        lambda self, trace: events.append(("run", "rollout")) or attribute(self, trace),
+    )
+    run(_compose(tmp_path, model_dir, FAST_METHODS, "metrics=agreement", "data.dataset.n=1"))
+    assert events[:3] == [("bar", "glimpse"), ("bar", "rollout"), ("run", "rollout")]

@@ -60,6 +60,7 @@ class SampleEvaluator:
         self.model_metrics = dict(model_metrics or {})
         self.answer_mode = answer
         self.current_method = ""
+        self.on_method_start: Callable[[str], None] | None = None  # e.g. a progress bar's label
         self._warned: set[tuple[str, str]] = set()
 
     @property
@@ -88,6 +89,8 @@ class SampleEvaluator:
         result = SampleResult(rows=[], answer=answer)
         for name in todo:
             self.current_method = name
+            if self.on_method_start is not None:
+                self.on_method_start(name)
             method = self.methods[name]
             if method.needs.model:
                 trace.meta.update(adapter=self.adapter, image=image, question=sample.question)

@@ -147,12 +147,24 @@ def _log_rich(logger: Any, rows: list[dict[str, Any]], overlay_dir: Path) -> Non
 
 
 class XattrProgressBar(TQDMProgressBar):
-    """The test bar shows samples/s and the method being run."""
+    """The test bar shows samples/s and the method running now (set as each one starts)."""
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_test_start(trainer, pl_module)
+        evaluator = getattr(pl_module, "evaluator", None)
+        if evaluator is not None:
+            evaluator.on_method_start = self.show_method
+
+    def show_method(self, name: str) -> None:
+        """Label the bar with the method that is starting."""
+        try:
+            bar = self.test_progress_bar
+        except TypeError:  # no test bar (yet)
+            return
+        if not bar.disable:
+            bar.set_postfix(method=name, refresh=True)
 
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         metrics = dict(super().get_metrics(trainer, pl_module))
         metrics.pop("v_num", None)
-        evaluator = getattr(pl_module, "evaluator", None)
-        if evaluator is not None:
-            metrics["method"] = evaluator.current_method
         return metrics
