@@ -182,3 +182,32 @@ def test_rewriting_removes_stale_maps(tmp_path) -> None:
     assert len(list((tmp_path / "vqahat_val").iterdir())) == 6
     assert len(list((tmp_path / "val2014").iterdir())) == 2
     assert (tmp_path / "notes.txt").is_file()
+
+
+def test_cached_synthetic_set_is_reused_when_the_parameters_match(tmp_path, monkeypatch) -> None:
+    """Colour names match their recorded RGB (no rewrite); a changed writer option rewrites."""
+    from xattr.data import cached
+
+    writes = []
+    original = cached.write_synthetic_vqahat
+    monkeypatch.setattr(
+        cached, "write_synthetic_vqahat", lambda *a, **k: writes.append(k) or original(*a, **k)
+    )
+    root = tmp_path / "syn"
+    first = cached.synthetic_dataset(root, n=4, seed=3, colors=["red", "blue", "green"])
+    again = cached.synthetic_dataset(root, n=4, seed=3, colors=["red", "blue", "green"])
+    assert len(writes) == 1 and len(first) == len(again) == 4
+    cached.synthetic_dataset(root, n=4, seed=3, colors=["red", "blue", "green"], n_maps=2)
+    assert len(writes) == 2  # a writer option changed: rewritten
+    cached.synthetic_dataset(root, n=4, seed=4, colors=["red", "blue", "green"], n_maps=2)
+    assert len(writes) == 3  # the seed changed
+
+
+def test_cached_synthetic_samples_carry_their_objects(tmp_path) -> None:
+    """Read back from disk, each sample knows its objects: the queried one's mask is the reference."""
+    from xattr.data.cached import synthetic_dataset
+
+    data = synthetic_dataset(tmp_path / "syn", n=3, seed=5)
+    for sample in data:
+        assert len(sample.meta["objects"]) == 3
+        assert np.array_equal(object_mask(sample), sample.mask)

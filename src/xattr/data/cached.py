@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from xattr.data.synthetic import write_synthetic_vqahat
+from xattr.data.synthetic import read_synthetic_meta, synthetic_config, write_synthetic_vqahat
 from xattr.data.vqahat import VQAHATDataset
+
+# write_synthetic_vqahat's file-writing options and their defaults (the rest drive the generator)
+WRITER_DEFAULTS = {"n_maps": 3, "map_jitter": 0, "jpeg_quality": 95}
 
 
 def synthetic_dataset(
@@ -21,22 +25,32 @@ def synthetic_dataset(
 ) -> VQAHATDataset:
     """The synthetic grounding set in VQA-HAT layout under ``root``, generated if absent.
 
-    The files are rewritten when the recorded generator parameters differ from the
-    requested ones, so a config change never silently reuses stale data.
+    The files are rewritten when the recorded generator or writer parameters differ from
+    the requested ones (compared after normalisation, so ``colors: [red, blue]`` matches
+    the RGB values it was recorded as), so a config change never silently reuses stale
+    data. Each sample's ``meta`` carries the generator's objects and queried index.
     """
     root = Path(root)
     sidecar = root / f"synthetic_{split}_meta.json"
-    wanted = {"n": n, "seed": seed, **generator}
-    if not _matches(sidecar, wanted):
+    writer = {k: generator.get(k, v) for k, v in WRITER_DEFAULTS.items()}
+    params = {k: v for k, v in generator.items() if k not in WRITER_DEFAULTS}
+    wanted = {"n": n, "seed": seed, **asdict(synthetic_config(**params))}
+    if not _matches(sidecar, wanted, writer):
         write_synthetic_vqahat(root, n=n, seed=seed, split=split, **generator)
-    return VQAHATDataset(root, split=split, mask_threshold=mask_threshold, limit=limit)
+    return VQAHATDataset(
+        root,
+        split=split,
+        mask_threshold=mask_threshold,
+        limit=limit,
+        extra_meta=read_synthetic_meta(root, split),
+    )
 
 
-def _matches(sidecar: Path, wanted: dict[str, Any]) -> bool:
+def _matches(sidecar: Path, wanted: dict[str, Any], writer: dict[str, Any]) -> bool:
     if not sidecar.exists():
         return False
-    recorded = json.loads(sidecar.read_text()).get("generator", {})
-    return all(_same(recorded.get(k), v) for k, v in wanted.items())
+    recorded = json.loads(sidecar.read_text())
+    return _same(recorded.get("generator", {}), wanted) and _same(recorded.get("writer"), writer)
 
 
 def _same(a: Any, b: Any) -> bool:

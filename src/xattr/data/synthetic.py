@@ -117,7 +117,7 @@ class SyntheticConfig:
         return int(self.object_size[0]), int(self.object_size[1])
 
 
-def _config(**kwargs: Any) -> SyntheticConfig:
+def synthetic_config(**kwargs: Any) -> SyntheticConfig:
     """Build a SyntheticConfig from loose user arguments (names -> palette, int -> range)."""
     colors = kwargs.get("colors")
     if colors is not None and not isinstance(colors, Mapping):
@@ -281,7 +281,7 @@ def generate_synthetic(
     distinct: bool | None = None,
 ) -> list[Sample]:
     """``n`` deterministic synthetic samples for ``seed`` (see the module docstring for knobs)."""
-    cfg = _config(
+    cfg = synthetic_config(
         image_size=image_size,
         n_objects=n_objects,
         shapes=shapes,
@@ -314,7 +314,7 @@ def write_synthetic_vqahat(
     Besides the VQA-HAT files, ``synthetic_{split}_meta.json`` records the generator
     parameters and each question's object metadata (the VQA-HAT loader ignores it).
     """
-    cfg = _config(**generator_kwargs)
+    cfg = synthetic_config(**generator_kwargs)
     samples = [make_sample(cfg, seed, i) for i in range(n)]
     root = write_vqahat(
         samples,

@@ -21,7 +21,7 @@ import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,6 +80,8 @@ class VQAHATDataset(Dataset[Sample]):
     - ``images_dir`` overrides ``root/{split}2014`` (e.g. an existing COCO folder).
     - ``limit`` keeps the first ``limit`` samples (ordered by question id, then annotator)
       after filtering; ``filtered`` and ``skipped`` still describe the whole folder.
+    - ``extra_meta``: per-question metadata keyed by question id (as a string), merged into
+      each sample's ``meta`` (e.g. the synthetic generator's objects and queried index).
     """
 
     def __init__(
@@ -93,8 +95,10 @@ class VQAHATDataset(Dataset[Sample]):
         limit: int | None = None,
         answer_types: Sequence[str] = ("other",),
         mask_threshold: float | None = None,
+        extra_meta: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         self.root = Path(root)
+        self.extra_meta = dict(extra_meta or {})
         self.split = split
         self.images_dir = Path(images_dir) if images_dir is not None else None
         self.answer_types = tuple(answer_types) if open_ended_only else None
@@ -240,5 +244,6 @@ class VQAHATDataset(Dataset[Sample]):
                 "map_paths": [str(p) for p in e.maps],
                 "map_hws": [list(m.shape) for m in maps],
                 "human_map_hw": list(human_map.shape),
+                **self.extra_meta.get(str(e.qid), {}),
             },
         )
