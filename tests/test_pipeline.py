@@ -196,11 +196,14 @@ def test_compare_prints_one_table_across_runs(tmp_path, model_dir, capsys):
 
 
 @pytest.mark.slow
-def test_multirun_writes_one_directory_per_job(tmp_path, model_dir):
+@pytest.mark.parametrize("launcher", ["basic", "submitit_local"])
+def test_multirun_writes_one_directory_per_job(tmp_path, model_dir, launcher):
+    """Hydra's own launcher, and submitit's local executor (the SLURM launcher's code path)."""
     cmd = [
         sys.executable,
         str(ROOT / "train_free_eval.py"),
         "-m",
+        f"hydra/launcher={launcher}",
         "method=[glimpse]",
         "method.glimpse.tau_head=0.25,1.0",
         "metrics=agreement",
