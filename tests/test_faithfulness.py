@@ -432,3 +432,12 @@ def test_pixel_values_blending_matches_blending_the_image(tiny_adapter, family):
     for curve in ("deletion", "insertion"):
         np.testing.assert_allclose(a.scores[curve], b.scores[curve], atol=2e-2)
     assert fast._processed_space(adapter) and DeletionInsertion()._processed_space(adapter)
+
+
+def test_cell_index_places_the_grid_on_its_region():
+    """A grid on the middle half of the columns (a centre crop): hand-computed cells."""
+    index = _cell_index((2, 2), (8, 4), (0.0, 0.25, 1.0, 0.75))  # W=8, H=4
+    want_row = np.array([0, 0, 0, 0, 1, 1, 1, 1])  # columns 0-1 outside: nearest cell (0)
+    np.testing.assert_array_equal(index[0], want_row)
+    np.testing.assert_array_equal(index[3], want_row + 2)
+    np.testing.assert_array_equal(index[:2], np.stack([want_row, want_row]))

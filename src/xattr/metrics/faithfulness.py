@@ -241,7 +241,8 @@ class DeletionInsertion:
         if trace.input_ids is None:
             raise ValueError("the trace has no input_ids, so the answer to score is unknown")
         answer_ids = trace.input_ids[trace.answer_positions]
-        return self.score(adapter, image, question, answer_ids, expl.visual)
+        region = getattr(expl, "image_region", (0.0, 0.0, 1.0, 1.0))
+        return self.score(adapter, image, question, answer_ids, expl.visual, region=region)
 
     def score(
         self,
@@ -250,9 +251,11 @@ class DeletionInsertion:
         question: str,
         answer_ids: torch.Tensor | Sequence[int],
         saliency: Any,
+        region: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0),
     ) -> dict[str, float]:
-        """The outputs for a saliency map on the token grid (same as ``__call__``)."""
-        result = self.curves_for(adapter, image, question, answer_ids, saliency)
+        """The outputs for a saliency map on the token grid (same as ``__call__``); ``region``
+        is the box of the image the grid covers (`Explanation.image_region`)."""
+        result = self.curves_for(adapter, image, question, answer_ids, saliency, region=region)
         out: dict[str, float] = {}
         if result is None:  # NaN map: warned already
             out = {name: math.nan for name in self.outputs}
@@ -281,6 +284,7 @@ class DeletionInsertion:
         question: str,
         answer_ids: torch.Tensor | Sequence[int],
         saliency: Any,
+        region: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0),
     ) -> FaithfulnessCurves | None:
         """The raw curves (None, with a warning, when the map holds NaN or inf)."""
         sal = _as_grid(saliency)
@@ -317,7 +321,7 @@ class DeletionInsertion:
                 adapter, image, base, question, answer_ids, sal.shape, keeps
             )
         else:
-            cells = _cell_index(sal.shape, image.size)
+            cells = _cell_index(sal.shape, image.size, region)  # image space: place the grid
             images = [image, base] + [blend_images(image, base, k[cells]) for k in keeps[2:]]
             logp = adapter.answer_logprobs(images, question, answer_ids, batch_size=self.batch_size)
         logp = torch.as_tensor(logp)
@@ -376,10 +380,26 @@ def _removed_weights(values: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def _cell_index(grid: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
-    """[H, W] raster index of the grid cell holding each pixel's centre (exact integers)."""
+def _cell_index(
+    grid: tuple[int, int],
+    size: tuple[int, int],
+    region: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0),
+) -> np.ndarray:
+    """[H, W] raster index of the grid cell holding each pixel's centre.
+
+    The grid covers ``region`` (top, left, bottom, right fractions of the image, e.g. a
+    centre crop); pixels outside it, which the model never sees, take the nearest cell.
+    Exact integers when the grid covers the whole image.
+    """
     gh, gw = grid
     width, height = size
-    rows = ((2 * np.arange(height) + 1) * gh) // (2 * height)
-    cols = ((2 * np.arange(width) + 1) * gw) // (2 * width)
+    if tuple(region) == (0.0, 0.0, 1.0, 1.0):
+        rows = ((2 * np.arange(height) + 1) * gh) // (2 * height)
+        cols = ((2 * np.arange(width) + 1) * gw) // (2 * width)
+    else:
+        top, left, bottom, right = region
+        y = ((np.arange(height) + 0.5) / height - top) / (bottom - top)
+        x = ((np.arange(width) + 0.5) / width - left) / (right - left)
+        rows = np.clip(np.floor(y * gh), 0, gh - 1).astype(np.int64)
+        cols = np.clip(np.floor(x * gw), 0, gw - 1).astype(np.int64)
     return rows[:, None] * gw + cols[None, :]
