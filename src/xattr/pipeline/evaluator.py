@@ -59,7 +59,6 @@ class SampleEvaluator:
         self.map_metrics = dict(map_metrics)
         self.model_metrics = dict(model_metrics or {})
         self.answer_mode = answer
-        self.current_method = ""
         self.on_method_start: Callable[[str], None] | None = None  # e.g. a progress bar's label
         self._warned: set[tuple[str, str]] = set()
 
@@ -88,7 +87,6 @@ class SampleEvaluator:
         correct = _is_correct(answer, sample)
         result = SampleResult(rows=[], answer=answer)
         for name in todo:
-            self.current_method = name
             if self.on_method_start is not None:
                 self.on_method_start(name)
             method = self.methods[name]

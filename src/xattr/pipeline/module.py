@@ -19,6 +19,7 @@ from .results import (
     load_skipped,
     summarize_run,
     warning_counts,
+    warnings_markdown,
     write_summary,
 )
 
@@ -109,6 +110,8 @@ class ExplainEvalModule(L.LightningModule):
         metrics = [m for m in self.evaluator.metric_names]
         metrics += [k for k in ("correct",) if any(k in r for r in rows)]
         table, markdown = summarize_run(rows, metrics=metrics, methods=list(self.evaluator.methods))
+        if notes := warnings_markdown(rows):
+            markdown = f"{markdown}\n\n{notes}"
         skipped = load_skipped(self.run_dir)
         extra = {
             "samples": len({r["sample_id"] for r in rows}),

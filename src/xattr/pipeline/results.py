@@ -87,12 +87,19 @@ def warning_counts(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, int]]:
     return counts
 
 
-def format_warnings(counts: dict[str, dict[str, int]], rows_per_method: dict[str, int]) -> str:
-    """One line per (method, warning): how many of the method's samples raised it."""
-    lines = []
+def warnings_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """ "Method warnings:" and one line per (method, warning) with how many of the method's
+    samples raised it; empty when no method warned."""
+    counts = warning_counts(rows)
+    if not counts:
+        return ""
+    per_method: dict[str, int] = {}
+    for row in rows:
+        per_method[row["method"]] = per_method.get(row["method"], 0) + 1
+    lines = ["Method warnings:", ""]
     for method, by_text in counts.items():
         for text, n in sorted(by_text.items(), key=lambda kv: -kv[1]):
-            lines.append(f"- {method}: {n} of {rows_per_method.get(method, n)} samples: {text}")
+            lines.append(f"- {method}: {n} of {per_method[method]} samples: {text}")
     return "\n".join(lines)
 
 

@@ -69,7 +69,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     from .evaluator import SampleEvaluator
     from .module import ExplainEvalModule, XattrProgressBar
-    from .results import format_warnings, load_rows, read_summary
+    from .results import read_summary
 
     L.seed_everything(cfg.get("seed", 0), verbose=False)
     if cfg.get("num_threads"):
@@ -113,9 +113,4 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     summary = read_summary(run_dir)
     if trainer.global_rank == 0:
         print(f"\nResults ({run_dir}):\n\n{(run_dir / 'results.md').read_text()}")
-        if summary.get("warnings"):
-            per_method: dict[str, int] = {}
-            for row in load_rows(run_dir):
-                per_method[row["method"]] = per_method.get(row["method"], 0) + 1
-            print(f"Method warnings:\n{format_warnings(summary['warnings'], per_method)}\n")
     return summary
