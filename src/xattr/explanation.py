@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from .images import FULL_IMAGE, Region
+
 
 @dataclass
 class Explanation:
@@ -35,10 +37,13 @@ class Explanation:
         return tuple(self.visual.shape)  # type: ignore[return-value]
 
     @property
-    def image_region(self) -> tuple[float, float, float, float]:
+    def image_region(self) -> Region:
         """``(top, left, bottom, right)`` fractions of the image the grid covers (the model's view)."""
         region = self.meta.get("image_region")
-        return (0.0, 0.0, 1.0, 1.0) if region is None else tuple(float(x) for x in region)
+        if region is None:
+            return FULL_IMAGE
+        top, left, bottom, right = (float(x) for x in region)
+        return (top, left, bottom, right)
 
     def visual_pixels(self, size: tuple[int, int]) -> Tensor:
         """The visual map on the image's ``size`` = (height, width) pixels, bilinearly.
@@ -48,8 +53,8 @@ class Explanation:
         """
         v = self.visual.detach().float()[None, None]  # [1, 1, h, w]
         height, width = int(size[0]), int(size[1])
-        top, left, bottom, right = self.image_region
-        if (top, left, bottom, right) == (0.0, 0.0, 1.0, 1.0):
+        top, left, bottom, right = region = self.image_region
+        if region == FULL_IMAGE:
             return F.interpolate(v, size=(height, width), mode="bilinear", align_corners=False)[
                 0, 0
             ]

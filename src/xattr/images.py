@@ -9,6 +9,11 @@ from PIL import Image, ImageFilter, UnidentifiedImageError
 
 ImageLike = Image.Image | str | Path | np.ndarray
 
+# A box of an image as (top, left, bottom, right) fractions of its height and width, e.g.
+# the part a processor's centre crop keeps; values beyond [0, 1] mean padding around it.
+Region = tuple[float, float, float, float]
+FULL_IMAGE: Region = (0.0, 0.0, 1.0, 1.0)
+
 
 class ImageError(ValueError):
     """An image that is missing, unreadable or empty."""

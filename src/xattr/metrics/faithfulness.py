@@ -60,7 +60,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..images import ImageLike, blend_images, blur_image, load_image
+from ..images import FULL_IMAGE, ImageLike, Region, blend_images, blur_image, load_image
 from ._base import undefined
 
 PERTURBATIONS = ("blur", "mean", "zero")
@@ -241,7 +241,7 @@ class DeletionInsertion:
         if trace.input_ids is None:
             raise ValueError("the trace has no input_ids, so the answer to score is unknown")
         answer_ids = trace.input_ids[trace.answer_positions]
-        region = getattr(expl, "image_region", (0.0, 0.0, 1.0, 1.0))
+        region = getattr(expl, "image_region", FULL_IMAGE)
         return self.score(adapter, image, question, answer_ids, expl.visual, region=region)
 
     def score(
@@ -251,7 +251,7 @@ class DeletionInsertion:
         question: str,
         answer_ids: torch.Tensor | Sequence[int],
         saliency: Any,
-        region: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0),
+        region: Region = FULL_IMAGE,
     ) -> dict[str, float]:
         """The outputs for a saliency map on the token grid (same as ``__call__``); ``region``
         is the box of the image the grid covers (`Explanation.image_region`)."""
@@ -284,7 +284,7 @@ class DeletionInsertion:
         question: str,
         answer_ids: torch.Tensor | Sequence[int],
         saliency: Any,
-        region: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0),
+        region: Region = FULL_IMAGE,
     ) -> FaithfulnessCurves | None:
         """The raw curves (None, with a warning, when the map holds NaN or inf)."""
         sal = _as_grid(saliency)
@@ -383,7 +383,7 @@ def _removed_weights(values: np.ndarray, k: int) -> np.ndarray:
 def _cell_index(
     grid: tuple[int, int],
     size: tuple[int, int],
-    region: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0),
+    region: Region = FULL_IMAGE,
 ) -> np.ndarray:
     """[H, W] raster index of the grid cell holding each pixel's centre.
 
@@ -393,7 +393,7 @@ def _cell_index(
     """
     gh, gw = grid
     width, height = size
-    if tuple(region) == (0.0, 0.0, 1.0, 1.0):
+    if tuple(region) == FULL_IMAGE:
         rows = ((2 * np.arange(height) + 1) * gh) // (2 * height)
         cols = ((2 * np.arange(width) + 1) * gw) // (2 * width)
     else:

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-Region = tuple[float, float, float, float]  # (top, left, bottom, right), image fractions
-FULL_IMAGE: Region = (0.0, 0.0, 1.0, 1.0)
+from ..images import FULL_IMAGE, Region
+
+__all__ = ["FULL_IMAGE", "Region", "processor_region", "resized_size"]
 
 
 def _get(config: Any, key: str, default: Any = None) -> Any:

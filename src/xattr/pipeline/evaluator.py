@@ -18,6 +18,7 @@ import numpy as np
 
 from ..data.sample import Sample
 from ..explanation import Explanation
+from ..images import FULL_IMAGE
 from ..methods import Attributor
 from ..methods.common import AttributionWarning
 from ..metrics import Metric
@@ -132,7 +133,7 @@ class SampleEvaluator:
         on the reference's pixels (`Explanation.visual_pixels`) so the two stay aligned.
         """
         grid_map = expl.visual.detach().float().numpy()
-        whole_image = expl.image_region == (0.0, 0.0, 1.0, 1.0)
+        whole_image = expl.image_region == FULL_IMAGE
         scores = {}
         for name, metric in self.map_metrics.items():
             reference = _reference_for(name, sample)
