@@ -212,23 +212,26 @@ class Trace:
         for t in tokens:
             if not 0 <= t < self.num_answer_tokens:
                 raise TraceError(f"answer token {t} out of range (T = {self.num_answer_tokens})")
-        missing = [t for t in dict.fromkeys(tokens) if t not in self._gradient_cache]
-        found = dict(self._gradient_cache)
-        if missing:
-            found.update(zip(missing, self.gradient_fn(missing), strict=True))
-            if self.cache_gradients:
-                self._gradient_cache.update(found)
+        found = {**self._gradient_cache, **self._compute_missing(tokens)}
         return torch.stack([found[t] for t in tokens])
 
     def prefetch_gradients(self, tokens: Sequence[int] | None = None) -> None:
         """Compute and cache the listed (default: all) tokens' gradients in the capture's batched
         chunks, cheaper than one VJP per token; a no-op when the trace does not cache them."""
-        if not self.cache_gradients or self.gradient_fn is None:
-            return
-        wanted = range(self.num_answer_tokens) if tokens is None else tokens
-        missing = [t for t in dict.fromkeys(wanted) if t not in self._gradient_cache]
-        if missing:
-            self._gradient_cache.update(zip(missing, self.gradient_fn(missing), strict=True))
+        if self.cache_gradients and self.gradient_fn is not None:
+            self._compute_missing(range(self.num_answer_tokens) if tokens is None else tokens)
+
+    def _compute_missing(self, tokens: Sequence[int]) -> dict[int, Tensor]:
+        """Gradients of the listed tokens not cached yet, in one batched request (then cached
+        if the trace caches)."""
+        missing = [t for t in dict.fromkeys(tokens) if t not in self._gradient_cache]
+        if not missing:
+            return {}
+        assert self.gradient_fn is not None
+        new = dict(zip(missing, self.gradient_fn(missing), strict=True))
+        if self.cache_gradients:
+            self._gradient_cache.update(new)
+        return new
 
     def iter_gradients(self, tokens: Sequence[int] | None = None) -> Iterator[tuple[int, Tensor]]:
         """Yield (t, [L, H, N, N]) token by token, so a method holds one token's gradients at a time."""
