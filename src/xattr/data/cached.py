@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -10,8 +11,13 @@ from typing import Any
 from xattr.data.synthetic import read_synthetic_meta, synthetic_config, write_synthetic_vqahat
 from xattr.data.vqahat import VQAHATDataset
 
-# write_synthetic_vqahat's file-writing options and their defaults (the rest drive the generator)
-WRITER_DEFAULTS = {"n_maps": 3, "map_jitter": 0, "jpeg_quality": 95}
+# write_synthetic_vqahat's file-writing options (keyword-only) and their defaults, read off its
+# signature; every other keyword drives the generator
+WRITER_DEFAULTS = {
+    name: p.default
+    for name, p in inspect.signature(write_synthetic_vqahat).parameters.items()
+    if p.kind is inspect.Parameter.KEYWORD_ONLY
+}
 
 
 def synthetic_dataset(
