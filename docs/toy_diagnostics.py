@@ -14,20 +14,19 @@ import argparse
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 import xattr
 from xattr.data.cached import synthetic_dataset
 from xattr.data.synthetic import object_mask, read_synthetic_meta
+from xattr.metrics._resize import resize_area
 
 ROOT = "data/synthetic_val_seed12345"  # written by `python train_free_eval.py`
 METHODS = ("glimpse", "tmme", "rollout", "raw_attention", "gradcam")
 
 
 def cell_coverage(meta: dict, index: int, grid: tuple[int, int]) -> torch.Tensor:
-    """Fraction of each token-grid cell covered by object ``index``: [h, w]."""
-    mask = torch.tensor(object_mask(meta, index), dtype=torch.float32)[None, None]
-    return F.adaptive_avg_pool2d(mask, grid)[0, 0]
+    """Fraction of each token-grid cell covered by object ``index``: [h, w] (exact area)."""
+    return torch.from_numpy(resize_area(object_mask(meta, index).astype(np.float64), grid))
 
 
 def main() -> None:
