@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 import xattr
+from xattr.methods import AttributionWarning
 from xattr.methods import dexar as dexar_module
-from xattr.methods.common import AttributionWarning
 from xattr.methods.dexar import Dexar, dexar_maps, dexar_stats, last_k_layers, text_positions_mask
 from xattr.trace import Trace, TraceError
 

@@ -14,7 +14,6 @@ from reference_methods import (
 )
 from xattr import methods
 from xattr.explanation import Explanation
-from xattr.methods import common
 from xattr.trace import TraceError
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # fixture from reference_methods
@@ -30,42 +29,52 @@ def test_builtin_methods_are_registered_with_needs():
         assert needs.gradients == (name in ("glimpse", "tmme", "gradcam")), name
 
 
-@pytest.mark.parametrize("config", [f"{name}.yaml" for name in BUILTIN] + ["tmme_last12.yaml"])
+def _compose_method(*overrides: str):
+    """The ``method`` node of the real config, composed as train_free_eval.py does."""
+    from hydra import compose, initialize_config_dir
+
+    from xattr.pipeline import register_resolvers
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONF.parent), version_base="1.3"):
+        return compose(config_name="train_free_eval", overrides=list(overrides)).method
+
+
+@pytest.mark.parametrize("config", sorted(p.stem for p in CONF.glob("*.yaml")))
 def test_method_configs_instantiate_with_hydra(config):
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    cfg = OmegaConf.load(CONF / config)
+    cfg = _compose_method(f"method=[{config}]")[config]
     attributor = instantiate(cfg)
-    expected = {
-        k: v for k, v in OmegaConf.to_container(cfg).items() if k not in ("_target_", "name")
-    }
-    assert attributor.name == cfg.name
-    assert attributor.hparams == expected  # every hparam is in the config, with its default
-    trace, *_ = random_trace(16, 2, 2, 2, (2, 3))
-    assert attributor.explain(trace).visual.shape == (2, 3)
+    expected = {k: v for k, v in OmegaConf.to_container(cfg).items() if k != "_target_"}
+    assert attributor.hparams == expected  # every hparam is in the config
+    if not (attributor.needs.hidden_states or attributor.needs.model):  # a tensor trace will do
+        trace, *_ = random_trace(16, 2, 2, 2, (2, 3))
+        assert attributor.explain(trace).visual.shape == (2, 3)
 
 
-def test_config_defaults_are_the_code_defaults():
+@pytest.mark.parametrize("name", sorted(methods.builtin()))
+def test_config_defaults_are_the_code_defaults(name):
+    """A method's yaml restates no default: composing it gives exactly the class's defaults."""
     from omegaconf import OmegaConf
 
-    for name in BUILTIN:
-        cfg = OmegaConf.to_container(OmegaConf.load(CONF / f"{name}.yaml"))
-        assert methods.get(name).hparams == {
-            k: v for k, v in cfg.items() if k not in ("_target_", "name")
-        }
+    cfg = OmegaConf.to_container(_compose_method(f"method=[{name}]")[name])
+    cls = methods.METHODS.get_class(name)
+    assert cfg.pop("_target_") == f"{cls.__module__}.{cls.__qualname__}"
+    assert cfg == cls.defaults() == methods.get(name).hparams
+    assert "_target_" not in (CONF / f"{name}.yaml").read_text().split("defaults:")[0]
 
 
 def test_hydra_overrides_reach_the_method():
     from hydra.utils import instantiate
-    from omegaconf import OmegaConf
 
-    cfg = OmegaConf.merge(
-        OmegaConf.load(CONF / "glimpse.yaml"), {"layers": [0, 1], "depth_prior": False}
-    )
-    attributor = instantiate(cfg)
+    cfg = _compose_method("method=[glimpse,tmme_last12]", "method.glimpse.layers=[0,1]",
+                          "method.glimpse.depth_prior=false")  # fmt: skip
+    attributor = instantiate(cfg.glimpse)
     assert attributor.hparams["layers"] == [0, 1] and type(attributor.hparams["layers"]) is list
-    assert OmegaConf.load(CONF / "tmme_last12.yaml").last_k == 12
+    assert attributor.depth_prior is False
+    assert instantiate(cfg.tmme_last12).last_k == 12
 
 
 @pytest.mark.parametrize("name", BUILTIN)
@@ -92,57 +101,58 @@ def test_gradient_methods_name_themselves_when_gradients_are_missing(name):
         methods.get(name).explain(bare)
 
 
-def test_methods_sharing_a_trace_give_the_same_results_in_any_order():
-    def run_all(order, share=True):
-        trace, *_ = random_trace(24, 3, 3, 3, (2, 3), seed=21)
-        common.SHARE_ACROSS_METHODS = share
-        try:
-            return {(name, str(kw)): methods.get(name, **kw).explain(trace) for name, kw in order}
-        finally:
-            common.SHARE_ACROSS_METHODS = True
+SHARED = [
+    ("glimpse", {}),
+    ("tmme", {}),
+    ("glimpse_mean", {"head_fusion": "mean"}),
+    ("glimpse_top", {"layers": 0.5, "tau_depth": 1.0}),
+    ("gradcam", {}),
+    ("rollout", {}),
+    ("raw_attention", {}),
+]
 
-    order = [
-        ("glimpse", {}),
-        ("tmme", {}),
-        ("glimpse", {"head_fusion": "mean"}),
-        ("gradcam", {}),
-        ("rollout", {}),
-        ("raw_attention", {}),
-    ]
-    a = run_all(order)
-    b = run_all(order[::-1])
-    c = run_all(order, share=False)
-    for key in a:
-        torch.testing.assert_close(a[key].visual, b[key].visual, rtol=1e-12, atol=0)
-        torch.testing.assert_close(a[key].visual, c[key].visual, rtol=1e-12, atol=0)
+
+def _method(label: str, hparams: dict):
+    return methods.get(label.split("_")[0] if label.startswith("glimpse") else label, **hparams)
+
+
+@pytest.mark.parametrize("order", [1, -1])
+def test_methods_sharing_one_sweep_equal_separate_calls(order):
+    trace, *_ = random_trace(24, 3, 3, 3, (2, 3), seed=21)
+    alone = {label: _method(label, kw).explain(trace) for label, kw in SHARED}
+    together = methods.explain_all(
+        trace, {label: _method(label, kw) for label, kw in SHARED[::order]}
+    )
+    assert list(together) == [label for label, _ in SHARED[::order]]
+    for label, expl in alone.items():
+        torch.testing.assert_close(together[label].visual, expl.visual, rtol=1e-12, atol=0)
         torch.testing.assert_close(
-            a[key].token_relevance, c[key].token_relevance, rtol=1e-12, atol=0
+            together[label].token_relevance, expl.token_relevance, rtol=1e-12, atol=0
         )
+        assert together[label].hparams == expl.hparams and together[label].method == expl.method
 
 
-def test_shared_pass_is_computed_once_per_token_and_layer(monkeypatch):
-    trace, *_ = random_trace(16, 3, 2, 2, (2, 3), seed=22)
-    calls = []
-    original = common.GradientAttention._compute
+def test_one_sweep_asks_for_each_tokens_gradients_once_whatever_the_methods(monkeypatch):
+    trace, attn, grads, lay, conf = random_trace(16, 3, 2, 3, (2, 3), seed=22)
+    requests = []
 
-    def counting(self, t, layer, head_weights):
-        calls.append((t, layer))
-        return original(self, t, layer, head_weights)
+    def recompute(tokens):
+        requests.append(list(tokens))
+        return grads[list(tokens)].clone()
 
-    monkeypatch.setattr(common.GradientAttention, "_compute", counting)
-    methods.get("glimpse").explain(trace)
-    methods.get("tmme").explain(trace)  # reuses GLIMPSE's head means
-    methods.get("glimpse", tau_depth=1.0, layers=0.5).explain(trace)  # reuses the head mix
-    assert sorted(calls) == [(t, layer) for t in range(2) for layer in range(3)]
-    methods.get("glimpse", tau_head=2.0).explain(trace)  # a new head mix: one more pass each
-    assert len(calls) == 12
-
-
-def test_traces_that_do_not_cache_gradients_are_not_memoised():
-    trace, *_ = random_trace(16, 2, 2, 1, (2, 3))
-    trace.cache_gradients = False
-    assert common.trace_memo(trace) is None
-    methods.get("tmme").explain(trace)
+    lazy = xattr.Trace.from_tensors(list(attn), None, confidences=conf, **lay)
+    lazy.gradient_source = xattr.trace.FunctionGradients(recompute)
+    chosen = {label: _method(label, kw) for label, kw in SHARED}
+    together = methods.explain_all(lazy, chosen)
+    assert requests == [[0, 1, 2]]  # one chunk holds every token here
+    requests.clear()
+    monkeypatch.setenv("XATTR_GRADIENT_MEMORY", "1")  # a budget too small for two tokens
+    small = methods.explain_all(lazy, chosen)
+    assert requests == [[0], [1], [2]]  # chunks of one token, each asked for once
+    for label in chosen:
+        torch.testing.assert_close(small[label].visual, together[label].visual, rtol=1e-12, atol=0)
+    expected = methods.get("glimpse").explain(trace)
+    torch.testing.assert_close(together["glimpse"].visual, expected.visual, rtol=1e-12, atol=0)
 
 
 @pytest.mark.parametrize("name", BUILTIN)
@@ -167,21 +177,3 @@ def test_token_maps_on_request(name):
     assert methods.get(name).explain(trace).token_maps is None
     maps = methods.get(name, return_token_maps=True).explain(trace).token_maps
     assert maps.shape == (3, 2, 3)
-
-
-def test_a_trace_that_recomputes_gradients_is_asked_once_per_token_per_method():
-    trace, attn, grads, lay, conf = random_trace(16, 3, 2, 3, (2, 3), seed=23)
-    expected = methods.get("glimpse").explain(trace)
-    calls = []
-
-    def recompute(tokens):
-        calls.append(list(tokens))
-        return grads[list(tokens)].clone()
-
-    lazy = xattr.Trace.from_tensors(list(attn), None, confidences=conf, **lay)
-    lazy.gradient_fn, lazy.cache_gradients = recompute, False
-    for name in ("glimpse", "tmme", "gradcam"):
-        calls.clear()
-        methods.get(name).explain(lazy)
-        assert calls == [[0], [1], [2]], name
-    torch.testing.assert_close(methods.get("glimpse").explain(lazy).visual, expected.visual)

@@ -19,7 +19,7 @@ from reference_methods import (
     tmme_reference,
 )
 from xattr import methods
-from xattr.methods.common import AttributionWarning
+from xattr.methods import AttributionWarning
 from xattr.trace import TraceError
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # fixture from reference_methods
@@ -117,8 +117,7 @@ def test_methods_without_gradients_never_touch_them():
     def forbidden(_tokens):
         raise AssertionError("gradients were requested")
 
-    trace.gradient_fn = forbidden
-    trace._gradient_cache.clear()
+    trace.gradient_source = xattr.trace.FunctionGradients(forbidden)
     for name in ("rollout", "raw_attention"):
         assert not methods.get(name).needs.gradients
         methods.get(name).explain(trace)

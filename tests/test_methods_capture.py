@@ -18,7 +18,7 @@ from reference_methods import (
     tmme_reference,
 )
 from xattr import methods
-from xattr.methods.common import AttributionWarning
+from xattr.methods import AttributionWarning
 
 QUESTION = "what color is the circle?"
 

@@ -18,7 +18,7 @@ from reference_methods import (
     single_thread,  # noqa: F401 (pytest fixture, used through pytestmark)
 )
 from xattr import methods
-from xattr.methods.common import AttributionWarning
+from xattr.methods import AttributionWarning
 from xattr.methods.glimpse import content_links, gaussian_blur
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # fixture from reference_methods
@@ -419,7 +419,7 @@ def test_two_images_are_split_by_grid():
         answer_positions=lay["answer_positions"],
         confidences=conf,
     )
-    first, second = expl.meta["visual_maps"]
+    first, second = expl.visual_maps
     assert expl.visual.shape == (2, 3) and second.shape == (3, 2)
     assert expl.token_maps.shape == (2, 2, 3)
     close(torch.cat([first.flatten(), second.flatten()]), ref["visual"])

@@ -62,8 +62,9 @@ def test_default_config_composes_every_group():
         cfg = compose(config_name="train_free_eval", return_hydra_config=True)
     import xattr
 
-    # every registered method (iGOS++ on a reduced budget, and on the first samples only)
-    assert {cfg.method[k].name for k in cfg.method} == set(xattr.methods._BUILTIN)
+    # every built-in method (iGOS++ on a reduced budget, and on the first samples only)
+    classes = {cfg.method[k]["_target_"].rsplit(".", 1)[1] for k in cfg.method}
+    assert classes == {xattr.methods.METHODS.get_class(n).__name__ for n in xattr.methods.builtin()}
     assert cfg.method_limits == {"igos_fast": 20}
     assert cfg.model.family == "qwen2_5_vl"
     assert cfg.data.dataset.n == 200
@@ -259,7 +260,7 @@ def test_method_warnings_are_counted_per_sample_not_repeated(
     tmp_path, model_dir, monkeypatch, capsys, caplog
 ):
     """An AttributionWarning lands in the sample's row, in summary.json's counts, and once in the log."""
-    from xattr.methods.common import AttributionWarning
+    from xattr.methods import AttributionWarning
     from xattr.methods.rollout import Rollout
 
     original = Rollout.attribute

@@ -39,7 +39,11 @@ def test_add_a_method_example_registers_and_explains():
         answer_positions=[7, 8], grid=(2, 2), tokens=[f"w{i}" for i in range(n)],
     )  # fmt: skip
     expl = xattr.methods.get("gradient_norm").explain(trace)
-    # by hand: the norm over heads of the last layer's gradient row p_t at V, averaged over tokens
-    rows = [grads[t, -1, :, p, [1, 2, 3, 4]].norm(dim=0) for t, p in enumerate([6, 7])]
+    # by hand: the norm over heads of the last layer's gradient row p_t at V, averaged over
+    # tokens, on each token's causal block (entries past p_t are outside it)
+    rows = []
+    for t, p in enumerate([6, 7]):
+        block = grads[t, -1, :, : p + 1, : p + 1].norm(dim=0)  # [p+1, p+1]
+        rows.append(block[p, [1, 2, 3, 4]])
     torch.testing.assert_close(expl.visual, torch.stack(rows).mean(0).view(2, 2))
     assert expl.method == "gradient_norm" and expl.hparams["layer"] == -1

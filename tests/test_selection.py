@@ -11,11 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from xattr.methods.base import Needs
+import xattr
 from xattr.methods.dexar import dexar_stats
-from xattr.methods.selection import POLICIES, policy_needs, select_answer_tokens
-from xattr.methods.tokens import TokenSelectionWarning, select_tokens
-from xattr.trace import Trace, TraceError
+from xattr.methods.tokens import POLICIES, TokenSelectionWarning, policy_needs, select_tokens
+from xattr.trace import ModelContext, Trace, TraceError
 
 SPECIAL = 99
 
@@ -48,23 +47,22 @@ def _trace(answer_ids: list[int], tokens: list[str] | None = None, adapter=None)
     trace.input_ids = torch.tensor([1] * n_prompt + answer_ids)
     if adapter is not None:
         image = Image.fromarray(np.zeros((16, 16, 3), dtype=np.uint8))
-        trace.meta.update(adapter=adapter, image=image, question="q?")
+        trace.context = ModelContext(adapter, image, "q?")
     return trace
 
 
-def test_all_and_non_punctuation_delegate_to_tokens():
+def test_all_and_non_punctuation():
     trace = _trace([7, 8, 9], tokens=["red", ",", "blue"])
-    for policy in ("all", "non_punctuation"):
-        assert select_answer_tokens(trace, policy).tolist() == select_tokens(trace, policy).tolist()
-    assert select_answer_tokens(trace, "non_punctuation").tolist() == [True, False, True]
+    assert select_tokens(trace, "all").tolist() == [True, True, True]
+    assert select_tokens(trace, "non_punctuation").tolist() == [True, False, True]
 
 
 def test_visual_keeps_tokens_whose_likelihood_drops_on_the_blurred_image():
     """log p - log p_blur > threshold; special tokens never count; memoised on the trace."""
     stub = ScoringStub([-0.1, -0.2, -0.3, -0.1], [-3.0, -0.5, -2.0, -9.0])
     trace = _trace([7, 8, 9, SPECIAL], adapter=stub)
-    assert select_answer_tokens(trace, "visual").tolist() == [True, False, True, False]
-    assert select_answer_tokens(trace, "visual", threshold=2.0).tolist() == [
+    assert select_tokens(trace, "visual").tolist() == [True, False, True, False]
+    assert select_tokens(trace, "visual", threshold=2.0).tolist() == [
         True,
         False,
         False,
@@ -79,22 +77,22 @@ def test_visual_one_token_answer_uses_the_probability_ratio(p_blur, kept):
     stub = ScoringStub([math.log(0.8), -5.0], [math.log(p_blur), -5.0])
     trace = _trace([7, SPECIAL], adapter=stub)
     if kept:
-        assert select_answer_tokens(trace, "visual").tolist() == [True, False]
+        assert select_tokens(trace, "visual").tolist() == [True, False]
     else:
         with pytest.warns(TokenSelectionWarning, match="visual"):
-            select_answer_tokens(trace, "visual")
+            select_tokens(trace, "visual")
 
 
 def test_visual_without_the_model_is_a_clear_error():
-    with pytest.raises(TraceError, match="Needs\\(model=True\\)"):
-        select_answer_tokens(_trace([7, 8]), "visual")
+    with pytest.raises(TraceError, match="the 'visual' token policy needs the model"):
+        select_tokens(_trace([7, 8]), "visual")
 
 
 def test_visual_falls_back_to_the_non_special_tokens_with_a_warning():
     stub = ScoringStub([-0.1, -0.1, -0.1], [-0.2, -0.2, -9.0])
     trace = _trace([7, 8, SPECIAL], adapter=stub)
     with pytest.warns(TokenSelectionWarning, match="but the special ones"):
-        keep = select_answer_tokens(trace, "visual")
+        keep = select_tokens(trace, "visual")
     assert keep.tolist() == [True, True, False]
 
 
@@ -110,20 +108,22 @@ def test_dexar_policy_is_delta_positive(tiny_adapter):
         delta = dexar_stats(trace, last_k=10).delta
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", TokenSelectionWarning)
-        keep = select_answer_tokens(trace, "dexar")
+        keep = select_tokens(trace, "dexar")
     expected = (delta > 0) if bool((delta > 0).any()) else torch.ones_like(delta, dtype=torch.bool)
     assert keep.tolist() == expected.tolist()
 
 
 def test_unknown_policy_lists_the_known_ones():
     with pytest.raises(ValueError, match="visual"):
-        select_answer_tokens(_trace([7]), "nope")
-    assert set(POLICIES) == {"all", "non_punctuation", "visual", "dexar"}
+        select_tokens(_trace([7]), "nope")
+    assert set(POLICIES.available()) == {"all", "non_punctuation", "visual", "dexar"}
 
 
 def test_policy_needs_widen_a_methods_needs():
-    base = Needs()
-    assert policy_needs(base, "all") == base
-    assert policy_needs(base, "visual").model
-    widened = policy_needs(base, "dexar")
+    assert policy_needs("all") is None
+    assert policy_needs("visual").model
+    widened = policy_needs("dexar")
     assert widened.gradients and widened.hidden_states and not widened.model
+    rollout = xattr.methods.get("rollout", token_policy="dexar").needs
+    assert rollout.gradients and rollout.hidden_states and rollout.attentions
+    assert not xattr.methods.get("rollout").needs.gradients

@@ -100,7 +100,7 @@ def test_greedy_generate_answers_one_word_then_stops(report):
         with torch.no_grad():
             out = adapter.model.generate(**prepared.inputs, max_new_tokens=4, do_sample=False)
         new = out[0, prepared.prompt_ids.numel() :].tolist()
-        assert len(new) == 2 and new[1] in adapter._stop_ids(), (family, new)
+        assert len(new) == 2 and new[1] in adapter.stop_ids(), (family, new)
         word = adapter.tokenizer.decode(new[:1]).strip()
         assert word in PALETTE and word == b
 

@@ -44,7 +44,7 @@ def test_from_tensors_exposes_positions_and_shapes():
     assert trace.answer_tokens == ["<6>", "<7>"]
 
 
-def test_gradients_are_computed_once_per_token_and_cached():
+def test_gradients_come_from_the_source_on_request_and_are_not_kept():
     calls = []
     base = torch.randn(3, 2, 2, 8, 8)
 
@@ -53,12 +53,24 @@ def test_gradients_are_computed_once_per_token_and_cached():
         return base[list(tokens)]
 
     trace = _trace(gradients=None, answer_positions=[5, 6, 7], confidences=[1.0, 1.0, 1.0])
-    trace.gradient_fn = fn
-    trace.cache_gradients = True
+    trace.gradient_source = xattr.trace.FunctionGradients(fn)
     torch.testing.assert_close(trace.token_gradients(1), base[1])
     torch.testing.assert_close(trace.gradients(), base)
-    trace.gradients()
-    assert calls == [[1], [0, 2]]
+    assert calls == [[1], [0, 1, 2]]
+    assert not trace.memo  # nothing derived is kept
+
+
+def test_a_layout_names_each_grids_image_and_box():
+    from xattr.layout import Grid
+
+    grids = [
+        Grid(1, 2, image=0, box=(0, 0, 1, 0.5), name="tile 1"),
+        Grid(1, 2, image=0, box=(0, 0.5, 1, 1)),
+    ]
+    trace = _trace(grid=grids)
+    assert trace.grid == (1, 2) and [g.name for g in trace.layout.grids] == ["tile 1", "image"]
+    assert [m.shape for m in trace.layout.split(torch.arange(4.0))] == [(1, 2), (1, 2)]
+    assert _trace(grid=[(1, 2), (2, 1)]).layout.grids[1].image == 1  # plain pairs: one image each
 
 
 @pytest.mark.parametrize(

@@ -1,38 +1,100 @@
-"""One-call explanation: capture a trace for one image and question, then run a method."""
+"""One-call explanation: capture one trace for an image and a question, run one or more methods."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from . import methods
 from .explanation import Explanation
 from .images import ImageLike
+from .methods.base import Attributor, Needs
 from .models.base import ModelAdapter
+from .trace import Trace
+
+MethodSpec = (
+    str | Attributor | Sequence[str | Attributor] | Mapping[str, Mapping[str, Any] | Attributor]
+)
+
+
+def build_methods(method: MethodSpec, **hparams: Any) -> dict[str, Attributor]:
+    """Methods by name from a name, an instance, a list of either, or ``{name: hparams}``.
+
+    ``hparams`` go to every listed method that declares them (a name no method declares is
+    an error), so ``method=["glimpse", "tmme"], return_token_maps=True`` asks both.
+    """
+    if isinstance(method, (str, Attributor)):
+        method = [method]
+    items: list[tuple[str, Attributor | Mapping[str, Any]]]
+    if isinstance(method, Mapping):
+        items = list(method.items())
+    else:
+        items = [(m.name, m) if isinstance(m, Attributor) else (m, {}) for m in method]
+    if not items:
+        raise ValueError("no method given: pass method='glimpse' or method=['glimpse', 'tmme']")
+    used: set[str] = set()
+    built = {}
+    for name, spec in items:
+        if isinstance(spec, Attributor):
+            built[name] = spec
+            continue
+        cls = methods.METHODS.get_class(name)
+        fields = {f.name for f in cls.hparam_fields()}
+        shared = {k: v for k, v in hparams.items() if k in fields}
+        used |= set(shared)
+        built[name] = cls(**{**shared, **dict(spec)})
+    unknown = sorted(set(hparams) - used)
+    if unknown:
+        raise TypeError(f"no selected method takes the hyper-parameter(s) {unknown}")
+    return built
+
+
+def capture_needs(chosen: Mapping[str, Attributor]) -> Needs:
+    """What one shared capture must record for every chosen method."""
+    needs = Needs(attentions=False)
+    for m in chosen.values():
+        needs = needs | m.needs
+    return needs
 
 
 def explain(
     adapter: ModelAdapter,
     image: ImageLike,
     question: str,
-    method: str = "glimpse",
+    method: MethodSpec = "glimpse",
     answer: str | None = None,
     **hparams: Any,
-) -> Explanation:
-    """Explain the model's answer (generated when ``answer`` is None) with ``method``."""
-    attributor = methods.get(method, **hparams)
-    needs = attributor.needs
+) -> Explanation | dict[str, Explanation]:
+    """Explain the model's answer (generated when ``answer`` is None).
+
+    One method (a name or an instance) gives an `Explanation`; several (a list, or
+    ``{name: hparams}``) give ``{name: Explanation}`` from ONE capture, each answer token's
+    gradients computed once whatever the number of methods.
+    """
+    chosen = build_methods(method, **hparams)
+    trace, capture_s = capture(adapter, image, question, answer, chosen)
+    out = methods.explain_all(trace, chosen)
+    for expl in out.values():
+        expl.timings["capture_s"] = capture_s
+        expl.meta.setdefault("answer", trace.meta.get("answer_text"))
+        expl.meta.setdefault("answer_source", trace.answer_source)
+    if isinstance(method, (str, Attributor)):
+        return next(iter(out.values()))
+    return out
+
+
+def capture(
+    adapter: ModelAdapter,
+    image: ImageLike,
+    question: str,
+    answer: str | None,
+    chosen: Mapping[str, Attributor],
+) -> tuple[Trace, float]:
+    """The one trace every chosen method needs, and the seconds it took."""
+    needs = capture_needs(chosen)
     start = time.perf_counter()
     trace = adapter.trace(
         image, question, answer, gradients=needs.gradients, hidden_states=needs.hidden_states
     )
-    if needs.model:
-        trace.meta["adapter"] = adapter
-        trace.meta["image"] = image
-        trace.meta["question"] = question
-    capture_s = time.perf_counter() - start
-    expl = attributor.explain(trace)
-    expl.timings["capture_s"] = capture_s
-    expl.meta.setdefault("answer", trace.meta.get("answer_text"))
-    expl.meta.setdefault("answer_source", trace.answer_source)
-    return expl
+    return trace, time.perf_counter() - start

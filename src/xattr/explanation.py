@@ -1,4 +1,15 @@
-"""The result of one attribution: visual map, prompt saliency, token relevance, provenance."""
+"""The result of one attribution: visual maps, prompt saliency, token relevance, provenance.
+
+A model may see one image through several token grids (a base view and tiles, tiles and
+a thumbnail). An explanation keeps one map per grid (`visual_maps`; `visual` is the first)
+and composes them on the image's pixels with one rule (`compose`): each grid's map is
+upsampled (bilinear) onto the box of the image it covers and scaled by
+``(cell area of the image's first grid) / (cell area of this grid)``, so that every grid
+contributes relevance *per unit of image area*; the contributions of grids that overlap
+(a tile and the thumbnail over the same region) add up. Pixels no grid covers (outside a
+centre crop) get the smallest value of any (scaled) grid map. With one grid over the whole
+image this is the plain upsampled map.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +25,7 @@ from PIL import Image
 from torch import Tensor
 
 from .images import FULL_IMAGE, Region
+from .layout import Grid
 
 
 @dataclass
@@ -21,89 +33,119 @@ class Explanation:
     """What a method says the model looked at for one answer."""
 
     method: str
-    visual: Tensor  # [h, w] map on the first image's token grid
+    visual: Tensor  # [h, w] map on the first token grid
     answer_tokens: list[str]
     token_relevance: Tensor  # [T] per-answer-token score (method-specific meaning)
     prompt_tokens: list[str] = field(default_factory=list)
     prompt_relevance: Tensor | None = None  # [|P|]
-    token_maps: Tensor | None = None  # [T, h, w] per-token visual maps, when asked for
+    token_maps: Tensor | None = None  # [T, h, w] per-token maps on the first grid, when asked for
     token_mask: Tensor | None = None  # [T] bool: tokens that entered the aggregate
     hparams: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    grids: list[Grid] = field(default_factory=list)  # every token grid (default: one, whole image)
+    more_maps: list[Tensor] = field(default_factory=list)  # the maps of grids 2..k
+    more_token_maps: list[Tensor] | None = None  # [T, h_g, w_g] of grids 2..k
+    layer_maps: Tensor | None = None  # [K, h, w] each layer's share of the map, when asked for
+    more_layer_maps: list[Tensor] | None = None  # [K, h_g, w_g] of grids 2..k
+
+    def __post_init__(self) -> None:
+        if not self.grids:
+            region = self.meta.get("image_region")
+            box = FULL_IMAGE if region is None else tuple(float(x) for x in region)
+            self.grids = [Grid(*self.visual.shape, box=box)]  # type: ignore[arg-type]
+        if len(self.grids) != 1 + len(self.more_maps):
+            raise ValueError(f"{len(self.grids)} grids but {1 + len(self.more_maps)} maps")
 
     @property
     def grid(self) -> tuple[int, int]:
         return tuple(self.visual.shape)  # type: ignore[return-value]
 
     @property
+    def visual_maps(self) -> list[Tensor]:
+        """One [h, w] map per token grid."""
+        return [self.visual, *self.more_maps]
+
+    @property
     def image_region(self) -> Region:
-        """``(top, left, bottom, right)`` fractions of the image the grid covers (the model's view)."""
-        region = self.meta.get("image_region")
-        if region is None:
-            return FULL_IMAGE
-        top, left, bottom, right = (float(x) for x in region)
-        return (top, left, bottom, right)
+        """``(top, left, bottom, right)`` fractions of the image the first grid covers."""
+        return self.grids[0].box
 
-    def visual_pixels(self, size: tuple[int, int]) -> Tensor:
-        """The visual map on the image's ``size`` = (height, width) pixels, bilinearly.
+    # ------------------------------------------------------------------ pixels
+    def visual_pixels(self, size: tuple[int, int], image: int = 0) -> Tensor:
+        """The visual map on image ``image``'s ``size`` = (height, width) pixels (`compose`)."""
+        return compose(self.visual_maps, self.grids, size, image)
 
-        The grid is placed on the part of the image the model saw (`image_region`, e.g.
-        LLaVA's centre crop); pixels the model never saw get the map's minimum.
-        """
-        v = self.visual.detach().float()[None, None]  # [1, 1, h, w]
-        height, width = int(size[0]), int(size[1])
-        top, left, bottom, right = region = self.image_region
-        if region == FULL_IMAGE:
-            return F.interpolate(v, size=(height, width), mode="bilinear", align_corners=False)[
-                0, 0
-            ]
-        # pixel centres in grid_sample's [-1, 1] coordinates of the region (align_corners=False)
-        ys = ((torch.arange(height) + 0.5) / height - top) / (bottom - top) * 2 - 1  # [H]
-        xs = ((torch.arange(width) + 0.5) / width - left) / (right - left) * 2 - 1  # [W]
-        gy, gx = torch.meshgrid(ys, xs, indexing="ij")
-        grid = torch.stack([gx, gy], dim=-1)[None]  # [1, H, W, 2] as (x, y)
-        out = F.grid_sample(v, grid, mode="bilinear", padding_mode="border", align_corners=False)
-        outside = (gy.abs() > 1) | (gx.abs() > 1)
-        return out[0, 0].masked_fill(outside, float(v.min()))
+    def token_pixels(self, t: int, size: tuple[int, int], image: int = 0) -> Tensor:
+        """Answer token ``t``'s own map on the image's pixels (needs ``return_token_maps``)."""
+        if self.token_maps is None:
+            raise ValueError(
+                f"{self.method}: no per-token maps; explain with return_token_maps=True"
+            )
+        maps = [self.token_maps[t], *(m[t] for m in self.more_token_maps or [])]
+        return compose(maps, self.grids, size, image)
+
+    def layer_pixels(self, k: int, size: tuple[int, int], image: int = 0) -> Tensor:
+        """Layer ``k``'s share of the map (``meta["layers"][k]``) on the image's pixels."""
+        if self.layer_maps is None:
+            raise ValueError(f"{self.method}: no layer maps; explain with return_layer_maps=True")
+        maps = [self.layer_maps[k], *(m[k] for m in self.more_layer_maps or [])]
+        return compose(maps, self.grids, size, image)
 
     def overlay(self, image: Image.Image, alpha: float = 0.5, cmap: str = "jet") -> Image.Image:
         """The image with the min-max normalised map drawn over it as a heatmap."""
-        from matplotlib import colormaps
-
         rgb = image.convert("RGB")
-        heat = self.visual_pixels((rgb.height, rgb.width)).numpy()
-        span = heat.max() - heat.min()
-        heat = (heat - heat.min()) / span if span > 0 else np.zeros_like(heat)
-        colored = colormaps[cmap](heat)[..., :3]  # [H, W, 3] in [0, 1]
-        base = np.asarray(rgb, dtype=np.float32) / 255.0
-        mixed = (1 - alpha) * base + alpha * colored
-        return Image.fromarray((mixed * 255).clip(0, 255).astype(np.uint8))
+        return heat_overlay(rgb, self.visual_pixels((rgb.height, rgb.width)).numpy(), alpha, cmap)
 
     # -------------------------------------------------------------- persistence
-    _TENSORS = ("visual", "token_relevance", "prompt_relevance", "token_maps", "token_mask")
+    _TENSORS = ("visual", "token_relevance", "prompt_relevance", "token_maps", "token_mask",
+                "layer_maps")  # fmt: skip
+    _LISTS = ("more_maps", "more_token_maps", "more_layer_maps")
+
+    def tensors(self) -> dict[str, Tensor]:
+        """Every tensor by a flat name (lists as ``name.i``), on the CPU and contiguous."""
+        out = {k: getattr(self, k) for k in self._TENSORS if getattr(self, k) is not None}
+        for name in self._LISTS:
+            for i, t in enumerate(getattr(self, name) or []):
+                out[f"{name}.{i}"] = t
+        return {k: v.detach().cpu().contiguous() for k, v in out.items()}
+
+    def info(self) -> dict[str, Any]:
+        """Everything but the tensors, as JSON-able values."""
+        return {
+            "method": self.method,
+            "answer_tokens": self.answer_tokens,
+            "prompt_tokens": self.prompt_tokens,
+            "hparams": jsonable(self.hparams),
+            "timings": self.timings,
+            "meta": jsonable(self.meta),
+            "grids": [g.to_dict() for g in self.grids],
+        }
+
+    @classmethod
+    def from_parts(cls, info: dict[str, Any], tensors: dict[str, Tensor]) -> Explanation:
+        """Rebuild from `info` and `tensors` (the inverse of both)."""
+        info = dict(info)
+        info["grids"] = [Grid.from_dict(g) for g in info.get("grids", [])]
+        lists: dict[str, list[Tensor] | None] = {}
+        for name in cls._LISTS:
+            keys = sorted((k for k in tensors if k.startswith(f"{name}.")), key=_index)
+            lists[name] = [tensors[k] for k in keys] if keys else None
+        lists["more_maps"] = lists["more_maps"] or []
+        if tensors.get("token_maps") is not None and lists["more_token_maps"] is None:
+            lists["more_token_maps"] = []
+        if tensors.get("layer_maps") is not None and lists["more_layer_maps"] is None:
+            lists["more_layer_maps"] = []
+        return cls(**info, **{k: tensors.get(k) for k in cls._TENSORS}, **lists)
 
     def save(self, directory: str | Path) -> Path:
-        """Write tensors (safetensors) and metadata (JSON) into ``directory``."""
+        """Write tensors (safetensors) and metadata (JSON) into ``directory`` (no pickle)."""
         from safetensors.torch import save_file
 
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
-        tensors = {
-            k: getattr(self, k).detach().cpu().contiguous()
-            for k in self._TENSORS
-            if getattr(self, k) is not None
-        }
-        save_file(tensors, str(out / "tensors.safetensors"))
-        info = {
-            "method": self.method,
-            "answer_tokens": self.answer_tokens,
-            "prompt_tokens": self.prompt_tokens,
-            "hparams": _jsonable(self.hparams),
-            "timings": self.timings,
-            "meta": _jsonable(self.meta),
-        }
-        (out / "explanation.json").write_text(json.dumps(info, indent=2))
+        save_file(self.tensors(), str(out / "tensors.safetensors"))
+        (out / "explanation.json").write_text(json.dumps(self.info(), indent=2))
         return out
 
     @classmethod
@@ -116,23 +158,74 @@ class Explanation:
         if not info_path.exists():
             raise FileNotFoundError(f"no saved explanation in {src} (missing {info_path.name})")
         info = json.loads(info_path.read_text())
-        tensors = load_file(str(src / "tensors.safetensors"))
-        return cls(**info, **{k: tensors.get(k) for k in cls._TENSORS})
+        return cls.from_parts(info, load_file(str(src / "tensors.safetensors")))
 
 
-def _jsonable(value: Any) -> Any:
+def compose(maps: list[Tensor], grids: list[Grid], size: tuple[int, int], image: int = 0) -> Tensor:
+    """Per-grid maps composed on image ``image``'s pixels by the rule in the module docstring."""
+    height, width = int(size[0]), int(size[1])
+    mine = [(m, g) for m, g in zip(maps, grids, strict=True) if g.image == image]
+    if not mine:
+        raise ValueError(f"no token grid covers image {image}")
+    if len(mine) == 1 and mine[0][1].box == FULL_IMAGE:  # the common case, exactly bilinear
+        v = mine[0][0].detach().float()[None, None]
+        return F.interpolate(v, size=(height, width), mode="bilinear", align_corners=False)[0, 0]
+    reference = mine[0][1].cell_area
+    total = torch.zeros(height, width)
+    covered = torch.zeros(height, width, dtype=torch.bool)
+    lowest = float("inf")
+    for values, g in mine:
+        scale = reference / g.cell_area
+        placed, inside = _place(values.detach().float(), g.box, height, width)
+        total += placed * scale
+        covered |= inside
+        lowest = min(lowest, float(values.min()) * scale)
+    return total.masked_fill(~covered, lowest)
+
+
+def _place(values: Tensor, box: Region, height: int, width: int) -> tuple[Tensor, Tensor]:
+    """A [h, w] map bilinearly placed on ``box`` of a (height, width) image; zero outside."""
+    top, left, bottom, right = box
+    # pixel centres in grid_sample's [-1, 1] coordinates of the box (align_corners=False)
+    ys = ((torch.arange(height) + 0.5) / height - top) / (bottom - top) * 2 - 1  # [H]
+    xs = ((torch.arange(width) + 0.5) / width - left) / (right - left) * 2 - 1  # [W]
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    grid = torch.stack([gx, gy], dim=-1)[None]  # [1, H, W, 2] as (x, y)
+    out = F.grid_sample(
+        values[None, None], grid, mode="bilinear", padding_mode="border", align_corners=False
+    )[0, 0]
+    inside = (gy.abs() <= 1) & (gx.abs() <= 1)
+    return out * inside, inside
+
+
+def heat_overlay(
+    rgb: Image.Image, heat: np.ndarray, alpha: float = 0.5, cmap: str = "jet"
+) -> Image.Image:
+    """``rgb`` with the min-max normalised ``heat`` [H, W] drawn over it."""
+    from matplotlib import colormaps
+
+    span = heat.max() - heat.min()
+    heat = (heat - heat.min()) / span if span > 0 else np.zeros_like(heat)
+    colored = colormaps[cmap](heat)[..., :3]  # [H, W, 3] in [0, 1]
+    base = np.asarray(rgb, dtype=np.float32) / 255.0
+    mixed = (1 - alpha) * base + alpha * colored
+    return Image.fromarray((mixed * 255).clip(0, 255).astype(np.uint8))
+
+
+def jsonable(value: Any) -> Any:
     """Tensors and tuples to lists so metadata survives JSON."""
     if isinstance(value, Tensor):
         return value.tolist()
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (np.generic,)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.generic):
         return value.item()
+    if isinstance(value, Grid):
+        return value.to_dict()
     return value
 
 
-def stack_or_none(maps: list[Tensor]) -> Tensor | None:
-    """Stack per-token maps, or None when there are none."""
-    return torch.stack(maps) if maps else None
+def _index(key: str) -> int:
+    return int(key.rsplit(".", 1)[1])

@@ -61,6 +61,11 @@ class Registry(Generic[T]):
         self._load_entry_points()
         return sorted(self._items)
 
+    def items(self) -> list[tuple[str, T]]:
+        """(name, plugin) pairs of everything registered, sorted by name."""
+        self._load_entry_points()
+        return sorted(self._items.items())
+
     def get_class(self, name: str) -> T:
         """The plugin registered as ``name``; an unknown name lists the known ones."""
         self._load_entry_points()

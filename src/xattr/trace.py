@@ -1,19 +1,28 @@
-"""The captured record of one answer: attentions, index sets and lazily computed gradients.
+"""The captured record of one answer: attentions, index sets and streamed gradients.
 
-A `Trace` is what every attribution method consumes. It follows SPEC §1: one causal
-sequence of length N with index sets V (visual), P (question text) and G (answer); answer
-token t sits at position s_t and is predicted at p_t = s_t - 1; `G_t[l, h] = d z_t / d A[l, h]`
-with z_t the logit of y_t at p_t, one gradient per answer token.
+A `Trace` is what every attribution method consumes. It follows the conventions of
+docs/math.md: one sequence of length N with index sets V (visual), P (question text) and G
+(answer); answer token t sits at position s_t and is predicted at p_t = s_t - 1;
+``G_t[l, h] = d z_t / d A[l, h]`` with z_t the logit of y_t at p_t, one gradient per answer
+token.
+
+Gradients are never all held: a `GradientSource` produces them for a chunk of answer tokens
+at a time, one layer at a time (`methods.sweep` consumes them as they come). A captured
+trace recomputes each layer's ``G`` from the gradient of its attention output
+(``o = A V`` so ``dz/dA = (dz/do) V^T``); a trace built from tensors slices them.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from .layout import Grid, LayoutError, VisualLayout, as_grids
 
 # Computes the gradients of the answer-token logits listed by index: -> [k, L, H, N, N]
 GradientFn = Callable[[Sequence[int]], Tensor]
@@ -23,35 +32,118 @@ class TraceError(ValueError):
     """A trace that cannot support what was asked of it (missing gradients, bad shapes)."""
 
 
+# ----------------------------------------------------------------- gradient sources
+class GradientChunk(ABC):
+    """The gradients of a few answer tokens, handed out one layer at a time."""
+
+    def __init__(self, tokens: Sequence[int]) -> None:
+        self.tokens = list(tokens)
+
+    @abstractmethod
+    def layer(self, layer: int, n: int) -> Tensor:
+        """``d z_t / d A[layer]`` for the chunk's tokens on the block ``[:n, :n]``: [c, H, n, n]."""
+
+    @abstractmethod
+    def finite(self, layer: int) -> Tensor:
+        """[c] bool on the layer's device: each token's gradient at ``layer`` is finite (no sync)."""
+
+
+class GradientSource(ABC):
+    """Produces ``d z_t / d A`` for chunks of answer tokens (see the module docstring)."""
+
+    @abstractmethod
+    def chunk(self, tokens: Sequence[int], layers: Sequence[int]) -> GradientChunk:
+        """Prepare the gradients of ``tokens`` at ``layers`` (one backward pass, or a slice)."""
+
+    def bytes_per_token(self, layers: Sequence[int]) -> int:
+        """Memory a chunk holds per token before any layer is asked for (e.g. dz/do)."""
+        return 0
+
+
+class _TensorChunk(GradientChunk):
+    def __init__(self, grads: Tensor, tokens: Sequence[int]) -> None:
+        super().__init__(tokens)
+        self.grads = grads[list(tokens)]  # [c, L, H, N, N]
+
+    def layer(self, layer: int, n: int) -> Tensor:
+        return self.grads[:, layer, :, :n, :n]
+
+    def finite(self, layer: int) -> Tensor:
+        acc = torch.float64 if self.grads.dtype == torch.float64 else torch.float32
+        return torch.isfinite(self.grads[:, layer].sum(dim=(1, 2, 3), dtype=acc))
+
+
+class TensorGradients(GradientSource):
+    """Gradients given as one tensor [T, L, H, N, N] (e.g. from your own capture code)."""
+
+    def __init__(self, grads: Tensor) -> None:
+        self.grads = grads
+
+    def chunk(self, tokens: Sequence[int], layers: Sequence[int]) -> GradientChunk:
+        return _TensorChunk(self.grads, tokens)
+
+
+class FunctionGradients(GradientSource):
+    """Gradients from a function ``tokens -> [k, L, H, N, N]`` (computed per chunk, not kept)."""
+
+    def __init__(self, fn: GradientFn) -> None:
+        self.fn = fn
+
+    def chunk(self, tokens: Sequence[int], layers: Sequence[int]) -> GradientChunk:
+        return _TensorChunk(self.fn(list(tokens)), range(len(tokens)))
+
+
+@dataclass
+class ModelContext:
+    """What produced a captured trace, for methods and policies that run the model again."""
+
+    adapter: Any
+    image: Any  # the PIL image as given to the processor
+    question: str
+
+
+# --------------------------------------------------------------------------- trace
 @dataclass
 class Trace:
     """Attentions, index sets, confidences and per-answer-token gradients of one answer."""
 
-    attentions: list[Tensor]  # L x [H, N, N], causal, rows sum to 1
-    visual_index: Tensor  # [|V|] sequence positions of visual tokens, grid raster order per image
-    prompt_index: Tensor  # [|P|] positions of the question's own tokens
-    answer_positions: Tensor  # [T] s_t; the predicting position is s_t - 1
-    grids: list[tuple[int, int]]  # (h, w) token grid of each image; visual_index concatenates them
-    confidences: Tensor  # [T] softmax probability of each produced token at p_t
+    attentions: Sequence[Tensor]  # L x [H, N, N] (a lazy sequence for recomputing captures)
+    visual_index: Tensor | None = None  # [|V|] positions of visual tokens (from `layout`)
+    prompt_index: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
+    answer_positions: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
+    grids: Sequence[Grid | tuple[int, int]] = ()  # the token grids; afterwards their (rows, cols)
+    confidences: Tensor = field(default_factory=lambda: torch.zeros(0))  # [T] at p_t
     input_ids: Tensor | None = None  # [N]
     tokens: list[str] | None = None  # N token strings
     answer_source: str = "given"  # "given" (teacher-forced) or "generated" (greedy)
     hidden_states: list[Tensor] | None = None  # L+1 x [N, D] (embeddings, then each layer)
-    readout: Callable[[Tensor], Tensor] | None = (
-        None  # hidden [.., D] -> logits (final norm + head)
-    )
+    readout: Callable[[Tensor], Tensor] | None = None  # hidden [.., D] -> logits
     meta: dict[str, Any] = field(default_factory=dict)
-    gradient_fn: GradientFn | None = field(default=None, repr=False)
-    # Tensors still in the autograd graph of the captured pass, for methods that need
-    # gradients of other quantities (e.g. DEX-AR's logit lens): "attentions" L x [1, H, N, N],
-    # "hidden_states" L+1 x [1, N, D] (when captured), each with the forward's batch axis of 1,
-    # and "logits" [T] (z_t)
-    # (take gradients w.r.t. these very tensors, then drop the axis). None without gradients.
-    graph: dict[str, list[Tensor]] | None = field(default=None, repr=False)
-    cache_gradients: bool = True
-    _gradient_cache: dict[int, Tensor] = field(default_factory=dict, repr=False)
+    gradient_source: GradientSource | None = field(default=None, repr=False)
+    gradient_fn: GradientFn | None = field(default=None, repr=False)  # a source, as a function
+    # Tensors in the autograd graph of the captured pass, for methods that differentiate
+    # other quantities (DEX-AR's logit lens, Grad-CAM on hidden states), each with the
+    # forward's batch axis of 1: "outputs" / "values" L x attention outputs [1, N, H, d] and
+    # values [1, Hkv, N, d], "hidden_states" L+1 x [1, N, D], "logits" [T] (z_t).
+    graph: dict[str, Any] | None = field(default=None, repr=False)
+    layout: VisualLayout | None = None
+    # Per layer: where a row may attend, bool [N, N] (None: causal, j <= i).
+    supports: Sequence[Tensor | None] | None = field(default=None, repr=False)
+    context: ModelContext | None = field(default=None, repr=False)
+    memo: dict[Any, Any] = field(default_factory=dict, repr=False)  # derived results, per trace
 
     def __post_init__(self) -> None:
+        if self.layout is None:
+            if self.visual_index is None:
+                raise TraceError("a trace needs visual_index and grids, or a layout")
+            try:
+                self.layout = VisualLayout(self.visual_index, as_grids(self.grids))
+            except LayoutError as err:
+                raise TraceError(str(err)) from None
+        self.visual_index = self.layout.positions
+        self.grids = [g.shape for g in self.layout.grids]  # (rows, cols) each; boxes: `layout`
+        if self.gradient_source is None and self.gradient_fn is not None:
+            self.gradient_source = FunctionGradients(self.gradient_fn)
         self._validate()
 
     # ----------------------------------------------------------------- construction
@@ -64,19 +156,22 @@ class Trace:
         visual_index: Tensor | Sequence[int],
         prompt_index: Tensor | Sequence[int],
         answer_positions: Tensor | Sequence[int],
-        grid: tuple[int, int] | Sequence[tuple[int, int]],
+        grid: tuple[int, int] | Sequence[tuple[int, int] | Grid],
         confidences: Tensor | Sequence[float] | None = None,
         tokens: list[str] | None = None,
+        support: Tensor | Sequence[Tensor | None] | None = None,
     ) -> Trace:
-        """A trace from plain tensors: attentions L x [H, N, N], gradients [T, L, H, N, N]."""
+        """A trace from plain tensors: attentions L x [H, N, N], gradients [T, L, H, N, N].
+
+        ``support`` is where rows may attend (bool [N, N] for every layer, or one per layer);
+        the default is causal (j <= i).
+        """
         attn = [a.detach() for a in attentions]
         answer_positions = torch.as_tensor(answer_positions, dtype=torch.long)
         n_tokens = int(answer_positions.numel())
         if confidences is None:
             confidences = torch.ones(n_tokens)
-        grids = [tuple(grid)] if isinstance(grid[0], int) else [tuple(g) for g in grid]  # type: ignore[arg-type]
-        gradient_fn = None
-        cached: dict[int, Tensor] = {}
+        source = None
         if gradients is not None:
             grads = gradients.detach()
             expected = (n_tokens, len(attn), *attn[0].shape) if attn else None
@@ -84,40 +179,40 @@ class Trace:
                 raise TraceError(
                     f"gradients have shape {tuple(grads.shape)}, expected [T, L, H, N, N] = {expected}"
                 )
-            gradient_fn = lambda idx: grads[list(idx)]  # noqa: E731
-            # Views of the tensor passed in: token_gradients(t) then costs no copy.
-            cached = {t: grads[t] for t in range(n_tokens)}
+            source = TensorGradients(grads)
+        supports = None
+        if support is not None:
+            if isinstance(support, Tensor):
+                supports = [support.bool()] * len(attn)
+            else:
+                supports = [None if s is None else s.bool() for s in support]
         return cls(
             attentions=attn,
             visual_index=torch.as_tensor(visual_index, dtype=torch.long),
             prompt_index=torch.as_tensor(prompt_index, dtype=torch.long),
             answer_positions=answer_positions,
-            grids=grids,  # type: ignore[arg-type]
+            grids=as_grids(grid),  # type: ignore[arg-type]
             confidences=torch.as_tensor(confidences, dtype=torch.float32),
             tokens=tokens,
-            gradient_fn=gradient_fn,
-            _gradient_cache=cached,
+            gradient_source=source,
+            supports=supports,
         )
 
     def _validate(self) -> None:
-        if not self.attentions:
+        if len(self.attentions) == 0:
             raise TraceError("trace has no attention layers")
-        h, n, n2 = self.attentions[0].shape
-        if n != n2:
-            raise TraceError(
-                f"attention must be square [H, N, N], got {tuple(self.attentions[0].shape)}"
-            )
-        for layer, a in enumerate(self.attentions):
-            if tuple(a.shape) != (h, n, n):
-                raise TraceError(
-                    f"layer {layer} attention has shape {tuple(a.shape)}, expected {(h, n, n)}"
-                )
-        n_visual = sum(gh * gw for gh, gw in self.grids)
-        if n_visual != self.visual_index.numel():
-            raise TraceError(
-                f"grids {self.grids} hold {n_visual} cells but there are "
-                f"{self.visual_index.numel()} visual tokens"
-            )
+        shape = getattr(self.attentions, "head_shape", None)
+        if shape is None:  # plain tensors: check every layer
+            shape = tuple(self.attentions[0].shape)
+            if len(shape) != 3 or shape[1] != shape[2]:
+                raise TraceError(f"attention must be square [H, N, N], got {shape}")
+            for layer, a in enumerate(self.attentions):
+                if tuple(a.shape) != shape:
+                    raise TraceError(
+                        f"layer {layer} attention has shape {tuple(a.shape)}, expected {shape}"
+                    )
+        self._heads, self._seq_len = int(shape[0]), int(shape[-1])
+        n = self._seq_len
         if self.visual_index.numel() == 0:
             raise TraceError("trace has no visual tokens: nothing to attribute to the image")
         if self.answer_positions.numel() == 0:
@@ -133,6 +228,10 @@ class Trace:
                 raise TraceError(f"{name} has positions outside the sequence of length {n}")
         if int(self.answer_positions.min()) < 1:
             raise TraceError("an answer token at position 0 has no predicting position")
+        if self.supports is not None and len(self.supports) != len(self.attentions):
+            raise TraceError(
+                f"{len(self.supports)} support masks for {len(self.attentions)} layers"
+            )
 
     # ------------------------------------------------------------------- properties
     @property
@@ -141,11 +240,11 @@ class Trace:
 
     @property
     def num_heads(self) -> int:
-        return int(self.attentions[0].shape[0])
+        return self._heads
 
     @property
     def seq_len(self) -> int:
-        return int(self.attentions[0].shape[-1])
+        return self._seq_len
 
     @property
     def num_answer_tokens(self) -> int:
@@ -158,8 +257,19 @@ class Trace:
 
     @property
     def grid(self) -> tuple[int, int]:
-        """The token grid of the first image."""
-        return self.grids[0]
+        """The (rows, cols) of the first token grid."""
+        return self.layout.grids[0].shape
+
+    @property
+    def device(self) -> torch.device:
+        """Where the attention tensors live (the first layer's device for sharded models)."""
+        device = getattr(self.attentions, "device", None)
+        return device if device is not None else self.attentions[0].device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        dtype = getattr(self.attentions, "dtype", None)
+        return dtype if dtype is not None else self.attentions[0].dtype
 
     @property
     def answer_tokens(self) -> list[str]:
@@ -175,13 +285,17 @@ class Trace:
         return [self.tokens[int(p)] for p in positions]
 
     def attention_stack(self) -> Tensor:
-        """All attentions as one detached tensor [L, H, N, N]."""
+        """All attentions as one detached tensor [L, H, N, N] (memory: one all-layer copy)."""
         return torch.stack([a.detach() for a in self.attentions])
+
+    def support(self, layer: int) -> Tensor | None:
+        """Bool [N, N]: where rows of ``layer`` may attend; None means causal (j <= i)."""
+        return None if self.supports is None else self.supports[layer]
 
     # -------------------------------------------------------------------- gradients
     @property
     def has_gradients(self) -> bool:
-        return self.gradient_fn is not None
+        return self.gradient_source is not None
 
     def require_gradients(self, method: str) -> None:
         """Raise a clear error when a gradient method gets a trace without gradients."""
@@ -191,50 +305,27 @@ class Trace:
                 "without them (capture with gradients=True, or pass gradients to from_tensors)"
             )
 
-    def token_gradients(self, t: int) -> Tensor:
-        """d z_t / d A for answer token t: [L, H, N, N] (computed once, then cached; no copy)."""
-        cached = self._gradient_cache.get(t)
-        if cached is not None:
-            return cached
-        if self.gradient_fn is None:
+    def _source(self) -> GradientSource:
+        if self.gradient_source is None:
             raise TraceError("trace has no gradients")
-        if not 0 <= t < self.num_answer_tokens:
-            raise TraceError(f"answer token {t} out of range (T = {self.num_answer_tokens})")
-        grad = self.gradient_fn([t])[0]
-        if self.cache_gradients:
-            self._gradient_cache[t] = grad
-        return grad
+        return self.gradient_source
 
     def gradients_for(self, tokens: Sequence[int]) -> Tensor:
-        """Gradients of the listed answer tokens: [k, L, H, N, N]."""
-        if self.gradient_fn is None:
-            raise TraceError("trace has no gradients")
+        """Full gradients of the listed answer tokens, [k, L, H, N, N] (memory-hungry: for
+        inspection and tests; methods stream them through `methods.sweep`)."""
         for t in tokens:
             if not 0 <= t < self.num_answer_tokens:
                 raise TraceError(f"answer token {t} out of range (T = {self.num_answer_tokens})")
-        found = {**self._gradient_cache, **self._compute_missing(tokens)}
-        return torch.stack([found[t] for t in tokens])
+        layers = list(range(self.num_layers))
+        chunk = self._source().chunk(list(tokens), layers)
+        return torch.stack([chunk.layer(layer, self.seq_len) for layer in layers], dim=1)
 
-    def prefetch_gradients(self, tokens: Sequence[int] | None = None) -> None:
-        """Compute and cache the listed (default: all) tokens' gradients in the capture's batched
-        chunks, cheaper than one VJP per token; a no-op when the trace does not cache them."""
-        if self.cache_gradients and self.gradient_fn is not None:
-            self._compute_missing(range(self.num_answer_tokens) if tokens is None else tokens)
-
-    def _compute_missing(self, tokens: Sequence[int]) -> dict[int, Tensor]:
-        """Gradients of the listed tokens not cached yet, in one batched request (then cached
-        if the trace caches)."""
-        missing = [t for t in dict.fromkeys(tokens) if t not in self._gradient_cache]
-        if not missing:
-            return {}
-        assert self.gradient_fn is not None
-        new = dict(zip(missing, self.gradient_fn(missing), strict=True))
-        if self.cache_gradients:
-            self._gradient_cache.update(new)
-        return new
+    def token_gradients(self, t: int) -> Tensor:
+        """d z_t / d A for answer token t: [L, H, N, N] (computed on each call, not kept)."""
+        return self.gradients_for([t])[0]
 
     def iter_gradients(self, tokens: Sequence[int] | None = None) -> Iterator[tuple[int, Tensor]]:
-        """Yield (t, [L, H, N, N]) token by token, so a method holds one token's gradients at a time."""
+        """Yield (t, [L, H, N, N]) token by token, so one token's gradients are held at a time."""
         for t in range(self.num_answer_tokens) if tokens is None else tokens:
             yield t, self.token_gradients(t)
 

@@ -1,16 +1,23 @@
-"""Attribution methods, registered by name behind the `Attributor` interface."""
+"""Attribution methods, registered by name behind the `Attributor` interface.
+
+Every module of this package is imported here, so a method is registered by its file
+alone (``class MyMethod(Attributor, name="my_method")``); methods from other packages
+register through the ``xattr.methods`` entry-point group.
+"""
 
 from __future__ import annotations
 
+import pkgutil
 from importlib import import_module
 from typing import Any
 
-from .base import METHODS, Attributor, Needs, register
+from .base import METHODS, AttributionWarning, Attributor, Needs, hparam
+from .runner import explain_all
+from .sweep import GradientConsumer, LayerStep, StreamingAttributor
 
-# Built-in methods register themselves on import; a new method is one more module here.
-_BUILTIN = ("glimpse", "tmme", "rollout", "raw_attention", "gradcam", "dexar", "igos")
-for _module in _BUILTIN:
-    import_module(f"{__name__}.{_module}")
+for _info in pkgutil.iter_modules(__path__):
+    if not _info.name.startswith("_"):
+        import_module(f"{__name__}.{_info.name}")
 
 
 def available() -> list[str]:
@@ -23,4 +30,22 @@ def get(name: str, **hparams: Any) -> Attributor:
     return METHODS.get_class(name)(**hparams)
 
 
-__all__ = ["METHODS", "Attributor", "Needs", "available", "get", "register"]
+def builtin() -> list[str]:
+    """Names of the methods defined in this package (not plugins)."""
+    return sorted(n for n, cls in METHODS.items() if cls.__module__.startswith(__name__ + "."))
+
+
+__all__ = [
+    "METHODS",
+    "AttributionWarning",
+    "Attributor",
+    "GradientConsumer",
+    "LayerStep",
+    "Needs",
+    "StreamingAttributor",
+    "available",
+    "builtin",
+    "explain_all",
+    "get",
+    "hparam",
+]

@@ -34,15 +34,19 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..explanation import Explanation
 from ..trace import Trace, TraceError
-from .base import Attributor, Needs, register
-from .common import AttributionWarning, make_explanation, trace_memo
-from .selection import policy_needs, select_answer_tokens
+from ..vjp import batched_vjp
+from .base import AttributionWarning, Attributor, Needs, hparam, positive
+from .packaging import make_explanation
+from .tokens import POLICIES, policy_needs, register_policy, select_tokens
+
+NEEDS = Needs(gradients=True, hidden_states=True)
 
 
 @dataclass
@@ -98,26 +102,32 @@ def last_k_layers(num_layers: int, last_k: int) -> list[int]:
 def dexar_stats(trace: Trace, last_k: int = 10, batch_vjp: int = 8) -> DexarStats:
     """DEX-AR's per-token maps and filters for ``trace`` (memoised on the trace)."""
     layers = last_k_layers(trace.num_layers, last_k)
-    memo = trace_memo(trace)
     key = ("dexar", tuple(layers))
-    if memo is not None and key in memo:
-        return memo[key]
-    rows, normed = logit_lens_rows(trace, layers, batch_vjp)
-    stats = dexar_maps(rows, trace.visual_index, text_positions_mask(trace))
-    stats.layers, stats.last_hidden_normed = layers, normed
-    stats.backward_passes = len(layers) * trace.num_answer_tokens
-    if memo is not None:
-        memo[key] = stats
-    return stats
+    if key not in trace.memo:
+        rows, normed = logit_lens_rows(trace, layers, batch_vjp)
+        stats = dexar_maps(rows, trace.visual_index, text_positions_mask(trace))
+        stats.layers, stats.last_hidden_normed = layers, normed
+        stats.backward_passes = len(layers) * trace.num_answer_tokens
+        trace.memo[key] = stats
+    return trace.memo[key]
+
+
+@register_policy("dexar", needs=Needs(attentions=False, gradients=True, hidden_states=True))
+def _dexar_policy(trace: Trace, last_k: int = 10, **_: Any) -> tuple[Tensor, Tensor]:
+    """DEX-AR's sequence filter as a token policy: keep t if delta_t > 0."""
+    keep = dexar_stats(trace, last_k=last_k).delta > 0
+    return keep, torch.zeros_like(keep)
 
 
 def logit_lens_rows(trace: Trace, layers: Sequence[int], batch_vjp: int = 8) -> tuple[Tensor, bool]:
     """Rows ``d z_t^l / d A[l][:, p_t, :]`` for every answer token and listed layer: [T, K, H, N].
 
-    Also returns whether the last hidden state already had the final norm applied.
+    The logit lens at layer l reaches that layer's attention through its output o only at
+    row p_t, so each row is ``(d z_t^l / d o[p_t]) V^T`` per head (o = A V). Also returns
+    whether the last hidden state already had the final norm applied.
     """
     graph = trace.graph
-    if graph is None or not graph.get("attentions"):
+    if graph is None or not graph.get("outputs"):
         raise TraceError("dexar needs the capture graph: capture the trace with gradients=True")
     hidden = graph.get("hidden_states") or []
     if len(hidden) != trace.num_layers + 1:
@@ -132,50 +142,29 @@ def logit_lens_rows(trace: Trace, layers: Sequence[int], batch_vjp: int = 8) -> 
     positions = trace.predicting_positions  # [T]
     y = trace.input_ids[trace.answer_positions]  # [T]
     readout_mid, readout_last, normed = _lens_readouts(trace)
-    n_tok = trace.num_answer_tokens
-    rows = torch.zeros(n_tok, len(layers), trace.num_heads, trace.seq_len)
-    step = max(1, batch_vjp)
+    n_tok, step = trace.num_answer_tokens, max(1, batch_vjp)
+    rows = []
     with torch.enable_grad():
-        for k, layer in enumerate(layers):
-            attn = graph["attentions"][layer]  # [1, H, N, N] (or [H, N, N]) in the graph
-            h = _unbatch(hidden[layer + 1])[positions.to(attn.device)]  # [T, D] layer output
+        for layer in layers:
+            out, value = (
+                graph["outputs"][layer],
+                graph["values"][layer],
+            )  # [1, N, H, d], [1, Hkv, N, d]
+            pos = positions.to(out.device)
+            h = _unbatch(hidden[layer + 1])[pos.to(hidden[layer + 1].device)]  # [T, D] at p_t
             readout = readout_last if layer == trace.num_layers - 1 else readout_mid
             z = readout(h).float()[torch.arange(n_tok), y.to(h.device)]  # [T] z_t^l
+            v = value[0].detach().float()  # [Hkv, N, d]
+            v = v.repeat_interleave(out.shape[2] // v.shape[0], dim=0)  # [H, N, d]
+            per_layer = []
             for start in range(0, n_tok, step):
                 part = list(range(start, min(n_tok, start + step)))
-                grads = _vjp(z, attn, part)  # [c, H, N, N]
-                for i, t in enumerate(part):
-                    rows[t, k] = grads[i, :, int(positions[t]), :].float().cpu()
-    return rows, normed
-
-
-def _vjp(z: Tensor, attn: Tensor, part: list[int]) -> Tensor:
-    """Gradients of z[t] for t in ``part`` w.r.t. ``attn`` ([1, H, N, N] or [H, N, N]): [c, H, N, N]."""
-    return _vjp_raw(z, attn, part).reshape(len(part), *attn.shape[-3:])
-
-
-def _vjp_raw(z: Tensor, attn: Tensor, part: list[int]) -> Tensor:
-    """Gradients of z[t] for t in ``part`` w.r.t. ``attn``: [len(part), *attn.shape]."""
-    if len(part) > 1:
-        cotangent = torch.zeros(len(part), z.numel(), dtype=z.dtype, device=z.device)
-        cotangent[torch.arange(len(part)), torch.tensor(part)] = 1.0
-        try:
-            (g,) = torch.autograd.grad(
-                z,
-                attn,
-                grad_outputs=cotangent,
-                retain_graph=True,
-                is_grads_batched=True,
-                allow_unused=True,
-            )
-            return torch.zeros((len(part), *attn.shape), dtype=attn.dtype) if g is None else g
-        except RuntimeError as err:  # an op without a batching rule: plain loop
-            warnings.warn(f"batched VJP failed ({err}); falling back to a loop", stacklevel=2)
-    out = []
-    for t in part:
-        (g,) = torch.autograd.grad(z[t], attn, retain_graph=True, allow_unused=True)
-        out.append(torch.zeros_like(attn) if g is None else g)
-    return torch.stack(out)
+                (d_out,) = batched_vjp(z, [out], part)  # [c, 1, N, H, d]
+                index = torch.arange(len(part), device=out.device)
+                at_p = d_out[index, 0, pos[part]].float()  # [c, H, d]
+                per_layer.append(torch.einsum("chd,hnd->chn", at_p, v))  # [c, H, N]
+            rows.append(torch.cat(per_layer).to(trace.device))
+    return torch.stack(rows, dim=1).cpu(), normed  # [T, K, H, N]
 
 
 def _lens_readouts(
@@ -211,30 +200,23 @@ def _unbatch(x: Tensor) -> Tensor:
     return x[0] if x.dim() == 3 else x
 
 
-@register("dexar")
-class Dexar(Attributor):
+class Dexar(Attributor, name="dexar"):
     """DEX-AR: per-layer logit-lens gradients of attention, head and sequence filtering."""
 
-    needs = Needs(gradients=True, hidden_states=True)
-
-    def __init__(
-        self,
-        *,
-        last_k: int = 10,
-        token_policy: str = "all",
-        batch_vjp: int = 8,
-    ) -> None:
-        super().__init__(last_k=last_k, token_policy=token_policy, batch_vjp=batch_vjp)
-        self.last_k, self.token_policy, self.batch_vjp = last_k, token_policy, batch_vjp
-        self.needs = policy_needs(type(self).needs, token_policy)
+    requires = NEEDS
+    last_k: int = hparam(10, check=positive, rule="must be >= 1", doc="layers used, from the top")
+    token_policy: str = hparam(
+        "all", choices=POLICIES, needs=policy_needs, doc="delta_t > 0 always applies"
+    )
+    batch_vjp: int = hparam(
+        8, check=positive, rule="must be >= 1", doc="answer tokens per batched VJP"
+    )
 
     def attribute(self, trace: Trace) -> Explanation:
         """Per-token maps m_t, filters delta_t and the sentence map sum_t delta_t m_t."""
         stats = dexar_stats(trace, self.last_k, self.batch_vjp)
         visual_tokens = stats.delta > 0  # [T] the non-linguistic tokens
-        token_mask = visual_tokens & select_answer_tokens(
-            trace, self.token_policy, last_k=self.last_k
-        )
+        token_mask = visual_tokens & select_tokens(trace, self.token_policy, last_k=self.last_k)
         weights = torch.where(token_mask, stats.delta, 0.0)  # [T]
         visual = (weights[:, None] * stats.token_maps).sum(dim=0)  # [|V|]
         linguistic = [t for t in range(trace.num_answer_tokens) if not bool(visual_tokens[t])]

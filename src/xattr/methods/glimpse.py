@@ -32,17 +32,11 @@ from torch import Tensor
 
 from ..explanation import Explanation
 from ..trace import Trace
-from .base import Attributor, Needs, register
-from .common import (
-    AttributionWarning,
-    GradientAttention,
-    check_attentions,
-    make_explanation,
-    pad_row,
-    plain,
-)
-from .propagation import propagate_residual, select_layers
-from .tokens import clean_token, is_punctuation, select_tokens
+from .base import AttributionWarning, hparam, non_negative, positive
+from .packaging import make_explanation, pad_row
+from .propagation import is_layer_subset, row_normalize_, select_layers
+from .sweep import POSITIVE_SUM, WEIGHTED, GradientConsumer, LayerStep, StreamingAttributor
+from .tokens import POLICIES, clean_token, is_punctuation, policy_needs, select_tokens
 
 # Step 8 ablations (paper Table 3): token_weighting -> (use alignment, use confidence).
 TOKEN_WEIGHTINGS = {
@@ -68,120 +62,83 @@ FUNCTION_WORDS = frozenset(
 )
 
 
-@register("glimpse")
-class Glimpse(Attributor):
+class Glimpse(StreamingAttributor, name="glimpse"):
     """GLIMPSE: one visual map, one prompt map and per-token relevance for a whole answer."""
 
-    needs = Needs(gradients=True)
-
-    def __init__(
-        self,
-        *,
-        tau_head: float = 0.5,
-        head_fusion: str = "adaptive",
-        tau_depth: float = 0.2,
-        depth_prior: bool = True,
-        layer_relevance: bool = True,
-        layers: str | int | float | list[int] = "all",
-        token_weighting: str = "full",
-        token_policy: str = "non_punctuation",
-        blur_sigma: float = 0.0,
-        relevance_flow: bool = False,
-        flow_beta: float = 0.5,
-        return_token_maps: bool = False,
-        eps: float = 1e-8,
-    ) -> None:
-        if head_fusion not in HEAD_FUSIONS:
-            raise ValueError(f"head_fusion must be one of {HEAD_FUSIONS}, got {head_fusion!r}")
-        if token_weighting not in TOKEN_WEIGHTINGS:
-            raise ValueError(
-                f"token_weighting must be one of {tuple(TOKEN_WEIGHTINGS)}, got {token_weighting!r}"
-            )
-        for name, value in (("tau_head", tau_head), ("tau_depth", tau_depth)):
-            if not value > 0:
-                raise ValueError(f"{name} must be > 0, got {value}")
-        if blur_sigma < 0:
-            raise ValueError(f"blur_sigma must be >= 0, got {blur_sigma}")
-        if not 0.0 <= flow_beta <= 1.0:
-            raise ValueError(f"flow_beta must be in [0, 1], got {flow_beta}")
-        super().__init__(
-            tau_head=tau_head,
-            head_fusion=head_fusion,
-            tau_depth=tau_depth,
-            depth_prior=depth_prior,
-            layer_relevance=layer_relevance,
-            layers=plain(layers),
-            token_weighting=token_weighting,
-            token_policy=token_policy,
-            blur_sigma=blur_sigma,
-            relevance_flow=relevance_flow,
-            flow_beta=flow_beta,
-            return_token_maps=return_token_maps,
-            eps=eps,
-        )
-        self.tau_head, self.head_fusion, self.eps = tau_head, head_fusion, eps
-        self.tau_depth, self.depth_prior = tau_depth, depth_prior
-        self.layer_relevance, self.layers = layer_relevance, plain(layers)
-        self.token_weighting, self.token_policy = token_weighting, token_policy
-        self.blur_sigma, self.return_token_maps = blur_sigma, return_token_maps
-        self.relevance_flow, self.flow_beta = relevance_flow, flow_beta
+    tau_head: float = hparam(
+        0.5, check=positive, rule="must be > 0", doc="head-fusion softmax temperature"
+    )
+    head_fusion: str = hparam(
+        "adaptive", choices=HEAD_FUSIONS, doc='"mean": the simple-average ablation'
+    )
+    tau_depth: float = hparam(
+        0.2, check=positive, rule="must be > 0", doc="depth-prior temperature"
+    )
+    depth_prior: bool = hparam(True, doc='false: "w/o depth weighting"')
+    layer_relevance: bool = hparam(True, doc='false: "w/o layer relevance"')
+    layers: Any = hparam(
+        "all",
+        check=is_layer_subset,
+        rule="must be all, a fraction, a count or a list",
+        doc="layer subset",
+    )
+    token_weighting: str = hparam(
+        "full", choices=TOKEN_WEIGHTINGS, doc="full | no_prompt | no_confidence | none"
+    )
+    token_policy: str = hparam(
+        "non_punctuation", choices=POLICIES, needs=policy_needs, doc="answer tokens aggregated"
+    )
+    blur_sigma: float = hparam(
+        0.0,
+        check=non_negative,
+        rule="must be >= 0",
+        doc="Gaussian blur of the final map, in grid cells",
+    )
+    relevance_flow: bool = hparam(
+        False, doc="redistribute token relevance from function words (display only)"
+    )
+    flow_beta: float = hparam(0.5, check=lambda b: 0.0 <= b <= 1.0, rule="must be in [0, 1]")
+    return_token_maps: bool = hparam(False, doc="keep every answer token's own map")
+    return_layer_maps: bool = hparam(False, doc="keep each layer's share of the map")
+    eps: float = hparam(1e-8, check=positive, rule="must be > 0")
 
     # ------------------------------------------------------------------ steps 1-7
     def head_weights(self, mass: Tensor, grad_mass: Tensor) -> Tensor:
-        """Step 2: ``w = softmax(s / tau_head)``, ``s = sum(Ahat) / (sum(G^+) + eps)``: [H]."""
+        """Step 2: ``w = softmax(s / tau_head)``, ``s = sum(Ahat) / (sum(G^+) + eps)``: [.., H]."""
         if self.head_fusion == "mean":  # ablation "simple average"
-            return torch.full_like(mass, 1.0 / mass.numel())
-        scores = mass / (grad_mass + self.eps)  # [H] E_{G^+}[A] per head (paper Eq. 7)
-        return torch.softmax(scores / self.tau_head, dim=0)
-
-    @property
-    def _fusion_key(self) -> tuple:
-        """What the head weights depend on: the memo key of the fused maps."""
-        if self.head_fusion == "mean":
-            return ("glimpse", "mean")
-        return ("glimpse", "adaptive", self.tau_head, self.eps)
+            return torch.full_like(mass, 1.0 / mass.shape[-1])
+        scores = mass / (grad_mass + self.eps)  # [.., H] E_{G^+}[A] per head (paper Eq. 7)
+        return torch.softmax(scores / self.tau_head, dim=-1)
 
     def layer_weights(
         self, evidence: Tensor, layers: list[int], num_layers: int
     ) -> dict[str, Tensor]:
-        """Steps 4-6: layer evidence g, depth prior d and ``lam = g d / sum(g d)`` over ``layers``."""
+        """Steps 4-6: layer evidence g, depth prior d, ``lam = g d / sum(g d)``: [.., K] each."""
         ones = torch.full_like(evidence, 1.0 / len(layers))
-        total = evidence.sum()
+        total = evidence.sum(dim=-1, keepdim=True)
         if not self.layer_relevance:
             g = ones  # ablation "w/o layer relevance"
-        elif total > 0:
-            g = evidence / total  # step 4: ||sum_h Ahat[l,h]||_1, normalised
-        else:
-            g = torch.zeros_like(evidence)  # no positive gradient-weighted attention anywhere
-        depth = torch.tensor([(layer + 1) / num_layers for layer in layers], dtype=evidence.dtype)
+        else:  # step 4: ||sum_h Ahat[l,h]||_1, normalised (all zero: no evidence anywhere)
+            g = torch.where(
+                total > 0, evidence / total.clamp_min(torch.finfo(evidence.dtype).tiny), 0.0
+            )
+        depth = torch.tensor(
+            [(layer + 1) / num_layers for layer in layers],
+            dtype=evidence.dtype,
+            device=evidence.device,
+        )
         # step 5: exp((l/L)/tau) normalised, as a softmax (no overflow at small tau)
-        d = torch.softmax(depth / self.tau_depth, dim=0) if self.depth_prior else ones
+        if self.depth_prior:
+            d = torch.softmax(depth / self.tau_depth, dim=0)
+        else:
+            d = torch.full_like(depth, 1.0 / len(layers))
         joint = g * d
-        lam = joint / joint.sum() if joint.sum() > 0 else torch.zeros_like(joint)  # step 6
-        return {"evidence": g, "depth": d, "lam": lam}
+        norm = joint.sum(dim=-1, keepdim=True)
+        lam = torch.where(norm > 0, joint / norm.clamp_min(torch.finfo(joint.dtype).tiny), 0.0)
+        return {"evidence": g, "depth": d, "lam": lam}  # step 6
 
-    def token_row(
-        self, trace: Trace, attention: GradientAttention, t: int, layers: list[int]
-    ) -> tuple[Tensor, dict[str, Tensor]]:
-        """Steps 1-7 for answer token t: its relevance row ``r_t = R[p_t, :]`` (full length): [N]."""
-        fused, evidence, head_weights = [], [], []
-        for layer in layers:
-            # Steps 1-3 in one fused pass over the gradient (common.GradientAttention):
-            #   1. Ahat[l,h] = A[l,h] ⊙ G[l,h]^+ on the causal block [:p_t+1, :p_t+1]
-            #   2. w[l,:] = self.head_weights(per-head sums of Ahat and G^+)
-            #   3. Abar[l] = rownorm(sum_h w[l,h] Ahat[l,h]); zero rows stay zero
-            step = attention.layer(t, layer, self.head_weights, key=self._fusion_key)
-            fused.append(step.fused)  # [p_t + 1, p_t + 1]
-            # Step 4 (raw): ||sum_h Ahat[l,h]||_1 = its total mass, since Ahat >= 0.
-            assert step.mass is not None  # always computed when head weights are asked for
-            evidence.append(step.mass.sum())
-            head_weights.append(step.head_weights)
-        weights = self.layer_weights(torch.stack(evidence), layers, trace.num_layers)  # 4-6
-        p = int(trace.predicting_positions[t])
-        # Step 7: r_t = row p_t of prod_l (I + lam_l Abar_l), as a row vector, top layer first.
-        row = propagate_residual(fused, p, weights["lam"])  # [p_t + 1]
-        info = {**weights, "heads": torch.stack(head_weights)}
-        return pad_row(row, trace.seq_len), info
+    def consumer(self, trace: Trace) -> GlimpseConsumer:
+        return GlimpseConsumer(self, trace)
 
     # ------------------------------------------------------------------ steps 8-12
     def token_weights(
@@ -206,20 +163,11 @@ class Glimpse(Attributor):
         )
         return mask.to(alignment.dtype) / mask.sum()
 
-    def attribute(self, trace: Trace) -> Explanation:
-        """Run GLIMPSE on ``trace`` (SPEC §2 steps 1-12)."""
-        layers = select_layers(trace.num_layers, self.layers)
+    def aggregate(
+        self, trace: Trace, R: Tensor, info: dict[str, Tensor], deltas: Tensor | None
+    ) -> Explanation:
+        """Steps 8-12 from the token rows ``R`` [T, N] (r_t = R_t[p_t, :])."""
         mask = select_tokens(trace, self.token_policy)  # step 12: drop punctuation
-        check_attentions(trace, layers)
-        attention = GradientAttention(trace)
-
-        # Steps 1-7, per answer token (every token, so that each has a relevance score).
-        rows, infos = [], []
-        for t in range(trace.num_answer_tokens):
-            row, info = self.token_row(trace, attention, t, layers)
-            rows.append(row)
-            infos.append(info)
-        R = torch.stack(rows)  # [T, N] r_t = R_t[p_t, :]
         visual_rows = R[:, trace.visual_index]  # [T, |V|] r_t[V]
         prompt_rows = R[:, trace.prompt_index]  # [T, |P|] r_t[P]
 
@@ -238,16 +186,14 @@ class Glimpse(Attributor):
         s_prompt = w_prompt @ prompt_rows  # [|P|]
 
         # Step 11 (display only): relevance-flow redistribution of rho.
-        token_relevance = rho
-        if self.relevance_flow:
-            token_relevance = self._flow(trace, R, rho)
+        token_relevance = self._flow(trace, R, rho) if self.relevance_flow else rho
 
         meta: dict[str, Any] = {
-            "layers": layers,
-            "head_weights": torch.stack([i["heads"] for i in infos]),  # [T, L', H]
-            "layer_weights": torch.stack([i["lam"] for i in infos]),  # [T, L'] lam
-            "layer_evidence": torch.stack([i["evidence"] for i in infos]),  # [T, L'] g
-            "depth_prior": infos[0]["depth"],  # [L'] d
+            "layers": info["layers"],
+            "head_weights": info["heads"],  # [T, L', H]
+            "layer_weights": info["lam"],  # [T, L'] lam
+            "layer_evidence": info["evidence"],  # [T, L'] g
+            "depth_prior": info["depth"],  # [L'] d
             "prompt_alignment": a_prompt,
             "visual_alignment": a_visual,
             "visual_token_weights": w_visual,
@@ -255,6 +201,10 @@ class Glimpse(Attributor):
             "confidence": confidence,
             "rho": rho,
         }
+        # layer l's share of the map: sum_t wV_t Delta_{t,l}[V]; the shares add up to the map
+        layer_visual = None
+        if deltas is not None:
+            layer_visual = torch.einsum("t,tkv->kv", w_visual, deltas[..., trace.visual_index])
         # Step 12: optional light blur of the final map(s).
         blur = None
         if self.blur_sigma > 0:
@@ -267,6 +217,7 @@ class Glimpse(Attributor):
             token_relevance=token_relevance,
             token_mask=mask,
             token_visual=visual_rows if self.return_token_maps else None,
+            layer_visual=layer_visual,
             meta=meta,
             transform=blur,
         )
@@ -282,6 +233,77 @@ class Glimpse(Attributor):
             return rho
         at_answers = R[:, trace.answer_positions]  # [T, T] r_i[s_k]
         return relevance_flow(at_answers, rho, content_links(trace.answer_tokens), self.flow_beta)
+
+
+class GlimpseConsumer(GradientConsumer):
+    """Steps 1-7 per chunk of answer tokens: fused maps per layer, then the propagation."""
+
+    wants = frozenset({POSITIVE_SUM, WEIGHTED})
+
+    def __init__(self, method: Glimpse, trace: Trace) -> None:
+        self.method, self.trace = method, trace
+        self.layers = select_layers(trace.num_layers, method.layers)
+        self.done: dict[str, list[Tensor]] = {"rows": [], "heads": [], "lam": [], "evidence": []}
+        self.deltas: list[Tensor] = []
+        self.depth: Tensor | None = None
+
+    def bytes_per_token(self, n: int) -> int:
+        return len(self.layers) * n * n * 4  # the fused map of every layer until the chunk ends
+
+    def begin_chunk(self, tokens: list[int], positions: Tensor, n: int) -> None:
+        self.positions, self.n = positions, n
+        k = len(self.layers)
+        self.fused: list[Tensor] = [None] * k  # type: ignore[list-item]  # [c, n, n] Abar
+        self.mass: list[Tensor] = [None] * k  # type: ignore[list-item]  # [c] raw evidence
+        self.head_w: list[Tensor] = [None] * k  # type: ignore[list-item]  # [c, H]
+
+    def visit(self, step: LayerStep) -> None:
+        # Steps 1-3 on the chunk's block [:n, :n] (the shared A ⊙ G^+ pass of `sweep`):
+        #   1. Ahat[l,h] = A[l,h] ⊙ G[l,h]^+
+        #   2. w[l,:] = head_weights(per-head sums of Ahat and of G^+ over the support)
+        #   3. Abar[l] = rownorm(sum_h w[l,h] Ahat[l,h]); zero rows stay zero
+        assert step.weighted is not None and step.weighted_sum is not None
+        c, heads, n, _ = step.weighted.shape
+        w = self.method.head_weights(step.weighted_sum, step.positive_support_sum)  # [c, H]
+        fused = torch.bmm(w[:, None, :], step.weighted.view(c, heads, n * n)).view(c, n, n)
+        k = self.layers.index(step.layer)
+        self.fused[k] = row_normalize_(fused)
+        # Step 4 (raw): ||sum_h Ahat[l,h]||_1 = its total mass, since Ahat >= 0.
+        self.mass[k] = step.weighted_sum.sum(dim=-1)  # [c]
+        self.head_w[k] = w
+
+    def end_chunk(self) -> None:
+        home = self.fused[-1].device
+        evidence = torch.stack([m.to(home) for m in self.mass], dim=-1)  # [c, K]
+        weights = self.method.layer_weights(evidence, self.layers, self.trace.num_layers)  # 4-6
+        lam = weights["lam"]  # [c, K]
+        # Step 7: r_t = row p_t of prod_l (I + lam_l Abar_l), as row vectors, top layer first.
+        c = lam.shape[0]
+        v = torch.zeros(c, self.n, dtype=lam.dtype, device=home)
+        v[torch.arange(c, device=home), self.positions.to(home)] = 1.0
+        deltas: list[Tensor] = []
+        for k in range(len(self.layers) - 1, -1, -1):
+            fused = self.fused[k]
+            v = v.to(fused.device)
+            delta = lam[:, k, None].to(v.device) * torch.bmm(v[:, None, :], fused)[:, 0]  # [c, n]
+            v = v + delta
+            if self.method.return_layer_maps:
+                deltas.append(delta.to(home))
+            self.fused[k] = None  # type: ignore[call-overload]  # free as we go
+        self.done["rows"].append(pad_row(v.to(home), self.trace.seq_len).cpu())
+        self.done["heads"].append(torch.stack([w.to(home) for w in self.head_w], dim=1).cpu())
+        self.done["lam"].append(lam.cpu())
+        self.done["evidence"].append(weights["evidence"].cpu())
+        if deltas:  # [c, K, N] in input-to-output layer order
+            self.deltas.append(pad_row(torch.stack(deltas[::-1], dim=1), self.trace.seq_len).cpu())
+        self.depth = weights["depth"].cpu()
+
+    def result(self) -> Explanation:
+        assert self.depth is not None
+        info: dict[str, Any] = {k: torch.cat(v) for k, v in self.done.items()}
+        info.update(layers=self.layers, depth=self.depth)
+        deltas = torch.cat(self.deltas) if self.deltas else None
+        return self.method.aggregate(self.trace, info.pop("rows"), info, deltas)
 
 
 def content_links(tokens: list[str]) -> list[int | None]:

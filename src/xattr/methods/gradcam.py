@@ -23,75 +23,45 @@ from torch import Tensor
 
 from ..explanation import Explanation
 from ..trace import Trace, TraceError
-from .base import Attributor, Needs, register
-from .common import (
-    AttributionWarning,
-    average_rows,
-    causal_mask,
-    check_attentions,
-    check_finite,
-    working_dtype,
-)
-from .tokens import select_tokens
+from .base import AttributionWarning, Needs, hparam
+from .numerics import check_finite, working_dtype
+from .packaging import average_rows, pad_row
+from .sweep import SIGNED_SUM, GradientConsumer, LayerStep, StreamingAttributor
+from .tokens import POLICIES, policy_needs, select_tokens
 
-VARIANTS = ("attention", "hidden")
+VARIANTS = {
+    "attention": None,
+    "hidden": Needs(attentions=False, gradients=True, hidden_states=True),
+}
 
 
-@register("gradcam")
-class GradCAM(Attributor):
+class GradCAM(StreamingAttributor, name="gradcam"):
     """Grad-CAM on the last layer, per answer token, averaged over the selected tokens."""
 
-    needs = Needs(gradients=True)
+    variant: str = hparam(
+        "attention", choices=VARIANTS, needs=VARIANTS.get, doc="attention | hidden"
+    )
+    token_policy: str = hparam("non_punctuation", choices=POLICIES, needs=policy_needs)
+    return_token_maps: bool = hparam(False, doc="keep every answer token's own map")
 
-    def __init__(
-        self,
-        *,
-        variant: str = "attention",
-        token_policy: str = "non_punctuation",
-        return_token_maps: bool = False,
-    ) -> None:
-        if variant not in VARIANTS:
-            raise ValueError(f"gradcam variant must be one of {VARIANTS}, got {variant!r}")
-        super().__init__(
-            variant=variant, token_policy=token_policy, return_token_maps=return_token_maps
-        )
-        self.variant, self.token_policy = variant, token_policy
-        self.return_token_maps = return_token_maps
-        if variant == "hidden":  # the graph comes with a gradient capture; attentions unused
-            self.needs = Needs(gradients=True, hidden_states=True)
+    def streams(self) -> bool:
+        return self.variant == "attention"
+
+    def consumer(self, trace: Trace) -> GradCAMConsumer:
+        return GradCAMConsumer(self, trace)
 
     def attribute(self, trace: Trace) -> Explanation:
         """Per-token Grad-CAM rows read at p_t, averaged over the selected tokens."""
+        if self.variant == "attention":
+            return super().attribute(trace)
+        return self.package(trace, self._hidden_rows(trace))
+
+    def package(self, trace: Trace, rows: Tensor) -> Explanation:
         mask = select_tokens(trace, self.token_policy)
-        rows = (
-            self._attention_rows(trace) if self.variant == "attention" else self._hidden_rows(trace)
-        )
         meta = {"layer": trace.num_layers - 1, "variant": self.variant}
         return average_rows(
             trace, "gradcam", rows, mask, return_token_maps=self.return_token_maps, meta=meta
         )
-
-    def _attention_rows(self, trace: Trace) -> Tensor:
-        last = trace.num_layers - 1
-        check_attentions(trace, [last])
-        dtype = working_dtype(trace)
-        n_seq, heads = trace.seq_len, trace.num_heads
-        support = causal_mask(n_seq, torch.empty(0, dtype=dtype))  # [N*N] 1 where j <= i
-        rows = torch.zeros(trace.num_answer_tokens, n_seq, dtype=dtype)  # [T, N]
-        trace.prefetch_gradients()  # every token's gradients, in batched chunks
-        for t in range(trace.num_answer_tokens):
-            p = int(trace.predicting_positions[t])
-            grad = (
-                trace.token_gradients(t)[last].reshape(heads, n_seq * n_seq).to(dtype)
-            )  # [H, N*N]
-            # a_h = mean over N x N of G[L,h] on its causal support (rows past p_t are zero);
-            # one matrix-vector pass, in which NaN/inf anywhere in the layer propagate.
-            a = grad @ support / n_seq**2  # [H]
-            if not bool(torch.isfinite(a).all()):
-                check_finite(grad, f"gradients of answer token {t}, layer {last}")
-            attn_row = trace.attentions[last][:, p, :].to(dtype)  # [H, N] A[L,h][p_t, :]
-            rows[t] = (a @ attn_row).clamp_min(0.0) / heads  # (sum_h a_h A[L,h])^+[p_t] / H
-        return rows
 
     def _hidden_rows(self, trace: Trace) -> Tensor:
         graph = trace.graph or {}
@@ -101,50 +71,73 @@ class GradCAM(Attributor):
                 "gradcam variant='hidden' needs the hidden states in the autograd graph: "
                 "capture the trace with gradients=True and hidden_states=True"
             )
-        logit = self._logit_fn(trace, graph, hidden)
+        logit = _logit_fn(trace, graph, hidden)
         dtype = working_dtype(trace)
         entering = hidden[-2]  # [1, N, D] input of the last layer, in the graph
         acts = entering.detach()[0].to(dtype)  # [N, D]
-        rows = torch.zeros(trace.num_answer_tokens, trace.seq_len, dtype=dtype)  # [T, N]
+        rows = torch.zeros(trace.num_answer_tokens, trace.seq_len, dtype=dtype, device=acts.device)
+        indices = [i.to(acts.device) for i in (trace.visual_index, trace.prompt_index) if i.numel()]
         for t in range(trace.num_answer_tokens):
             (grad,) = torch.autograd.grad(logit(t), entering, retain_graph=True, allow_unused=True)
             if grad is None:
                 continue  # the logit does not depend on these hidden states: zero row
             grad = grad.detach()[0].to(dtype)  # [N, D]
             check_finite(grad, f"hidden-state gradients of answer token {t}")
-            for index in (trace.visual_index, trace.prompt_index):
-                if index.numel():
-                    alpha = grad[index].mean(dim=0)  # [D] channel weights (spatial average)
-                    rows[t, index] = (acts[index] @ alpha).clamp_min(0.0)  # ReLU(sum_c alpha_c h)
-        return rows
+            for index in indices:
+                alpha = grad[index].mean(dim=0)  # [D] channel weights (spatial average)
+                rows[t, index] = (acts[index] @ alpha).clamp_min(0.0)  # ReLU(sum_c alpha_c h)
+        return rows.cpu()
 
-    @staticmethod
-    def _logit_fn(trace: Trace, graph: dict, hidden: list[Tensor]):
-        """z_t in the graph: ``graph["logits"]`` [T] if captured, else the readout of the last state."""
-        if graph.get("logits") is not None:
-            return lambda t: graph["logits"][t]
-        if trace.readout is None or trace.input_ids is None:
-            raise TraceError(
-                "gradcam variant='hidden' needs the answer logits in trace.graph['logits'], or a "
-                "readout and input_ids to recompute them from the last hidden state"
+
+class GradCAMConsumer(GradientConsumer):
+    """The attention variant at the last layer: ``a_h = mean(G[L,h])`` over the support."""
+
+    wants = frozenset({SIGNED_SUM})
+
+    def __init__(self, method: GradCAM, trace: Trace) -> None:
+        self.method, self.trace = method, trace
+        self.layers = [trace.num_layers - 1]
+        self.rows: list[Tensor] = []
+
+    def visit(self, step: LayerStep) -> None:
+        assert step.signed_support_sum is not None
+        n_seq, heads = self.trace.seq_len, self.trace.num_heads
+        # a_h = mean over N x N of G[L,h] on its support (rows past p_t are zero)
+        a = step.signed_support_sum / n_seq**2  # [c, H]
+        attn_rows = step.attention[:, step.positions, :].transpose(0, 1)  # [c, H, n] A[L,h][p_t]
+        rows = (torch.bmm(a[:, None, :], attn_rows)[:, 0]).clamp_min(0.0) / heads  # [c, n]
+        self.rows.append(pad_row(rows, n_seq).cpu())
+
+    def result(self) -> Explanation:
+        return self.method.package(self.trace, torch.cat(self.rows))
+
+
+def _logit_fn(trace: Trace, graph: dict, hidden: list[Tensor]):
+    """z_t in the graph: ``graph["logits"]`` [T] if captured, else the readout of the last state."""
+    if graph.get("logits") is not None:
+        return lambda t: graph["logits"][t]
+    if trace.readout is None or trace.input_ids is None:
+        raise TraceError(
+            "gradcam variant='hidden' needs the answer logits in trace.graph['logits'], or a "
+            "readout and input_ids to recompute them from the last hidden state"
+        )
+    final = hidden[-1].reshape(-1, hidden[-1].shape[-1])  # [N, D], in the graph
+
+    def logit(t: int) -> Tensor:
+        p = int(trace.predicting_positions[t])
+        token = int(trace.input_ids[int(trace.answer_positions[t])])
+        z = trace.readout(final[p])[token]
+        captured = trace.meta.get("logits")
+        if captured is not None and not torch.isclose(
+            z.detach().float().cpu(), captured[t].float(), rtol=1e-3, atol=1e-3
+        ):
+            warnings.warn(
+                f"gradcam: readout(last hidden state) gives logit {float(z.detach()):.4g} for answer "
+                f"token {t}, the capture recorded {float(captured[t]):.4g} (is the last "
+                "hidden state already normalised?); using the readout's logit",
+                AttributionWarning,
+                stacklevel=4,
             )
-        final = hidden[-1].reshape(-1, hidden[-1].shape[-1])  # [N, D], in the graph
+        return z
 
-        def logit(t: int) -> Tensor:
-            p = int(trace.predicting_positions[t])
-            token = int(trace.input_ids[int(trace.answer_positions[t])])
-            z = trace.readout(final[p])[token]
-            captured = trace.meta.get("logits")
-            if captured is not None and not torch.isclose(
-                z.detach().float().cpu(), captured[t].float(), rtol=1e-3, atol=1e-3
-            ):
-                warnings.warn(
-                    f"gradcam: readout(last hidden state) gives logit {float(z.detach()):.4g} for answer "
-                    f"token {t}, the capture recorded {float(captured[t]):.4g} (is the last "
-                    "hidden state already normalised?); using the readout's logit",
-                    AttributionWarning,
-                    stacklevel=4,
-                )
-            return z
-
-        return logit
+    return logit

@@ -49,72 +49,80 @@ from torch import Tensor
 from ..explanation import Explanation
 from ..images import blur_image, load_image
 from ..trace import Trace, TraceError
-from .base import Attributor, Needs, register
-from .common import AttributionWarning, make_explanation
-from .selection import (
-    _model_context,
+from .base import AttributionWarning, Attributor, Needs, hparam, non_negative, positive
+from .packaging import make_explanation
+from .tokens import (
+    POLICIES,
     answer_ids,
+    model_context,
     policy_needs,
-    select_answer_tokens,
+    select_tokens,
     visual_logprobs,
 )
 
 VARIANTS = ("igos++", "igos+")
 
 
-@register("igos")
-class IGOS(Attributor):
+class IGOS(Attributor, name="igos"):
     """LVLM iGOS++ (deletion x insertion masks) or iGOS+ (one mask) on a blurred baseline."""
 
-    needs = Needs(attentions=False, model=True)
-
-    def __init__(
-        self,
-        *,
-        variant: str = "igos++",
-        mask_size: int = 32,
-        iterations: int = 15,
-        ig_steps: int = 10,
-        lr: float = 10.0,
-        momentum: float = 5.0,
-        l1: float = 1.0,
-        l2: float = 0.1,
-        l2_decay: float = 1.0,
-        tv: float = 10.0,
-        tv_beta: float = 2.0,
-        tv_sigma: float = 0.01,
-        noise: float = 0.2,
-        blur_radius: float | None = None,
-        token_policy: str = "visual",
-        threshold: float = 1.0,
-        init: float = 1.0,
-        batch_size: int = 8,
-        seed: int = 0,
-    ) -> None:
-        if variant not in VARIANTS:
-            raise ValueError(f"unknown iGOS variant {variant!r}; known: {', '.join(VARIANTS)}")
-        if iterations < 1 or ig_steps < 1 or mask_size < 1:
-            raise ValueError("iterations, ig_steps and mask_size must be >= 1")
-        super().__init__(
-            variant=variant, mask_size=mask_size, iterations=iterations, ig_steps=ig_steps,
-            lr=lr, momentum=momentum, l1=l1, l2=l2, l2_decay=l2_decay, tv=tv, tv_beta=tv_beta,
-            tv_sigma=tv_sigma, noise=noise, blur_radius=blur_radius, token_policy=token_policy,
-            threshold=threshold, init=init, batch_size=batch_size, seed=seed,
-        )  # fmt: skip
-        self.variant, self.mask_size = variant, mask_size
-        self.iterations, self.ig_steps = iterations, ig_steps
-        self.lr, self.momentum, self.noise, self.init = lr, momentum, noise, init
-        self.l1, self.l2, self.l2_decay = l1, l2, l2_decay
-        self.tv, self.tv_beta, self.tv_sigma = tv, tv_beta, tv_sigma
-        self.blur_radius, self.token_policy, self.threshold = blur_radius, token_policy, threshold
-        self.batch_size, self.seed = batch_size, seed
-        self.needs = policy_needs(type(self).needs, token_policy)
+    requires = Needs(attentions=False, model=True)
+    variant: str = hparam(
+        "igos++", choices=VARIANTS, doc="igos++ (deletion and insertion masks) | igos+ (one mask)"
+    )
+    mask_size: int = hparam(
+        32,
+        check=positive,
+        rule="must be >= 1",
+        doc="coarse mask grid side, clipped to the processed image",
+    )
+    iterations: int = hparam(15, check=positive, rule="must be >= 1", doc="NAG steps")
+    ig_steps: int = hparam(
+        10, check=positive, rule="must be >= 1", doc="integrated-gradient blends per term"
+    )
+    lr: float = hparam(10.0, check=positive, rule="must be > 0", doc="NAG step size")
+    momentum: float = hparam(
+        5.0, check=non_negative, rule="must be >= 0", doc="NAG: e = i / (i + momentum)"
+    )
+    l1: float = hparam(1.0, check=non_negative, rule="must be >= 0", doc="weight of mean |1 - M|")
+    l2: float = hparam(
+        0.1, check=non_negative, rule="must be >= 0", doc="weight of sum (1 - M)^2, decayed"
+    )
+    l2_decay: float = hparam(1.0, check=non_negative, rule="must be >= 0")
+    tv: float = hparam(
+        10.0,
+        check=non_negative,
+        rule="must be >= 0",
+        doc="weight of the edge-aware total variation",
+    )
+    tv_beta: float = hparam(2.0, check=positive, rule="must be > 0", doc="TV exponent")
+    tv_sigma: float = hparam(
+        0.01, check=positive, rule="must be > 0", doc="bilateral weight exp(-d^2 / tv_sigma)"
+    )
+    noise: float = hparam(
+        0.2, check=non_negative, rule="must be >= 0", doc="std of the noise added to each blend"
+    )
+    blur_radius: float | None = hparam(
+        None, doc="baseline blur radius in pixels (None: 1/10 of the long side)"
+    )
+    token_policy: str = hparam(
+        "visual", choices=POLICIES, needs=policy_needs, doc="tokens whose log-prob is scored"
+    )
+    threshold: float = hparam(1.0, doc='"visual": keep t if log p - log p_blur > threshold')
+    init: float = hparam(
+        1.0, check=lambda v: 0.0 <= v <= 1.0, rule="must be in [0, 1]", doc="initial mask value"
+    )
+    batch_size: int = hparam(
+        8, check=positive, rule="must be >= 1", doc="blends per forward/backward call"
+    )
+    seed: int = hparam(0, doc="noise seed")
 
     # ------------------------------------------------------------------ main loop
     @torch.enable_grad()  # callers (the evaluation's test loop) may run in no_grad
     def attribute(self, trace: Trace) -> Explanation:
         """Optimise the mask(s) with NAG for ``iterations`` steps and pool 1 - M onto the token grid."""
-        adapter, image, question = _model_context(trace, "igos")
+        context = model_context(trace, "igos")
+        adapter, image, question = context.adapter, context.image, context.question
         if len(trace.grids) != 1:
             raise TraceError("igos explains one image; this trace holds several")
         image = load_image(image)
@@ -126,7 +134,7 @@ class IGOS(Attributor):
             )
         answer = answer_ids(trace)  # [T]
         logp = visual_logprobs(trace, self.blur_radius)  # [2, T] image, blurred
-        selected = select_answer_tokens(
+        selected = select_tokens(
             trace, self.token_policy, threshold=self.threshold, blur_radius=self.blur_radius
         )  # [T]
         weights = selected.float()  # [T]

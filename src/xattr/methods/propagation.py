@@ -13,7 +13,7 @@ positions propagates several rows at once through shared maps (rollout, raw atte
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -44,20 +44,39 @@ def propagate_residual(
 ) -> Tensor:
     """Row(s) ``position`` of prod_{l=L..1} (I + w_l maps[l]), maps input-to-output: [N] or [k, N]."""
     _require_maps(maps)
-    v = one_hot_rows(position, maps[0].shape[-1], maps[0])
+    v: Tensor | None = None
     for layer in range(len(maps) - 1, -1, -1):
         w = 1.0 if weights is None else weights[layer]
-        v = v + w * (v @ maps[layer])
+        m = maps[layer]
+        v = one_hot_rows(position, m.shape[-1], m) if v is None else v.to(m.device)
+        v = v + w * (v @ m)
+    assert v is not None
     return v
 
 
 def propagate_product(maps: Sequence[Tensor], position: int | Sequence[int]) -> Tensor:
     """Row(s) ``position`` of maps[L-1] @ ... @ maps[0] (attention rollout): [N] or [k, N]."""
     _require_maps(maps)
-    v = one_hot_rows(position, maps[0].shape[-1], maps[0])
+    v: Tensor | None = None
     for layer in range(len(maps) - 1, -1, -1):
-        v = v @ maps[layer]
+        m = maps[layer]
+        v = (one_hot_rows(position, m.shape[-1], m) if v is None else v.to(m.device)) @ m
+    assert v is not None
     return v
+
+
+class LayerMaps(Sequence[Tensor]):
+    """Layer maps built on demand, so a propagation holds one [N, N] map at a time."""
+
+    def __init__(self, layers: Sequence[int], build: Callable[[int], Tensor]) -> None:
+        self.layers = list(layers)
+        self.build = build
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __getitem__(self, index: int) -> Tensor:  # type: ignore[override]
+        return self.build(self.layers[index])
 
 
 def _require_maps(maps: Sequence[Tensor]) -> None:
@@ -77,6 +96,21 @@ def row_normalize_(m: Tensor) -> Tensor:
     """`row_normalize` in place (no allocation of an [N, N] map); returns ``m``."""
     sums = m.sum(dim=-1, keepdim=True)
     return m.div_(sums.clamp_min_(torch.finfo(m.dtype).tiny))  # zero rows: 0 / tiny = 0
+
+
+def is_layer_subset(layers: object) -> bool:
+    """Whether ``layers`` is a valid layer-subset spec (see `select_layers`), any model size."""
+    if layers is None or layers == "all":
+        return True
+    if isinstance(layers, bool):
+        return False
+    if isinstance(layers, float):
+        return 0.0 < layers <= 1.0
+    if isinstance(layers, int):
+        return layers >= 1
+    return isinstance(layers, (list, tuple)) and all(
+        isinstance(x, int) and not isinstance(x, bool) for x in layers
+    )
 
 
 def select_layers(

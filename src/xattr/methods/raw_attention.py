@@ -1,52 +1,63 @@
-"""Raw attention (SPEC §3): ``mean_{l,h} A[l,h][p_t, V]``, averaged over the answer; no gradients."""
+"""Raw attention: ``mean_{l,h} A[l,h][p_t, V]``, averaged over the answer; no gradients."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 
 from ..explanation import Explanation
 from ..trace import Trace
-from .base import Attributor, Needs, register
-from .common import average_rows, check_attentions, plain, working_dtype
-from .propagation import select_layers
-from .tokens import select_tokens
+from .base import Attributor, hparam
+from .numerics import check_attentions, working_dtype
+from .packaging import average_rows
+from .propagation import is_layer_subset, select_layers
+from .tokens import POLICIES, policy_needs, select_tokens
 
 
-@register("raw_attention")
-class RawAttention(Attributor):
-    """Attention rows at p_t averaged over heads and (selected) layers, then over tokens."""
+def _heads_rule(heads: object) -> bool:
+    return heads == "all" or (
+        isinstance(heads, list)
+        and all(isinstance(h, int) and not isinstance(h, bool) for h in heads)
+    )
 
-    needs = Needs(gradients=False)
 
-    def __init__(
-        self,
-        *,
-        layers: str | int | float | list[int] = "all",
-        token_policy: str = "non_punctuation",
-        return_token_maps: bool = False,
-    ) -> None:
-        super().__init__(
-            layers=plain(layers), token_policy=token_policy, return_token_maps=return_token_maps
-        )
-        self.layers, self.token_policy = plain(layers), token_policy
-        self.return_token_maps = return_token_maps
+class RawAttention(Attributor, name="raw_attention"):
+    """Attention rows at p_t averaged over (selected) heads and layers, then over tokens."""
+
+    layers: Any = hparam(
+        "all", check=is_layer_subset, rule="must be all, a fraction, a count or a list"
+    )
+    heads: Any = hparam("all", check=_heads_rule, rule="must be all or a list of head indices")
+    token_policy: str = hparam("non_punctuation", choices=POLICIES, needs=policy_needs)
+    return_token_maps: bool = hparam(False, doc="keep every answer token's own map")
+    return_layer_maps: bool = hparam(False, doc="keep each layer's share of the map")
 
     def attribute(self, trace: Trace) -> Explanation:
         """Only the rows p_t of each attention are read."""
         layers = select_layers(trace.num_layers, self.layers)
+        heads = list(range(trace.num_heads)) if self.heads == "all" else list(self.heads)
+        bad = [h for h in heads if not -trace.num_heads <= h < trace.num_heads]
+        if bad or not heads:
+            raise ValueError(
+                f"raw_attention: heads {self.heads} out of range for {trace.num_heads} heads"
+            )
         mask = select_tokens(trace, self.token_policy)
         check_attentions(trace, layers)
-        positions = trace.predicting_positions
         dtype = working_dtype(trace)
-        rows = torch.zeros(trace.num_answer_tokens, trace.seq_len, dtype=dtype)  # [T, N]
+        home = trace.device
+        per_layer = []  # each layer's mean over heads of A[l,h][p_t, :]: [T, N]
         for layer in layers:
-            rows += trace.attentions[layer][:, positions, :].to(dtype).mean(dim=0)  # [T, N]
-        rows /= len(layers)
+            attn = trace.attentions[layer]
+            rows = attn[heads][:, trace.predicting_positions.to(attn.device), :].to(dtype)
+            per_layer.append(rows.mean(dim=0).to(home))  # [T, N]
+        stacked = torch.stack(per_layer, dim=1).cpu() / len(layers)  # [T, K, N] layer shares
         return average_rows(
             trace,
             "raw_attention",
-            rows,
+            stacked.sum(dim=1),  # [T, N]
             mask,
             return_token_maps=self.return_token_maps,
-            meta={"layers": layers},
+            layer_rows=stacked if self.return_layer_maps else None,
+            meta={"layers": layers, "heads": heads},
         )

@@ -1,4 +1,4 @@
-"""Attention rollout (Abnar & Zuidema 2020, SPEC §3): no gradients.
+"""Attention rollout (Abnar & Zuidema 2020): no gradients.
 
 ``Atil[l] = rownorm(0.5 * mean_h A[l,h] + 0.5 * I)``, ``R = Atil[L] @ ... @ Atil[1]``; a token's
 map is ``R[p_t, V]``, the answer's map the mean over the selected tokens. Rows of R sum to 1.
@@ -11,23 +11,18 @@ from torch import Tensor
 
 from ..explanation import Explanation
 from ..trace import Trace
-from .base import Attributor, Needs, register
-from .common import LayerMaps, average_rows, check_attentions, working_dtype
-from .propagation import propagate_product, row_normalize_
-from .tokens import select_tokens
+from .base import Attributor, hparam
+from .numerics import check_attentions, working_dtype
+from .packaging import average_rows, pad_row
+from .propagation import LayerMaps, propagate_product, row_normalize_
+from .tokens import POLICIES, policy_needs, select_tokens
 
 
-@register("rollout")
-class Rollout(Attributor):
+class Rollout(Attributor, name="rollout"):
     """Attention rollout through all layers, averaged over the answer's tokens."""
 
-    needs = Needs(gradients=False)
-
-    def __init__(
-        self, *, token_policy: str = "non_punctuation", return_token_maps: bool = False
-    ) -> None:
-        super().__init__(token_policy=token_policy, return_token_maps=return_token_maps)
-        self.token_policy, self.return_token_maps = token_policy, return_token_maps
+    token_policy: str = hparam("non_punctuation", choices=POLICIES, needs=policy_needs)
+    return_token_maps: bool = hparam(False, doc="keep every answer token's own map")
 
     def attribute(self, trace: Trace) -> Explanation:
         """Rollout rows read at every p_t, averaged over the selected tokens."""
@@ -39,15 +34,11 @@ class Rollout(Attributor):
         dtype = working_dtype(trace)
 
         def rollout_map(layer: int) -> Tensor:  # [n, n] Atil[l]
-            attn = trace.attentions[layer].to(dtype)  # [H, N, N]
-            heads, size = attn.shape[0], attn.shape[-1]
-            half = attn.new_full((heads,), 0.5 / heads)
-            # 0.5 * mean_h A as one matrix-vector pass over the contiguous layer, then the crop
-            atil = (half @ attn.reshape(heads, size * size)).view(size, size)[:n, :n]
-            atil.diagonal().add_(0.5)  # + 0.5 * I
+            attn = trace.attentions[layer][:, :n, :n].to(dtype)  # [H, n, n]
+            atil = attn.mean(dim=0)  # mean_h A
+            atil.mul_(0.5).diagonal().add_(0.5)  # 0.5 * mean_h A + 0.5 * I
             return row_normalize_(atil)
 
         rows = propagate_product(LayerMaps(layers, rollout_map), positions)  # [T, n]
-        full = rows.new_zeros(len(positions), trace.seq_len)
-        full[:, :n] = rows
+        full = pad_row(rows.cpu(), trace.seq_len)
         return average_rows(trace, "rollout", full, mask, return_token_maps=self.return_token_maps)

@@ -1,9 +1,11 @@
-"""TMME (Chefer et al. 2021, SPEC §3): gradient-weighted attention propagated additively.
+"""TMME (Chefer et al. 2021): gradient-weighted attention propagated additively.
 
 Per answer token t and layer l: ``Abar[l] = mean_h (A[l,h] ⊙ G_t[l,h])^+``; from ``R = I``,
 ``R <- R + Abar[l] @ R`` through all layers (or only the last ``last_k``); the token's map is
 ``R[p_t, V]``; the answer's map is the mean over the selected tokens. ``Abar`` equals
 GLIMPSE's head mean of ``A ⊙ G^+`` (A >= 0), so the two share one pass over each gradient.
+The row vector is propagated layer by layer as the sweep walks down, so nothing is kept
+per layer.
 """
 
 from __future__ import annotations
@@ -13,69 +15,94 @@ from torch import Tensor
 
 from ..explanation import Explanation
 from ..trace import Trace
-from .base import Attributor, Needs, register
-from .common import GradientAttention, average_rows, check_attentions, pad_row
-from .propagation import propagate_residual, select_layers
-from .tokens import select_tokens
+from .base import hparam
+from .packaging import average_rows, pad_row
+from .propagation import select_layers
+from .sweep import HEAD_MEAN, GradientConsumer, LayerStep, StreamingAttributor
+from .tokens import POLICIES, policy_needs, select_tokens
 
 
-@register("tmme")
-class TMME(Attributor):
+def _last_k_rule(k: object) -> bool:
+    return k is None or (isinstance(k, int) and not isinstance(k, bool) and k >= 1)
+
+
+class TMME(StreamingAttributor, name="tmme"):
     """Transformer multi-modal explainability, averaged over the answer's tokens."""
 
-    needs = Needs(gradients=True)
+    last_k: int | None = hparam(
+        None, check=_last_k_rule, rule="must be None (all layers) or an int >= 1"
+    )
+    residual_norm: bool = hparam(False, doc="Chefer's residual normalisation of R - I")
+    token_policy: str = hparam("non_punctuation", choices=POLICIES, needs=policy_needs)
+    return_token_maps: bool = hparam(False, doc="keep every answer token's own map")
+    return_layer_maps: bool = hparam(False, doc="keep each layer's share of the map")
 
-    def __init__(
-        self,
-        *,
-        last_k: int | None = None,
-        residual_norm: bool = False,
-        token_policy: str = "non_punctuation",
-        return_token_maps: bool = False,
-    ) -> None:
-        if last_k is not None and (isinstance(last_k, bool) or int(last_k) < 1):
-            raise ValueError(f"last_k must be None (all layers) or an int >= 1, got {last_k!r}")
-        super().__init__(
-            last_k=last_k,
-            residual_norm=residual_norm,
-            token_policy=token_policy,
-            return_token_maps=return_token_maps,
+    def consumer(self, trace: Trace) -> TMMEConsumer:
+        return TMMEConsumer(self, trace)
+
+
+class TMMEConsumer(GradientConsumer):
+    """``v <- v + v @ Abar[l]`` from the top layer down, one chunk of tokens at a time."""
+
+    wants = frozenset({HEAD_MEAN})
+
+    def __init__(self, method: TMME, trace: Trace) -> None:
+        self.method, self.trace = method, trace
+        self.layers = select_layers(
+            trace.num_layers, "all" if method.last_k is None else method.last_k
         )
-        self.last_k = None if last_k is None else int(last_k)
-        self.residual_norm, self.token_policy = residual_norm, token_policy
-        self.return_token_maps = return_token_maps
+        self.rows: list[Tensor] = []
+        self.deltas: list[Tensor] = []
 
-    def attribute(self, trace: Trace) -> Explanation:
-        """Per-token TMME rows read at p_t, averaged over the selected tokens."""
-        layers = select_layers(trace.num_layers, "all" if self.last_k is None else self.last_k)
-        mask = select_tokens(trace, self.token_policy)
-        check_attentions(trace, layers)
-        attention = GradientAttention(trace)
-        rows = []
-        for t in range(trace.num_answer_tokens):
-            p = int(trace.predicting_positions[t])
-            # Abar[l] = mean_h (A ⊙ G)^+ on the causal block [:p+1, :p+1].
-            maps = [attention.layer(t, layer).head_mean for layer in layers]
-            row = propagate_residual(maps, p)  # R[p, :] of prod_l (I + Abar[l])
-            if self.residual_norm:
-                row = chefer_residual_norm(row, p)
-            rows.append(pad_row(row, trace.seq_len))
+    def begin_chunk(self, tokens: list[int], positions: Tensor, n: int) -> None:
+        self.positions, self.n = positions, n
+        self.v: Tensor | None = None
+        self.chunk_deltas: list[Tensor] = []
+
+    def visit(self, step: LayerStep) -> None:
+        head_mean = step.head_mean  # [c, n, n] Abar[l] = mean_h (A ⊙ G)^+ on the block
+        assert head_mean is not None
+        if self.v is None:
+            c = head_mean.shape[0]
+            self.v = torch.zeros(c, self.n, dtype=head_mean.dtype, device=head_mean.device)
+            self.v[torch.arange(c, device=head_mean.device), step.positions] = 1.0
+        v = self.v.to(head_mean.device)
+        delta = torch.bmm(v[:, None, :], head_mean)[:, 0]  # [c, n] R[p, :] of prod (I + Abar)
+        self.v = v + delta
+        if self.method.return_layer_maps:
+            self.chunk_deltas.append(delta)
+
+    def end_chunk(self) -> None:
+        assert self.v is not None
+        rows = self.v
+        if self.method.residual_norm:
+            rows = chefer_residual_norm(rows, self.positions.to(rows.device))
+        self.rows.append(pad_row(rows, self.trace.seq_len).cpu())
+        if self.chunk_deltas:  # [c, K, N], input-to-output layer order
+            home = rows.device
+            stacked = torch.stack([d.to(home) for d in self.chunk_deltas[::-1]], dim=1)
+            self.deltas.append(pad_row(stacked, self.trace.seq_len).cpu())
+
+    def result(self) -> Explanation:
+        mask = select_tokens(self.trace, self.method.token_policy)
         return average_rows(
-            trace,
+            self.trace,
             "tmme",
-            torch.stack(rows),  # [T, N]
+            torch.cat(self.rows),  # [T, N]
             mask,
-            return_token_maps=self.return_token_maps,
-            meta={"layers": layers},
+            return_token_maps=self.method.return_token_maps,
+            layer_rows=torch.cat(self.deltas) if self.deltas else None,
+            meta={"layers": self.layers},
         )
 
 
-def chefer_residual_norm(row: Tensor, position: int) -> Tensor:
-    """Chefer's residual normalisation of row ``position``: ``Rbar = R - I``, row-normalised, ``+ I``."""
-    bar = row.clone()
-    bar[position] -= 1.0
-    total = bar.sum()
-    if total > 0:
-        bar = bar / total
-    bar[position] += 1.0
+def chefer_residual_norm(rows: Tensor, positions: Tensor) -> Tensor:
+    """Chefer's residual normalisation of rows [c, n] read at ``positions`` [c]:
+    ``Rbar = R - I``, row-normalised (rows summing to <= 0 are left as they are), ``+ I``."""
+    index = torch.arange(rows.shape[0], device=rows.device)
+    bar = rows.clone()
+    bar[index, positions] -= 1.0
+    total = bar.sum(dim=-1, keepdim=True)
+    bar = torch.where(total > 0, bar / total.clamp_min(torch.finfo(bar.dtype).tiny), bar)
+    bar[index, positions] += 1.0
     return bar

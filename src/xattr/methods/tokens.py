@@ -1,14 +1,37 @@
-"""Answer-token selection policies: which answer tokens count in a sequence-level map."""
+"""Answer-token selection policies: which answer tokens count in a sequence-level map.
+
+Every method's ``token_policy`` names one of these (`POLICIES`):
+
+- ``all``: every token.
+- ``non_punctuation``: drop tokens that are only punctuation (the paper's practice note).
+- ``visual`` (LVLM iGOS++): keep answer token t if
+  ``log p(y_t | image) - log p(y_t | blurred) > threshold`` (default 1.0); special tokens never
+  count; an answer of one (non-special) token is kept if ``p_blur <= ratio * p`` (default
+  0.5). Two teacher-forced forward passes (`ModelAdapter.answer_logprobs`), memoised on the
+  trace; needs the model (`Trace.context`).
+- ``dexar``: DEX-AR's sequence filter ``delta_t > 0``, registered by `methods.dexar`.
+
+A policy that keeps nothing falls back to every (non-special) token with a
+`TokenSelectionWarning`. A policy declares what it needs captured, so a method's ``needs``
+follow from its ``token_policy``.
+"""
 
 from __future__ import annotations
 
+import math
 import unicodedata
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from ..trace import Trace
+from ..images import blur_image, load_image
+from ..registry import Registry
+from ..trace import ModelContext, Trace, TraceError
+from .base import Needs
 
 # Markers tokenizers put in front of words (GPT-2 byte-level, SentencePiece).
 _WORD_MARKERS = "Ġ▁Ċ"
@@ -16,6 +39,35 @@ _WORD_MARKERS = "Ġ▁Ċ"
 
 class TokenSelectionWarning(UserWarning):
     """A selection policy kept no token and fell back to all tokens."""
+
+
+@dataclass(frozen=True)
+class TokenPolicy:
+    """A rule ``(trace, **options) -> (keep [T] bool, special [T] bool)`` and what it needs."""
+
+    name: str
+    select: Callable[..., tuple[Tensor, Tensor]]
+    needs: Needs | None = None
+
+
+POLICIES: Registry[TokenPolicy] = Registry("token policy", "xattr.token_policies")
+
+
+def register_policy(
+    name: str, needs: Needs | None = None
+) -> Callable[[Callable[..., tuple[Tensor, Tensor]]], Callable[..., tuple[Tensor, Tensor]]]:
+    """Decorator: register a selection rule under ``name`` (see `TokenPolicy`)."""
+
+    def decorator(fn: Callable[..., tuple[Tensor, Tensor]]) -> Callable[..., tuple[Tensor, Tensor]]:
+        POLICIES.register(name)(TokenPolicy(name, fn, needs))
+        return fn
+
+    return decorator
+
+
+def policy_needs(policy: str) -> Needs | None:
+    """What ``policy`` needs captured beyond the method's own needs (None: nothing)."""
+    return POLICIES.get_class(policy).needs if policy in POLICIES else None
 
 
 def clean_token(token: str) -> str:
@@ -29,32 +81,89 @@ def is_punctuation(token: str) -> bool:
     return all(unicodedata.category(ch)[0] in "PSZ" for ch in text)
 
 
-def select_tokens(trace: Trace, policy: str = "non_punctuation") -> Tensor:
-    """Boolean mask [T] of the answer tokens a method aggregates.
+def select_tokens(trace: Trace, policy: str = "non_punctuation", **options: Any) -> Tensor:
+    """Boolean mask [T] of the answer tokens that count under ``policy`` (module docstring).
 
-    ``all``: every token. ``non_punctuation``: drop tokens that are only punctuation (the
-    paper's practice note). If the policy keeps nothing (an answer that is all
-    punctuation), every token is kept and a `TokenSelectionWarning` says so.
+    Options: ``threshold`` (1.0), ``ratio`` (0.5) and ``blur_radius`` (None: 1/10 of the long
+    side) for "visual"; ``last_k`` (10) for "dexar".
     """
-    n = trace.num_answer_tokens
-    if policy == "all":
-        return torch.ones(n, dtype=torch.bool)
-    if policy == "non_punctuation":
-        if trace.tokens is None:
-            return torch.ones(n, dtype=torch.bool)
-        keep = torch.tensor(
-            [not is_punctuation(tok) for tok in trace.answer_tokens], dtype=torch.bool
-        )
-    else:  # visual (likelihood ratio), dexar (delta_t), or an unknown name (raises)
-        from .selection import select_answer_tokens
-
-        return select_answer_tokens(trace, policy)
+    if policy not in POLICIES:
+        known = ", ".join(POLICIES.available())
+        raise ValueError(f"unknown token policy {policy!r}; known: {known}")
+    keep, special = POLICIES.get_class(policy).select(trace, **options)
     if not bool(keep.any()):
+        fallback = ~special if bool((~special).any()) else torch.ones_like(keep)
         warnings.warn(
             f"token policy {policy!r} kept none of the answer tokens {trace.answer_tokens}; "
-            "using all of them",
+            "using all of them" + (" but the special ones" if bool(special.any()) else ""),
             TokenSelectionWarning,
             stacklevel=2,
         )
-        keep = torch.ones(n, dtype=torch.bool)
+        keep = fallback
     return keep
+
+
+def _none(trace: Trace) -> Tensor:
+    return torch.zeros(trace.num_answer_tokens, dtype=torch.bool)
+
+
+@register_policy("all")
+def _all(trace: Trace, **_: Any) -> tuple[Tensor, Tensor]:
+    return torch.ones(trace.num_answer_tokens, dtype=torch.bool), _none(trace)
+
+
+@register_policy("non_punctuation")
+def _non_punctuation(trace: Trace, **_: Any) -> tuple[Tensor, Tensor]:
+    if trace.tokens is None:
+        return _all(trace)
+    keep = torch.tensor([not is_punctuation(tok) for tok in trace.answer_tokens], dtype=torch.bool)
+    return keep, _none(trace)
+
+
+@register_policy("visual", needs=Needs(attentions=False, model=True))
+def _visual(
+    trace: Trace,
+    threshold: float = 1.0,
+    ratio: float = 0.5,
+    blur_radius: float | None = None,
+    **_: Any,
+) -> tuple[Tensor, Tensor]:
+    """The likelihood-ratio test of LVLM iGOS++: (kept [T], special [T])."""
+    logp, logp_blur = visual_logprobs(trace, blur_radius)
+    adapter = model_context(trace, "the 'visual' token policy").adapter
+    special_ids = set(getattr(adapter.tokenizer, "all_special_ids", []) or [])
+    special = torch.tensor([int(i) in special_ids for i in answer_ids(trace)], dtype=torch.bool)
+    if int((~special).sum()) == 1:  # one-token answer: p_blur <= ratio * p
+        keep = logp_blur <= logp + math.log(ratio)
+    else:
+        keep = (logp - logp_blur) > threshold
+    return keep & ~special, special
+
+
+def visual_logprobs(trace: Trace, blur_radius: float | None = None) -> Tensor:
+    """Teacher-forced log p(y_t) under the image and its blurred copy: [2, T] (memoised on the trace)."""
+    key = ("visual_logprobs", blur_radius)
+    if key not in trace.memo:
+        context = model_context(trace, "the 'visual' token policy")
+        image = load_image(context.image)
+        trace.memo[key] = context.adapter.answer_logprobs(
+            [image, blur_image(image, blur_radius)], context.question, answer_ids(trace)
+        )
+    return trace.memo[key]
+
+
+def answer_ids(trace: Trace) -> Tensor:
+    """The answer's token ids y_1..y_T: [T]."""
+    if trace.input_ids is None:
+        raise TraceError("this trace has no input_ids; model-based token policies need them")
+    return trace.input_ids[trace.answer_positions]
+
+
+def model_context(trace: Trace, what: str) -> ModelContext:
+    """The adapter, image and question behind ``trace``, or an error naming who needs them."""
+    if trace.context is None:
+        raise TraceError(
+            f"{what} needs the model, but this trace has no context (adapter, image, question): "
+            "capture it with adapter.trace(...) or set trace.context = ModelContext(...)"
+        )
+    return trace.context

@@ -205,8 +205,6 @@ def _capture(adapter: Any, image: Any, question: str, answer: Any, method: Any) 
     trace = adapter.trace(
         image, question, answer, gradients=needs.gradients, hidden_states=needs.hidden_states
     )
-    if needs.model:  # perturbation methods run the model themselves (as the evaluator does)
-        trace.meta.update(adapter=adapter, image=image, question=question)
     return trace
 
 

@@ -1,14 +1,24 @@
-"""Model adapters, registered by family name; `load` is the one way a model comes in."""
+"""Model adapters, registered by family name; `load` is the one way a model comes in.
+
+Every module of this package is imported here, so a family is registered by its module
+alone; families from other packages register through the ``xattr.models`` entry points.
+"""
 
 from __future__ import annotations
 
+import pkgutil
+from importlib import import_module
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from . import llava, qwen2_vl  # noqa: F401  (register the built-in families)
-from .base import ADAPTERS, CaptureError, ModelAdapter, PreparedInputs
+from .base import ADAPTERS, ModelAdapter, adapter_for, checkpoint_model_type
+from .prompting import CaptureError, PreparedInputs
+
+for _info in pkgutil.iter_modules(__path__):
+    if not _info.name.startswith("_"):
+        import_module(f"{__name__}.{_info.name}")
 
 
 def available() -> list[str]:
@@ -17,15 +27,32 @@ def available() -> list[str]:
 
 
 def load(
-    family: str,
-    path: str | Path,
+    family_or_path: str | Path | None = None,
+    path: str | Path | None = None,
     *,
+    family: str | None = None,
     dtype: str | torch.dtype = "float32",
     device: str | torch.device = "cpu",
     **kwargs: Any,
 ) -> ModelAdapter:
-    """Load ``path`` (hub id or local directory) with the adapter of ``family``, eager attention."""
-    return ADAPTERS.get_class(family).load(path, dtype=dtype, device=device, **kwargs)
+    """Load a checkpoint (hub id or local directory) with its family's adapter.
+
+    ``load(path)`` reads the family from the checkpoint's ``model_type``; ``load(family, path)``
+    (or ``family=``) names it, e.g. to use an adapter for a checkpoint of another type.
+    Eager attention unless ``attn_implementation`` says otherwise.
+    """
+    if path is None:
+        path = family_or_path
+    elif family is None:
+        family = str(family_or_path)
+    if path is None:
+        raise TypeError("load() needs the checkpoint's path or hub id")
+    if family is not None:
+        cls = ADAPTERS.get_class(family)
+        checkpoint_model_type(path)  # a missing directory is named before anything loads
+    else:
+        cls = adapter_for(checkpoint_model_type(path))
+    return cls.load(path, dtype=dtype, device=device, **kwargs)
 
 
 __all__ = ["ADAPTERS", "CaptureError", "ModelAdapter", "PreparedInputs", "available", "load"]

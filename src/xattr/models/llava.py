@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from .base import ADAPTERS, ModelAdapter
-from .geometry import Region, processor_region
+from ..layout import Grid, VisualLayout
+from .base import ModelAdapter
+from .geometry import processor_region
 
 
-@ADAPTERS.register("llava")
-class LlavaAdapter(ModelAdapter):
+class LlavaAdapter(ModelAdapter, family="llava"):
     """LLaVA-1.5-*-hf.
 
     The vision tower sees a square ``image_size`` crop cut into ``patch_size`` patches,
@@ -18,21 +18,14 @@ class LlavaAdapter(ModelAdapter):
     "full"`` the CLS token comes first; it is on no grid cell, so it is kept out of V.
     """
 
-    family = "llava"
-
-    @classmethod
-    def model_class(cls) -> type[nn.Module]:
-        from transformers import LlavaForConditionalGeneration
-
-        return LlavaForConditionalGeneration
-
     @property
     def grid_side(self) -> int:
         vision = self.model.config.vision_config
         return int(vision.image_size) // int(vision.patch_size)
 
-    def visual_layout(self, inputs: dict[str, Tensor]) -> tuple[Tensor, list[tuple[int, int]]]:
-        """Patch-token positions per image in raster order, CLS (strategy "full") left out."""
+    def visual_layout(self, inputs: dict[str, Tensor], image_size: tuple[int, int]) -> VisualLayout:
+        """Patch-token positions per image in raster order, CLS (strategy "full") left out;
+        the grid covers the centre square the CLIP processor keeps (resize, centre crop)."""
         positions = torch.nonzero(inputs["input_ids"][0] == self.image_token_id).flatten()
         side = self.grid_side
         with_cls = self.model.config.vision_feature_select_strategy == "full"
@@ -45,14 +38,9 @@ class LlavaAdapter(ModelAdapter):
         blocks = positions.view(-1, per_image)
         if with_cls:
             blocks = blocks[:, 1:]
-        return blocks.flatten(), [(side, side)] * blocks.shape[0]
-
-    def attention_modules(self) -> list[nn.Module]:
-        return [layer.self_attn for layer in self.model.model.language_model.layers]
-
-    def image_region(self, image_size: tuple[int, int]) -> Region:
-        """The centre square the CLIP processor keeps (resize shortest edge, centre crop)."""
-        return processor_region(image_size, self.processor.image_processor)
+        box = processor_region(image_size, self.processor.image_processor)
+        grids = [Grid(side, side, image=i, box=box) for i in range(blocks.shape[0])]
+        return VisualLayout(blocks.flatten(), grids)
 
     # ------------------------------------------------ pixel_values layout (mask path)
     def processed_size(self, inputs: dict[str, Tensor]) -> tuple[int, int]:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from .base import ADAPTERS, ModelAdapter
+from ..layout import Grid, VisualLayout
+from .base import ModelAdapter
 
 
-@ADAPTERS.register("qwen2_vl")
-class Qwen2VLAdapter(ModelAdapter):
+class Qwen2VLAdapter(ModelAdapter, family="qwen2_vl"):
     """Qwen2-VL-*-Instruct.
 
     The image processor emits patches grouped by merge block, so after the merger the
@@ -17,36 +17,26 @@ class Qwen2VLAdapter(ModelAdapter):
     ``(h / m, w / m)`` with ``(t, h, w) = image_grid_thw`` and ``m = spatial_merge_size``.
     """
 
-    family = "qwen2_vl"
-
-    @classmethod
-    def model_class(cls) -> type[nn.Module]:
-        from transformers import Qwen2VLForConditionalGeneration
-
-        return Qwen2VLForConditionalGeneration
-
     @property
     def merge_size(self) -> int:
         return int(self.model.config.vision_config.spatial_merge_size)
 
-    def visual_layout(self, inputs: dict[str, Tensor]) -> tuple[Tensor, list[tuple[int, int]]]:
-        """Image-token positions (already raster order per image) and each image's merged grid."""
+    def visual_layout(self, inputs: dict[str, Tensor], image_size: tuple[int, int]) -> VisualLayout:
+        """Image-token positions (raster order per image) and each image's merged grid; the
+        processor resizes the whole image (no crop), so each grid covers all of its image."""
         positions = torch.nonzero(inputs["input_ids"][0] == self.image_token_id).flatten()
         m = self.merge_size
         grids = [
-            (int(h) // m, int(w) // m)
-            for t, h, w in inputs["image_grid_thw"].tolist()
+            Grid(int(h) // m, int(w) // m, image=i)
+            for i, (t, h, w) in enumerate(inputs["image_grid_thw"].tolist())
             for _ in range(t)
         ]
-        cells = sum(h * w for h, w in grids)
+        cells = sum(g.cells for g in grids)
         if cells != positions.numel():
             raise ValueError(
                 f"image_grid_thw gives {cells} merged cells but the prompt holds {positions.numel()} image tokens"
             )
-        return positions, grids
-
-    def attention_modules(self) -> list[nn.Module]:
-        return [layer.self_attn for layer in self.model.model.language_model.layers]
+        return VisualLayout(positions, grids)
 
     # ------------------------------------------------ pixel_values layout (mask path)
     @property
@@ -84,14 +74,5 @@ class Qwen2VLAdapter(ModelAdapter):
         return x.reshape(x.shape[0], h, w)
 
 
-@ADAPTERS.register("qwen2_5_vl")
-class Qwen25VLAdapter(Qwen2VLAdapter):
+class Qwen25VLAdapter(Qwen2VLAdapter, family="qwen2_5_vl"):
     """Qwen2.5-VL-*-Instruct: same token layout as Qwen2-VL, windowed vision attention."""
-
-    family = "qwen2_5_vl"
-
-    @classmethod
-    def model_class(cls) -> type[nn.Module]:
-        from transformers import Qwen2_5_VLForConditionalGeneration
-
-        return Qwen2_5_VLForConditionalGeneration

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -16,11 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from ..api import capture
 from ..data.sample import Sample
 from ..explanation import Explanation
 from ..images import FULL_IMAGE
-from ..methods import Attributor
-from ..methods.common import AttributionWarning
+from ..methods import AttributionWarning, Attributor, explain_all
 from ..metrics import Metric
 from ..models.base import ModelAdapter
 
@@ -71,29 +70,25 @@ class SampleEvaluator:
         return names
 
     def evaluate(self, sample: Sample, methods: list[str] | None = None) -> SampleResult:
-        """Rows ``{sample_id, method, <metric>..., answer, correct, seconds}`` for ``methods``."""
-        todo = [m for m in (methods or self.methods)]
+        """Rows ``{sample_id, method, <metric>..., answer, correct, seconds}`` for ``methods``.
+
+        One trace serves every method; gradient methods share one sweep over it.
+        """
+        chosen = {m: self.methods[m] for m in (methods or self.methods)}
         image = sample.load_image()
-        needs_grad = any(self.methods[m].needs.gradients for m in todo)
-        needs_hidden = any(self.methods[m].needs.hidden_states for m in todo)
         given = sample.answer if self.answer_mode == "given" else None
         if self.answer_mode == "given" and not given:
             raise ValueError(f"sample {sample.sample_id} has no answer to teacher-force")
-        start = time.perf_counter()
-        trace = self.adapter.trace(
-            image, sample.question, given, gradients=needs_grad, hidden_states=needs_hidden
-        )
-        capture_s = time.perf_counter() - start
+        trace, capture_s = capture(self.adapter, image, sample.question, given, chosen)
         answer = trace.meta.get("answer_text", "")
         correct = _is_correct(answer, sample)
         result = SampleResult(rows=[], answer=answer)
-        for name in todo:
-            if self.on_method_start is not None:
-                self.on_method_start(name)
-            method = self.methods[name]
-            if method.needs.model:
-                trace.meta.update(adapter=self.adapter, image=image, question=sample.question)
-            expl, notes = self._explain(name, method, trace)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", AttributionWarning)  # kept per method, logged below
+            explanations = explain_all(trace, chosen, on_method=self.on_method_start)
+        for name, expl in explanations.items():
+            notes = expl.meta.get("warnings", [])
+            self._log_once(name, notes)
             row: dict[str, Any] = {"sample_id": sample.sample_id, "method": name, "warnings": notes}
             row.update(self._map_scores(expl, sample))
             for metric in self.model_metrics.values():
@@ -108,23 +103,12 @@ class SampleEvaluator:
             result.explanations[name] = expl
         return result
 
-    def _explain(self, name: str, method: Attributor, trace: Any) -> tuple[Explanation, list[str]]:
-        """Run one method; its AttributionWarnings go into the row (and the log, once each)."""
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            expl = method.explain(trace)
-        notes: list[str] = []
-        for w in caught:
-            if not issubclass(w.category, AttributionWarning):
-                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-                continue
-            text = str(w.message)
-            if text not in notes:
-                notes.append(text)
+    def _log_once(self, name: str, notes: list[str]) -> None:
+        """Log each method warning the first time it is seen (all are counted in summary.json)."""
+        for text in notes:
             if (name, text) not in self._warned:
                 self._warned.add((name, text))
                 log.warning("%s (logged once; every occurrence is counted in summary.json)", text)
-        return expl, notes
 
     def _map_scores(self, expl: Explanation, sample: Sample) -> dict[str, float]:
         """Map metrics against the human map (agreement) or the object mask (localisation).

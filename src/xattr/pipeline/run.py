@@ -29,11 +29,34 @@ def _wandb_offline() -> bool:
 
 
 def register_resolvers() -> None:
-    """``${xattr.toy:qwen2_5_vl}`` (shipped checkpoint dir) and ``${xattr.wandb_offline:}``."""
+    """What Hydra needs from xattr before it composes a config: the resolvers
+    ``${xattr.toy:qwen2_5_vl}`` (shipped checkpoint dir) and ``${xattr.wandb_offline:}``, and
+    every registered method's schema (`register_method_schemas`)."""
     if not OmegaConf.has_resolver("xattr.toy"):
         OmegaConf.register_new_resolver("xattr.toy", _toy_checkpoint)
     if not OmegaConf.has_resolver("xattr.wandb_offline"):
         OmegaConf.register_new_resolver("xattr.wandb_offline", _wandb_offline)
+    register_method_schemas()
+
+
+def method_schema(cls: type) -> DictConfig:
+    """A method class as a config node: ``_target_`` and every hyper-parameter's default."""
+    return OmegaConf.create(
+        {"_target_": f"{cls.__module__}.{cls.__qualname__}", **cls.defaults()}  # type: ignore[attr-defined]
+    )
+
+
+def register_method_schemas() -> None:
+    """Store ``xattr/method/<name>`` in Hydra's ConfigStore for every registered method, so a
+    method's yaml (``defaults: [/xattr/method/<name>@_here_]``) states no default of its own:
+    they come from the class's declared hyper-parameters."""
+    from hydra.core.config_store import ConfigStore
+
+    from ..methods import METHODS
+
+    store = ConfigStore.instance()
+    for name, cls in METHODS.items():
+        store.store(group="xattr/method", name=name, node=method_schema(cls))
 
 
 def instantiate(cfg: Any, **kwargs: Any) -> Any:

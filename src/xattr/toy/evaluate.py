@@ -85,7 +85,7 @@ def answer_batch(adapter: Any, images: Sequence[Image.Image], questions: Sequenc
     model.train(was)
     new = out[:, inputs["input_ids"].shape[1] :].tolist()
     stops = (
-        adapter._stop_ids() if hasattr(adapter, "_stop_ids") else {adapter.tokenizer.eos_token_id}
+        adapter.stop_ids() if hasattr(adapter, "_stop_ids") else {adapter.tokenizer.eos_token_id}
     )
     answers = []
     for row in new:

@@ -1,0 +1,191 @@
+"""The capture: generate (or take) an answer, teacher-force it in one recorded pass, and
+package the result as a `Trace` whose gradients are streamed (docs/math.md, "Capture")."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..images import ImageLike, load_image
+from ..trace import ModelContext, Trace
+from .prompting import CaptureError, PreparedInputs
+from .recording import CapturedGradients, RecomputedAttentions, language_implementation, recording
+
+
+class CaptureMixin:
+    """``generate`` and ``trace`` for any family (the adapter supplies layout and modules)."""
+
+    model: Any
+    family: str
+
+    @property
+    def device(self) -> torch.device:
+        """Where the inputs go: the device of the input embeddings (first shard under device="auto")."""
+        return self.model.get_input_embeddings().weight.device
+
+    # ---------------------------------------------------------------- generation
+    @torch.no_grad()
+    def generate(self, prepared: PreparedInputs, max_new_tokens: int | None = None) -> Tensor:
+        """Greedy answer ids, cut at the first end-of-turn or padding id: [T]."""
+        inputs = {k: v.to(self.device) for k, v in prepared.inputs.items()}
+        with eval_mode(self.model):
+            out = self.model.generate(
+                **inputs,
+                max_new_tokens=max_new_tokens or self.max_new_tokens,  # type: ignore[attr-defined]
+                do_sample=False,
+                num_beams=1,
+            )
+        return self.clean_generated(out[0, prepared.prompt_ids.numel() :].tolist())  # type: ignore[attr-defined]
+
+    def answer_ids(
+        self, prepared: PreparedInputs, answer: str | Sequence[int] | Tensor | None
+    ) -> tuple[Tensor, str]:
+        """The answer to explain and where it came from ("generated" or "given")."""
+        if answer is None:
+            ids = self.generate(prepared)
+            if ids.numel() == 0:
+                raise CaptureError("the model generated an empty answer; nothing to explain")
+            return ids, "generated"
+        if isinstance(answer, str):
+            return self.encode_answer(answer), "given"  # type: ignore[attr-defined]
+        ids = torch.as_tensor(answer, dtype=torch.long).reshape(-1)
+        if ids.numel() == 0:
+            raise CaptureError("the given answer has zero tokens")
+        self.check_answer_ids(ids)  # type: ignore[attr-defined]
+        return ids, "given"
+
+    # ------------------------------------------------------------------- capture
+    def trace(
+        self,
+        image: ImageLike,
+        question: str,
+        answer: str | Sequence[int] | Tensor | None = None,
+        *,
+        gradients: bool = True,
+        hidden_states: bool = False,
+    ) -> Trace:
+        """One teacher-forced pass over prompt + answer, every attention layer recorded.
+
+        ``answer=None`` generates it greedily; a string is tokenised and teacher-forced; a
+        sequence of ids is used as is. With ``gradients`` the returned trace streams
+        ``d z_t / d A`` (one batched backward per chunk of answer tokens, see `methods.sweep`).
+        """
+        image = load_image(image)
+        prepared = self.prepare(image, question)  # type: ignore[attr-defined]
+        answer_ids, source = self.answer_ids(prepared, answer)
+        inputs = self.full_inputs(prepared, answer_ids)  # type: ignore[attr-defined]
+        n_prompt = prepared.prompt_ids.numel()
+        positions = torch.arange(n_prompt, n_prompt + answer_ids.numel())  # s_t
+        predicting = positions - 1  # p_t
+        modules = self.attention_modules()  # type: ignore[attr-defined]
+        eager = language_implementation(modules[0].config) == "eager"
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(eval_mode(self.model))
+            stack.enter_context(frozen_parameters(self.model))
+            stack.enter_context(torch.enable_grad() if gradients else torch.no_grad())
+            if gradients:  # the graph starts at the input embeddings (parameters are frozen)
+                emb = self.model.get_input_embeddings()
+                handle = emb.register_forward_hook(
+                    lambda _m, _a, out: out.detach().requires_grad_(True)
+                )
+                stack.callback(handle.remove)
+            recorder = stack.enter_context(recording(modules, keep_weights=eager))
+            out = self.model(
+                **inputs, use_cache=False, output_hidden_states=hidden_states, return_dict=True
+            )
+            # index inside the grad-enabled block: a view made under an outer no_grad (a
+            # Lightning test loop) would silently cut the graph
+            logits = out.logits[0]  # [N, V]
+            z = logits[predicting.to(logits.device), answer_ids.to(logits.device)]  # [T] z_t
+        records = recorder.records
+        missing = [i for i, r in enumerate(records) if r is None]
+        if missing:
+            raise CaptureError(
+                f"attention layers {missing} of the language model were not recorded: their "
+                "modules do not dispatch through transformers' AttentionInterface"
+            )
+        with torch.no_grad():
+            conf = torch.softmax(logits[predicting.to(logits.device)].float(), dim=-1)
+            conf = conf[torch.arange(answer_ids.numel()), answer_ids.to(conf.device)]
+        work = torch.float64 if logits.dtype == torch.float64 else torch.float32
+        attentions = (
+            [r.weights for r in records] if eager else RecomputedAttentions(records, work)  # type: ignore[misc]
+        )
+        ids = inputs["input_ids"][0].cpu()
+        hidden = list(out.hidden_states) if hidden_states else []
+        return Trace(
+            attentions=attentions,  # type: ignore[arg-type]
+            layout=prepared.layout,
+            prompt_index=prepared.prompt_index,
+            answer_positions=positions,
+            confidences=conf.detach().cpu(),
+            input_ids=ids,
+            tokens=self.tokenizer.convert_ids_to_tokens(ids.tolist()),  # type: ignore[attr-defined]
+            answer_source=source,
+            hidden_states=[h.detach()[0] for h in hidden] if hidden_states else None,
+            readout=self.readout if hidden_states else None,
+            gradient_source=CapturedGradients(z, records) if gradients else None,
+            graph=(
+                {
+                    "outputs": [r.output for r in records],  # L x [1, N, H, d] in the graph
+                    "values": [r.value.detach() for r in records],  # L x [1, Hkv, N, d]
+                    "hidden_states": hidden,  # L+1 x [1, N, D] (when captured)
+                    "logits": z,  # [T] z_t, the produced tokens' logits, in the graph
+                }
+                if gradients
+                else None
+            ),
+            supports=[r.mask for r in records],  # type: ignore[misc]
+            context=ModelContext(self, image, question),
+            meta={
+                "family": self.family,
+                "prompt_text": prepared.text,
+                "answer_text": self.tokenizer.decode(answer_ids.tolist()),  # type: ignore[attr-defined]
+                "logits": z.detach().float().cpu(),
+                "attn_implementation": "eager"
+                if eager
+                else language_implementation(modules[0].config),
+            },
+        )
+
+    def readout(self, hidden: Tensor) -> Tensor:
+        """Logit lens: the final norm and LM head applied to hidden states [.., D] -> [.., V]."""
+        norm = self.final_norm()  # type: ignore[attr-defined]
+        return self.unembed(norm(hidden.to(norm.weight.device)))
+
+    def unembed(self, hidden: Tensor) -> Tensor:
+        """The LM head alone, for hidden states already through the final norm: [.., D] -> [.., V].
+
+        In transformers 5.x the last element of ``output_hidden_states`` is the final norm's
+        output (`readout` would apply the norm twice there).
+        """
+        head = self.model.lm_head
+        return head(hidden.to(head.weight.device))
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode (no dropout) for the duration, then the caller's mode back."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+@contextlib.contextmanager
+def frozen_parameters(model: nn.Module) -> Iterator[None]:
+    """No parameter requires grad during capture, so nothing accumulates in ``.grad``."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)

@@ -1,0 +1,230 @@
+"""From an image and a question to the model's inputs: chat prompt, V, P, answers to teacher-force.
+
+The question's own tokens (P) are found as a token subsequence of the processed prompt, so
+they are found whatever the family wraps around them (chat markup, image blocks, tile tags).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..images import ImageLike, load_image
+from ..layout import VisualLayout
+
+# Per-token tensors a processor may return beside input_ids, and the value an appended
+# (answer) token takes in each (text tokens: no image type, attended).
+PER_TOKEN_FILL = {"attention_mask": 1, "mm_token_type_ids": 0, "token_type_ids": 0}
+
+
+class CaptureError(ValueError):
+    """Inputs or a model configuration the capture cannot explain (named in the message)."""
+
+
+@dataclass
+class PreparedInputs:
+    """A prompt run through the processor, with where its parts are."""
+
+    inputs: dict[str, Tensor]  # processor output for the prompt (batch of 1)
+    prompt_ids: Tensor  # [n_prompt]
+    layout: VisualLayout  # the visual tokens and the grids they form
+    prompt_index: Tensor  # [|P|] the question's own tokens
+    text: str  # the rendered prompt
+    image_size: tuple[int, int] | None = None  # (W, H) of the original image
+
+    @property
+    def visual_index(self) -> Tensor:
+        return self.layout.positions
+
+    @property
+    def grids(self) -> list[tuple[int, int]]:
+        """(rows, cols) of every token grid."""
+        return [g.shape for g in self.layout.grids]
+
+
+class PromptingMixin:
+    """Chat prompts, processor calls and answer encoding (the adapter's text side)."""
+
+    processor: Any
+    model: Any
+
+    def chat_messages(self, question: str) -> list[dict[str, Any]]:
+        """The chat for one image and one question (override for families that differ)."""
+        return [
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}
+        ]
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.processor.tokenizer
+
+    @property
+    def context_length(self) -> int | None:
+        cfg = self.model.config.get_text_config()
+        return getattr(cfg, "max_position_embeddings", None)
+
+    def prompt_text(self, question: str) -> str:
+        """The chat-templated prompt, ending where the assistant's answer starts."""
+        return self.processor.apply_chat_template(
+            self.chat_messages(question), tokenize=False, add_generation_prompt=True
+        )
+
+    def process(self, image: Any, text: str) -> dict[str, Tensor]:
+        """The processor's tensors for one image and one prompt (override to pass options)."""
+        return dict(self.processor(images=[image], text=[text], return_tensors="pt"))
+
+    def prepare(self, image: ImageLike, question: str) -> PreparedInputs:
+        """Run the processor on one image and question and locate V and P."""
+        if not isinstance(question, str) or not question.strip():
+            raise CaptureError("the question is empty: there is nothing to answer")
+        image = load_image(image)
+        text = self.prompt_text(question)
+        inputs = self.process(image, text)
+        prompt_ids = inputs["input_ids"][0]
+        layout = self.visual_layout(inputs, image.size)  # type: ignore[attr-defined]
+        if layout.positions.numel() == 0:
+            raise CaptureError(
+                f"the processor produced no visual tokens for this image ({image.width}x{image.height}); "
+                "check the image size against the processor's minimum"
+            )
+        prompt_index = locate_question(self.tokenizer, prompt_ids, question)
+        return PreparedInputs(inputs, prompt_ids, layout, prompt_index, text, image.size)
+
+    # ----------------------------------------------------------------- special tokens
+    @property
+    def image_token_id(self) -> int:
+        cfg = self.model.config
+        token_id = getattr(cfg, "image_token_id", None)
+        return int(token_id if token_id is not None else cfg.image_token_index)
+
+    def placeholder_ids(self) -> set[int]:
+        """Ids the processor expands into visual features (image, video, ...): never text."""
+        cfg = self.model.config
+        ids = set()
+        for key in dir(cfg):
+            if key.endswith(("image_token_id", "image_token_index", "video_token_id")):
+                value = getattr(cfg, key, None)
+                if isinstance(value, int):
+                    ids.add(value)
+        return ids
+
+    def stop_ids(self) -> set[int]:
+        """End-of-turn, end-of-sequence and padding ids: where a generated answer ends."""
+        ids = set()
+        for source in (self.model.generation_config, self.tokenizer):
+            eos = getattr(source, "eos_token_id", None)
+            ids.update([eos] if isinstance(eos, int) else list(eos or []))
+        pad = getattr(self.tokenizer, "pad_token_id", None)
+        if pad is not None:
+            ids.add(pad)
+        return ids
+
+    def encode_answer(self, answer: str) -> Tensor:
+        """Token ids of a given answer, as they would follow the assistant prefix: [T]."""
+        ids = self.tokenizer(answer, add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise CaptureError(f"the answer {answer!r} encodes to zero tokens")
+        self.check_answer_ids(torch.tensor(ids))
+        return torch.tensor(ids, dtype=torch.long)
+
+    def check_answer_ids(self, ids: Tensor) -> None:
+        """An answer to teacher-force may not hold placeholder tokens (they would need an image)."""
+        bad = sorted(set(ids.tolist()) & self.placeholder_ids())
+        if bad:
+            names = self.tokenizer.convert_ids_to_tokens(bad)
+            raise CaptureError(
+                f"the answer contains the special token(s) {names}, which the processor expands "
+                "into image features; remove them from the answer"
+            )
+
+    def clean_generated(self, new: Sequence[int]) -> Tensor:
+        """A generated continuation cut at the first stop id, placeholder tokens removed."""
+        stops, placeholders = self.stop_ids(), self.placeholder_ids()
+        keep, dropped = [], []
+        for tok in new:
+            if tok in stops:
+                break
+            (dropped if tok in placeholders else keep).append(tok)
+        if dropped:
+            warnings.warn(
+                f"the generated answer contained {self.tokenizer.convert_ids_to_tokens(dropped)} "
+                "(image placeholders); they are removed from the answer that is explained",
+                UserWarning,
+                stacklevel=3,
+            )
+        return torch.tensor(keep, dtype=torch.long)
+
+    def full_inputs(self, prepared: PreparedInputs, answer_ids: Tensor) -> dict[str, Tensor]:
+        """Prompt inputs with the answer appended for teacher forcing (on the model's device)."""
+        inputs = dict(prepared.inputs)
+        inputs["input_ids"] = torch.cat([prepared.prompt_ids, answer_ids])[None]
+        for key, fill in PER_TOKEN_FILL.items():
+            if key in inputs:
+                tail = torch.full((1, answer_ids.numel()), fill, dtype=inputs[key].dtype)
+                inputs[key] = torch.cat([inputs[key], tail], dim=1)
+        n = inputs["input_ids"].shape[1]
+        if self.context_length is not None and n > self.context_length:
+            raise CaptureError(
+                f"sequence of {n} tokens is longer than the model's context of {self.context_length}"
+            )
+        return {k: v.to(self.device) for k, v in inputs.items()}  # type: ignore[attr-defined]
+
+
+def locate_question(tokenizer: Any, prompt_ids: Tensor, question: str) -> Tensor:
+    """Positions of the question's own tokens in ``prompt_ids``: [|P|].
+
+    The question is encoded alone (as is, and after a space, the two ways a tokenizer may
+    see it mid-prompt) and its last occurrence is searched in the prompt. If the tokens at
+    its edges merged with their neighbours, the inner tokens are searched and the match is
+    widened by the neighbours whose text still lies within the question.
+    """
+    ids = prompt_ids.tolist()
+    text = question.strip()
+    variants = []
+    for candidate in (text, " " + text):
+        enc = tokenizer(candidate, add_special_tokens=False)["input_ids"]
+        if enc and enc not in variants:
+            variants.append(enc)
+    for enc in variants:
+        start = _last_occurrence(ids, enc)
+        if start is not None:
+            return torch.arange(start, start + len(enc))
+    for enc in variants:  # edges merged with the template: search the inner tokens
+        inner = enc[1:-1]
+        start = _last_occurrence(ids, inner) if len(inner) >= 1 else None
+        if start is None:
+            continue
+        first, last = start, start + len(inner) - 1
+        squashed = "".join(text.split())
+        if (
+            first > 0
+            and _piece(tokenizer, ids[first - 1])
+            and _piece(tokenizer, ids[first - 1]) in squashed
+        ):
+            first -= 1
+        if (
+            last + 1 < len(ids)
+            and _piece(tokenizer, ids[last + 1])
+            and _piece(tokenizer, ids[last + 1]) in squashed
+        ):
+            last += 1
+        return torch.arange(first, last + 1)
+    raise CaptureError(f"the question {question!r} was not found in the processed prompt's tokens")
+
+
+def _last_occurrence(haystack: list[int], needle: list[int]) -> int | None:
+    n = len(needle)
+    for start in range(len(haystack) - n, -1, -1):
+        if haystack[start : start + n] == needle:
+            return start
+    return None
+
+
+def _piece(tokenizer: Any, token_id: int) -> str:
+    """A token's visible text without white space."""
+    return "".join(tokenizer.decode([token_id]).split())
