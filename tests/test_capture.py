@@ -2,37 +2,37 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 import xattr
+from support.families import FAMILIES, QUESTION, SPECS
 from xattr.images import ImageError
 from xattr.models import CaptureError
 
-FAMILIES = ("qwen2_vl", "qwen2_5_vl", "llava")
-QUESTION = "what color is the circle?"
-
 
 def _image(size: int, block: tuple[int, int, int] | None = None, seed: int = 0) -> Image.Image:
-    """A dark noisy image; ``block=(row, col, cell)`` paints one cell-sized white square."""
-    rng = np.random.default_rng(seed)
-    arr = rng.integers(0, 40, size=(size, size, 3), dtype=np.uint8)
-    if block is not None:
-        r, c, cell = block
-        arr[r * cell : (r + 1) * cell, c * cell : (c + 1) * cell] = 255
-    return Image.fromarray(arr)
+    """A dark noisy square image; ``block=(row, col, cell)`` paints one cell-sized white square."""
+    b = (
+        None
+        if block is None
+        else (
+            block[0] * block[2],
+            block[1] * block[2],
+            (block[0] + 1) * block[2],
+            (block[1] + 1) * block[2],
+        )
+    )
+    return SPECS["qwen2_vl"].image(size, seed=seed, block=b)
 
 
 def _image_size(adapter) -> int:
     """A square image size the family's processor keeps as is (no resize, no crop)."""
-    if adapter.family == "llava":
-        return int(adapter.model.config.vision_config.image_size)
-    return 112
+    return SPECS[adapter.family].native_size
 
 
-def _lm_input_embeddings(adapter, image) -> torch.Tensor:
+def _lm_input_embeddings(adapter, image) -> tuple[torch.Tensor, object]:
     """The language model's input embeddings at the visual positions, in V order: [|V|, D]."""
     prepared = adapter.prepare(image, QUESTION)
     seen = {}
@@ -40,7 +40,7 @@ def _lm_input_embeddings(adapter, image) -> torch.Tensor:
     def grab(_module, _args, kwargs):
         seen["embeds"] = kwargs["inputs_embeds"].detach()[0]
 
-    handle = adapter.model.model.language_model.register_forward_pre_hook(grab, with_kwargs=True)
+    handle = adapter.language_model().register_forward_pre_hook(grab, with_kwargs=True)
     try:
         with torch.no_grad():
             adapter.model(**prepared.inputs)
@@ -49,22 +49,64 @@ def _lm_input_embeddings(adapter, image) -> torch.Tensor:
     return seen["embeds"][prepared.visual_index], prepared
 
 
+def _cell_box(grid, r: int, c: int, width: int, height: int) -> tuple[int, int, int, int]:
+    """Pixels (top, left, bottom, right) of the middle of cell (r, c) of ``grid`` on the image."""
+    top, left, bottom, right = grid.box
+    h, w = (bottom - top) / grid.rows, (right - left) / grid.cols
+    y0, x0 = top + r * h, left + c * w
+    return (
+        round((y0 + 0.2 * h) * height),
+        round((x0 + 0.2 * w) * width),
+        round((y0 + 0.8 * h) * height),
+        round((x0 + 0.8 * w) * width),
+    )
+
+
+def _cell_at(grid, y: float, x: float) -> int | None:
+    """Raster index of the cell of ``grid`` holding the point (y, x) (fractions), if any."""
+    top, left, bottom, right = grid.box
+    if not (top <= y < bottom and left <= x < right):
+        return None
+    r = int((y - top) / (bottom - top) * grid.rows)
+    c = int((x - left) / (right - left) * grid.cols)
+    return r * grid.cols + c
+
+
 @pytest.mark.parametrize("family", FAMILIES)
-def test_visual_tokens_map_onto_the_right_grid_cell(tiny_adapter, family):
-    """Changing one cell of the image changes the visual token of that cell the most."""
+def test_a_white_block_lights_exactly_the_tokens_whose_boxes_contain_it(tiny_adapter, family):
+    """On a non-square image, a white block inside one cell of a grid changes, in every grid
+    whose box holds the block (base grid, tile, thumbnail), the token of the cell holding it
+    the most, with the processor's real resizing, cropping and tiling."""
     adapter = tiny_adapter(family)
-    size = _image_size(adapter)
-    base, prepared = _lm_input_embeddings(adapter, _image(size))
-    (gh, gw) = prepared.grids[0]
-    assert gh * gw == prepared.visual_index.numel()
-    cell = size // gw
-    assert cell * gw == size and cell * gh == size, "test image must tile the grid exactly"
-    for r, c in [(0, 0), (0, gw - 1), (gh - 1, 1), (gh // 2, gw // 2)]:
-        moved, _ = _lm_input_embeddings(adapter, _image(size, block=(r, c, cell)))
-        change = (moved - base).norm(dim=-1)  # [|V|]
-        assert int(change.argmax()) == r * gw + c, (
-            f"block at ({r}, {c}) lit token {int(change.argmax())}"
-        )
+    width, height = SPECS[family].geometry_size
+    base, prepared = _lm_input_embeddings(adapter, SPECS[family].image((width, height)))
+    layout = prepared.layout
+    checked = 0
+    for g, grid in enumerate(layout.grids):
+        for r, c in {
+            (0, 0),
+            (0, grid.cols - 1),
+            (grid.rows - 1, 0),
+            (grid.rows // 2, grid.cols // 2),
+        }:
+            box = _cell_box(grid, r, c, width, height)
+            y, x = (box[0] + box[2]) / 2 / height, (box[1] + box[3]) / 2 / width
+            if not (0 <= y < 1 and 0 <= x < 1):
+                continue  # a cell outside the image (padding)
+            moved, _ = _lm_input_embeddings(
+                adapter, SPECS[family].image((width, height), block=box)
+            )
+            change = (moved - base).norm(dim=-1)  # [|V|]
+            for h, (other, span) in enumerate(zip(layout.grids, layout.slices(), strict=True)):
+                cell = _cell_at(other, y, x)
+                if cell is None or other.image != grid.image:
+                    continue
+                got = int(change[span].argmax())
+                assert got == cell, (
+                    f"grid {h} ({other.name}): block in cell {(r, c)} of grid {g} lit {got}, expected {cell}"
+                )
+                checked += 1
+    assert checked >= 4
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 import xattr
+from support.families import SPECS
 from xattr.methods import AttributionWarning
 from xattr.methods import dexar as dexar_module
 from xattr.methods.dexar import Dexar, dexar_maps, dexar_stats, last_k_layers, text_positions_mask
@@ -99,9 +100,7 @@ def _image(size: int = 112, seed: int = 0) -> Image.Image:
 
 
 def _image_size(adapter) -> int:
-    if adapter.family == "llava":
-        return int(adapter.model.config.vision_config.image_size)
-    return 112
+    return SPECS[adapter.family].native_size
 
 
 # ---------------------------------------------------------------------- formulas

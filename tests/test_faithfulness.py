@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image, ImageFilter
 
+from support.families import SPECS
 from xattr.explanation import Explanation
 from xattr.metrics import DeletionInsertion, MetricUndefinedWarning
 from xattr.metrics.faithfulness import _cell_index
@@ -416,7 +417,7 @@ def test_pixel_values_blending_matches_blending_the_image(tiny_adapter, family):
     """The fast path (process image and baseline once, blend pixel_values) scores the same
     curves as blending PIL images and processing each, up to the uint8 rounding of the latter."""
     adapter = tiny_adapter(family)
-    size = 112 if family != "llava" else int(adapter.model.config.vision_config.image_size)
+    size = SPECS[family].native_size
     image = _noisy(3).resize((size, size))
     trace = adapter.trace(image, QUESTION, "red circle", gradients=False)
     (gh, gw) = trace.grid

@@ -24,7 +24,7 @@ from xattr.methods.igos import IGOS
 from xattr.models import PreparedInputs
 from xattr.trace import ModelContext, Trace
 
-FAMILIES = ("qwen2_vl", "qwen2_5_vl", "llava")
+PIXEL_PATH = ("qwen2_vl", "qwen2_5_vl", "llava")  # families with the pixel-mask path
 QUESTION = "what color is the circle?"
 
 
@@ -43,7 +43,7 @@ def _noise_image(size: int = 112, seed: int = 0) -> Image.Image:
 
 
 # ------------------------------------------------------ the pixel-mask path (adapters)
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", PIXEL_PATH)
 def test_blending_pixel_values_equals_processing_the_blended_image(tiny_adapter, family):
     """A per-pixel random mask mapped into the pixel_values layout reproduces the processor."""
     adapter = tiny_adapter(family)

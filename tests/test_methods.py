@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import xattr
-from reference_methods import (
+from support.reference import (
     random_trace,
     single_thread,  # noqa: F401 (pytest fixture, used through pytestmark)
 )
@@ -16,7 +16,7 @@ from xattr import methods
 from xattr.explanation import Explanation
 from xattr.trace import TraceError
 
-pytestmark = pytest.mark.usefixtures("single_thread")  # fixture from reference_methods
+pytestmark = pytest.mark.usefixtures("single_thread")  # fixture from support.reference
 
 BUILTIN = ("glimpse", "tmme", "rollout", "raw_attention", "gradcam")
 CONF = Path(__file__).resolve().parents[1] / "conf" / "method"

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import xattr
-from reference_methods import (
+from support.reference import (
     close,
     gradcam_reference,
     per_token_rows_to_maps,
@@ -22,7 +22,7 @@ from xattr import methods
 from xattr.methods import AttributionWarning
 from xattr.trace import TraceError
 
-pytestmark = pytest.mark.usefixtures("single_thread")  # fixture from reference_methods
+pytestmark = pytest.mark.usefixtures("single_thread")  # fixture from support.reference
 
 SIZES = [  # (N, L, H, T, grid)
     (7, 1, 1, 1, (1, 2)),

@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from reference_methods import (
+from support.families import SPECS
+from support.reference import (
     glimpse_reference,
     gradcam_reference,
     per_token_rows_to_maps,
@@ -27,7 +28,7 @@ QUESTION = "what color is the circle?"
 def captured(request, tiny_adapter):
     """A teacher-forced trace with gradients and hidden states, and its tensors in float64."""
     adapter = tiny_adapter(request.param)
-    size = 112 if adapter.family != "llava" else int(adapter.model.config.vision_config.image_size)
+    size = SPECS[adapter.family].native_size
     pixels = np.random.default_rng(0).integers(0, 255, (size, size, 3), dtype=np.uint8)
     trace = adapter.trace(Image.fromarray(pixels), QUESTION, "red car.", hidden_states=True)
     attn = torch.stack(trace.attentions).double()  # [L, H, N, N]

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import xattr
-from reference_methods import (
+from support.reference import (
     blur_reference,
     close,
     glimpse_reference,
@@ -21,7 +21,7 @@ from xattr import methods
 from xattr.methods import AttributionWarning
 from xattr.methods.glimpse import content_links, gaussian_blur
 
-pytestmark = pytest.mark.usefixtures("single_thread")  # fixture from reference_methods
+pytestmark = pytest.mark.usefixtures("single_thread")  # fixture from support.reference
 
 SIZES = [  # (N, L, H, T, grid)
     (7, 1, 1, 1, (1, 2)),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from reference_methods import (
+from support.reference import (
     random_causal_attentions,
     rownorm,
     single_thread,  # noqa: F401 (pytest fixture, used through pytestmark)
@@ -17,7 +17,7 @@ from xattr.methods.propagation import (
     select_layers,
 )
 
-pytestmark = pytest.mark.usefixtures("single_thread")  # fixture from reference_methods
+pytestmark = pytest.mark.usefixtures("single_thread")  # fixture from support.reference
 
 
 def maps_and_weights(L: int, N: int, seed: int):

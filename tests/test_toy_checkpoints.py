@@ -12,7 +12,7 @@ import torch
 import xattr.toy
 from xattr.toy.evaluate import HELDOUT_SEED, answer_batch, grounding_report
 
-FAMILIES = ("qwen2_5_vl", "llava")
+FAMILIES = xattr.toy.SHIPPED  # the families with a trained toy checkpoint
 N_HELDOUT = 200
 
 

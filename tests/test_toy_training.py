@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from xattr.data.synthetic import SHAPES
+from xattr.toy import SHIPPED
 from xattr.toy import train as T
 
-FAMILIES = ("qwen2_5_vl", "llava")
+FAMILIES = SHIPPED  # the families with a trained toy checkpoint
 SMALL = dict(
     text_layers=2, text_hidden=64, text_heads=4, text_kv_heads=2, vision_layers=1, vision_hidden=32
 )

@@ -721,16 +721,9 @@ def load_toy(path: str | Path, family: str | None = None) -> ToyLVLM:
 
 
 def _load(path: str | Path, model_type: str):
-    from xattr.toy import build
+    from xattr.toy.build import load_tiny_model
 
-    if hasattr(build, "load_tiny_model"):
-        return build.load_tiny_model(path)
-    from transformers import AutoProcessor
-
-    model = (
-        build.MODEL_CLASSES[model_type].from_pretrained(path, attn_implementation="eager").eval()
-    )
-    return model, AutoProcessor.from_pretrained(path)
+    return load_tiny_model(path)
 
 
 @torch.no_grad()

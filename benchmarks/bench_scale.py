@@ -1,0 +1,185 @@
+"""Memory and time of explanation at a real LVLM's attention shape, against the floor.
+
+The model is a random Qwen2.5-VL of the real class with many layers and heads but a narrow
+width (``--layers 28 --heads 28 --kv-heads 4 --hidden 224``: Qwen2.5-VL-7B's attention shape),
+so the attention tensors are as large as the real model's while the matrices are not.
+Every measurement runs in its own process, so that its peak RSS is its own:
+
+- working memory = peak RSS - RSS after the model is loaded (one run, then a timed run);
+- floor = one teacher-forced forward (same attention implementation) and one plain VJP of
+  every answer token's logit into the input embeddings: the time any gradient method must
+  pay; its peak is a plain forward + backward, the memory floor;
+- capture = ``xattr.explain(adapter, image, question, method=[...], answer=...)``: one
+  capture, every method, each token's gradients streamed once.
+
+Prints one row per (L, H, N, T, attention implementation, methods) with the ratios to the
+floor measured in the same run. Defaults reproduce the README's table:
+
+    python benchmarks/bench_scale.py                 # ~10 min on 2 cores
+    python benchmarks/bench_scale.py --quick         # 8 layers, 8 heads: a minute
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+FIVE = ["glimpse", "tmme", "rollout", "raw_attention", "gradcam"]
+QUESTION = "what color is the circle?"
+WORDS = [
+    "red",
+    "circle",
+    "left",
+    "of",
+    "the",
+    "blue",
+    "square",
+    "and",
+    "green",
+    "star",
+    "near",
+    "a",
+    "small",
+    "yellow",
+    "triangle",
+]
+
+
+def _rss() -> int:
+    """Resident set size of this process now, in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def _peak() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
+def measure(spec: dict) -> dict:
+    """One measurement in this process (see the module docstring): seconds and bytes."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    import xattr
+
+    torch.set_num_threads(spec["threads"])
+    adapter = xattr.models.load(spec["model"], attn_implementation=spec["impl"])
+    size = spec["image"]
+    image = Image.fromarray(
+        np.random.default_rng(0).integers(0, 255, (size, size, 3), dtype=np.uint8)
+    )
+    answer = " ".join((WORDS * 8)[: spec["T"]])
+    answer_ids = adapter.encode_answer(answer)
+
+    def floor() -> None:
+        inputs = adapter.full_inputs(adapter.prepare(image, QUESTION), answer_ids)
+        emb = adapter.model.get_input_embeddings()
+        handle = emb.register_forward_hook(lambda _m, _a, out: out.detach().requires_grad_(True))
+        seen: list = []
+        grab = emb.register_forward_hook(lambda _m, _a, out: seen.append(out))
+        try:
+            with torch.enable_grad():
+                logits = adapter.model(**inputs, use_cache=False).logits[0]
+        finally:
+            handle.remove()
+            grab.remove()
+        embeds = seen[-1]
+        n_prompt = inputs["input_ids"].shape[1] - answer_ids.numel()
+        for t, y in enumerate(answer_ids.tolist()):
+            torch.autograd.grad(logits[n_prompt + t - 1, y], embeds, retain_graph=True)
+
+    def capture() -> None:
+        xattr.explain(adapter, image, QUESTION, method=list(spec["methods"]), answer=answer)
+
+    run = floor if spec["mode"] == "floor" else capture
+    base = _rss()
+    run()  # the first run sets the peak; the second is timed
+    began = time.perf_counter()
+    run()
+    seconds = time.perf_counter() - began
+    n = adapter.prepare(image, QUESTION).prompt_ids.numel() + answer_ids.numel()
+    return {"seconds": seconds, "working": _peak() - base, "N": n}
+
+
+def child(spec: dict) -> dict:
+    """`measure` in a fresh process."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--measure", json.dumps(spec)],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"},
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def build(root: Path, layers: int, heads: int, kv: int, hidden: int, image: int) -> str:
+    from xattr.toy.build import build_tiny_model
+
+    out = root / f"L{layers}_H{heads}_D{hidden}_I{image}"
+    if not out.exists():
+        build_tiny_model(
+            "qwen2_5_vl", out, image_size=image, text_layers=layers, text_heads=heads,
+            text_kv_heads=kv, text_hidden=hidden, vision_layers=1, vision_hidden=32, vision_heads=2,
+        )  # fmt: skip
+    return str(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--measure", help=argparse.SUPPRESS)
+    ap.add_argument("--layers", type=int, default=28)
+    ap.add_argument("--heads", type=int, default=28)
+    ap.add_argument("--kv-heads", type=int, default=4)
+    ap.add_argument("--hidden", type=int, default=224)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--quick", action="store_true", help="8 layers and 8 heads")
+    ap.add_argument(
+        "--rows",
+        default="448:8:eager:five,448:24:eager:five,448:24:eager:glimpse,448:8:sdpa:five,"
+        "448:24:sdpa:five,1008:8:sdpa:glimpse",
+        help="image:T:implementation:methods (five | glimpse | a +-joined list), comma-separated",
+    )
+    args = ap.parse_args()
+    if args.measure:
+        print(json.dumps(measure(json.loads(args.measure))))
+        return
+    if args.quick:
+        args.layers, args.heads, args.kv_heads, args.hidden = 8, 8, 2, 64
+    print(f"L = {args.layers}, H = {args.heads} (kv {args.kv_heads}), width {args.hidden}, "
+          f"{args.threads} threads")  # fmt: skip
+    print("| N | T | attention | methods | time | floor time | ratio | working memory | "
+          "floor memory | ratio |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for row in args.rows.split(","):
+            image, T, impl, which = row.split(":")
+            model = build(
+                Path(tmp), args.layers, args.heads, args.kv_heads, args.hidden, int(image)
+            )
+            methods = FIVE if which == "five" else which.split("+")
+            common = {"model": model, "image": int(image), "T": int(T), "impl": impl,
+                      "threads": args.threads}  # fmt: skip
+            floor = child({**common, "mode": "floor", "methods": []})
+            got = child({**common, "mode": "capture", "methods": methods})
+            print(
+                f"| {got['N']} | {T} | {impl} | {which} | {got['seconds']:.1f} s | "
+                f"{floor['seconds']:.1f} s | {got['seconds'] / floor['seconds']:.2f}x | "
+                f"{got['working'] / 2**30:.2f} GB | {floor['working'] / 2**30:.2f} GB | "
+                f"{got['working'] / floor['working']:.2f}x |",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()

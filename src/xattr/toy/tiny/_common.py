@@ -1,0 +1,151 @@
+"""Pieces every tiny-model builder shares: sizes, word-level tokenizers, saving.
+
+Each family's builder (a module of this package named after the family) builds a real
+processor in code with a small word-level tokenizer (built with `tokenizers`: the words of
+the synthetic shapes task, the family's special tokens and chat template) and a random
+model of the real class from a tiny config, then saves both with ``save_pretrained``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+from transformers import (
+    GenerationConfig,
+    PreTrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+)
+
+UNK = "<unk>"
+
+# Words of a synthetic-shapes VQA task plus the role names the chat templates render.
+_WORD_LINES = (
+    "user assistant system you are helpful",
+    "what which where who how many much is are was does do did can there any the a an this that",
+    "these those it its of in on at to and or not no yes true false with without by for from into",
+    "image picture photo scene shown see visible located position place object objects thing",
+    "things color colour colors shape shapes size kind type answer question word single",
+    "one two three four five six seven eight nine ten zero none number count total only more",
+    "most fewer less least than same different other another both all each every either neither",
+    "as be has have contain contains left right top bottom above below upper lower middle center",
+    "centre corner corners side sides next near far between beside behind front back inside",
+    "outside over under up down closest nearest farthest furthest first second third last half",
+    "quadrant row column diagonal horizontal vertical big large small tiny bigger larger smaller",
+    "biggest largest smallest tall short wide narrow",
+    "red green blue yellow orange purple pink black white gray grey brown cyan magenta",
+    "circle circles square squares triangle triangles rectangle rectangles star stars ellipse",
+    "oval diamond hexagon pentagon cross dot dots background foreground filled outline empty",
+)
+WORDS = tuple(word for line in _WORD_LINES for word in line.split())
+PUNCTUATION = list(".,?!:;'\"-()")
+DIGITS = list("0123456789")
+
+
+@dataclass(frozen=True)
+class TinySizes:
+    """Layer counts and widths of a tiny model."""
+
+    text_layers: int = 2
+    text_hidden: int = 64
+    text_heads: int = 4
+    text_kv_heads: int = 2
+    vision_layers: int = 2
+    vision_hidden: int = 32
+    vision_heads: int = 4
+
+    @property
+    def head_dim(self) -> int:
+        return self.text_hidden // self.text_heads
+
+
+def vocab(specials: Iterable[str], extra_words: Iterable[str] = ()) -> dict[str, int]:
+    """Token -> id: specials (``<unk>`` first), then words, punctuation and single digits."""
+    tokens = [UNK, *specials, *WORDS, *(w.lower() for w in extra_words), *PUNCTUATION, *DIGITS]
+    return {tok: i for i, tok in enumerate(dict.fromkeys(tokens))}
+
+
+def word_level(table: dict[str, int]) -> Tokenizer:
+    """Lower-casing word-level tokenizer: words, single punctuation marks and single digits."""
+    tok = Tokenizer(models.WordLevel(table, unk_token=UNK))
+    tok.normalizer = normalizers.Lowercase()  # offsets still index the original text
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.WhitespaceSplit(),
+            pre_tokenizers.Punctuation("isolated"),
+            pre_tokenizers.Digits(individual_digits=True),
+        ]
+    )
+    return tok
+
+
+def tokenizer(
+    specials: Iterable[str],
+    *,
+    chat_template: str,
+    extra_words: Iterable[str] = (),
+    bos: str | None = None,
+    prepend_bos: bool = False,
+    eos: str,
+    pad: str,
+    extra_special: Iterable[str] = (),
+    named: Mapping[str, str] | None = None,
+) -> PreTrainedTokenizerFast:
+    """A small fast word-level tokenizer with a family's special tokens and chat template.
+
+    ``named`` gives tokens the processor looks up by attribute (``{"image_token": "<image>"}``);
+    ``prepend_bos`` adds ``bos`` in front when ``add_special_tokens`` (Llama style).
+    """
+    table = vocab(specials, extra_words)
+    backend = word_level(table)
+    if prepend_bos and bos is not None:
+        backend.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, table[bos])]
+        )
+    kwargs: dict[str, Any] = dict(named or {})
+    if bos is not None:
+        kwargs["bos_token"] = bos
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        unk_token=UNK,
+        eos_token=eos,
+        pad_token=pad,
+        extra_special_tokens=list(extra_special),
+        padding_side="left",
+        **kwargs,
+    )
+    tok.chat_template = chat_template
+    return tok
+
+
+def generation_config(config: PreTrainedConfig) -> GenerationConfig:
+    """Greedy generation that stops at the text model's eos token."""
+    text = config.get_text_config()
+    return GenerationConfig(
+        bos_token_id=text.bos_token_id,
+        eos_token_id=text.eos_token_id,
+        pad_token_id=text.pad_token_id,
+        do_sample=False,
+    )
+
+
+def save(
+    model_class: type[PreTrainedModel],
+    config: PreTrainedConfig,
+    processor: Any,
+    out_dir: Path,
+    seed: int,
+) -> Path:
+    """Build the model from ``config`` with ``seed``, then save model and processor."""
+    torch.manual_seed(seed)
+    model = model_class(config).eval()
+    model.generation_config = generation_config(config)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    return out_dir

@@ -1,0 +1,58 @@
+"""One spec per model family, used by every family-parametrised test (a transformers
+`ModelTester` in spirit): the family list comes from the registered adapters that have a
+tiny-model builder, and what a test needs to know about a family comes from its builder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+import xattr
+from xattr.toy import tiny
+
+QUESTION = "what color is the circle?"
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """What tests need to know about one family."""
+
+    family: str
+    native_size: int  # a square image of this size goes through the processor unresized
+    geometry_size: tuple[int, int]  # (W, H) of a non-square image for layout tests
+    build_options: dict[str, Any] = field(default_factory=dict)
+
+    def image(
+        self,
+        size: int | tuple[int, int] | None = None,
+        *,
+        seed: int = 0,
+        block: tuple[int, int, int, int] | None = None,
+    ) -> Image.Image:
+        """A dark noisy image ((W, H), default the native square); ``block`` = (top, left,
+        bottom, right) in pixels is painted white."""
+        width, height = (size, size) if isinstance(size, int) else (size or (self.native_size,) * 2)
+        arr = np.random.default_rng(seed).integers(0, 40, size=(height, width, 3), dtype=np.uint8)
+        if block is not None:
+            top, left, bottom, right = block
+            arr[top:bottom, left:right] = 255
+        return Image.fromarray(arr)
+
+
+def spec(family: str) -> FamilySpec:
+    """The spec of ``family``, read from its tiny-model builder."""
+    module = tiny.builder(family)
+    native = int(module.NATIVE_SIZE)
+    return FamilySpec(
+        family=family,
+        native_size=native,
+        geometry_size=tuple(getattr(module, "GEOMETRY_SIZE", (native * 3 // 2, native))),
+        build_options=dict(getattr(module, "TEST_OPTIONS", {})),
+    )
+
+
+FAMILIES = tuple(f for f in xattr.models.available() if f in tiny.families())
+SPECS = {f: spec(f) for f in FAMILIES}
