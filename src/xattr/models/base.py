@@ -118,12 +118,15 @@ class ModelAdapter(PromptingMixin, CaptureMixin, ScoringMixin, PixelMaskMixin, A
 
 def checkpoint_model_type(path: str | Path) -> str:
     """The ``model_type`` of a checkpoint (hub id or local directory), from its config."""
-    from transformers import AutoConfig
+    from transformers import PretrainedConfig
 
     looks_local = isinstance(path, Path) or str(path).startswith((".", "/", "~"))
     if looks_local and not Path(path).expanduser().exists():
         raise FileNotFoundError(f"model directory not found: {path}")
-    return str(AutoConfig.from_pretrained(str(path)).model_type)
+    config, _ = PretrainedConfig.get_config_dict(str(path))  # no class lookup: any model_type
+    if "model_type" not in config:
+        raise CaptureError(f"the config of {path} names no model_type")
+    return str(config["model_type"])
 
 
 def adapter_for(model_type: str) -> type[ModelAdapter]:

@@ -164,7 +164,9 @@ class CaptureMixin:
         output (`readout` would apply the norm twice there).
         """
         head = self.model.lm_head
-        return head(hidden.to(head.weight.device))
+        logits = head(hidden.to(head.weight.device))
+        cap = getattr(self.model.config.get_text_config(), "final_logit_softcapping", None)
+        return logits if cap is None else torch.tanh(logits / cap) * cap  # Gemma 2 caps logits
 
 
 @contextlib.contextmanager

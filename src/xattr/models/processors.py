@@ -64,14 +64,28 @@ class Qwen2_5_VLImageOnlyProcessor(_ImageOnlyQwenMixin, Qwen2_5_VLProcessor):
     real_name = "Qwen2_5_VLProcessor"
 
 
-IMAGE_ONLY_PROCESSORS: dict[str, type[ProcessorMixin]] = {
-    "qwen2_vl": Qwen2VLImageOnlyProcessor,
-    "qwen2_5_vl": Qwen2_5_VLImageOnlyProcessor,
-}
+# model_type -> the image-only stand-in of its processor (families register theirs with
+# `image_only_processor`, next to their adapter)
+IMAGE_ONLY_PROCESSORS: dict[str, type[ProcessorMixin]] = {}
+
+
+def image_only_processor(*model_types: str):
+    """Class decorator: use this processor class for ``model_types`` when torchvision is missing."""
+
+    def decorator(cls: type[ProcessorMixin]) -> type[ProcessorMixin]:
+        for model_type in model_types:
+            IMAGE_ONLY_PROCESSORS[model_type] = cls
+        return cls
+
+    return decorator
+
+
+image_only_processor("qwen2_vl")(Qwen2VLImageOnlyProcessor)
+image_only_processor("qwen2_5_vl")(Qwen2_5_VLImageOnlyProcessor)
 
 
 def load_processor(model_dir: str | Path) -> ProcessorMixin:
-    """`AutoProcessor.from_pretrained`, or the image-only Qwen class when torchvision is missing."""
+    """`AutoProcessor.from_pretrained`, or the family's image-only class when torchvision is missing."""
     model_type = AutoConfig.from_pretrained(model_dir).model_type
     if model_type in IMAGE_ONLY_PROCESSORS and not is_torchvision_available():
         return IMAGE_ONLY_PROCESSORS[model_type].from_pretrained(model_dir)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -52,6 +52,9 @@ class PromptingMixin:
 
     processor: Any
     model: Any
+    # the value an appended (answer) token takes in each per-token input (PaliGemma: 1 in
+    # token_type_ids, so the answer is part of the suffix)
+    per_token_fill: ClassVar[dict[str, int]] = PER_TOKEN_FILL
 
     def chat_messages(self, question: str) -> list[dict[str, Any]]:
         """The chat for one image and one question (override for families that differ)."""
@@ -83,8 +86,24 @@ class PromptingMixin:
         if not isinstance(question, str) or not question.strip():
             raise CaptureError("the question is empty: there is nothing to answer")
         image = load_image(image)
+        placeholders = [
+            t
+            for t in self.tokenizer.convert_ids_to_tokens(sorted(self.placeholder_ids()))
+            if t in question
+        ]
+        if placeholders:
+            raise CaptureError(
+                f"the question contains {placeholders}, the token(s) that stand for an image; "
+                f"{getattr(self, 'family', 'this family')} takes one image per prompt, given apart"
+            )
         text = self.prompt_text(question)
-        inputs = self.process(image, text)
+        try:
+            inputs = self.process(image, text)
+        except (ValueError, RuntimeError, IndexError, TypeError) as err:
+            raise CaptureError(
+                f"the {getattr(self, 'family', '')} processor cannot take this "
+                f"{image.width}x{image.height} image: {err}"
+            ) from err
         prompt_ids = inputs["input_ids"][0]
         layout = self.visual_layout(inputs, image.size)  # type: ignore[attr-defined]
         if layout.positions.numel() == 0:
@@ -163,7 +182,7 @@ class PromptingMixin:
         """Prompt inputs with the answer appended for teacher forcing (on the model's device)."""
         inputs = dict(prepared.inputs)
         inputs["input_ids"] = torch.cat([prepared.prompt_ids, answer_ids])[None]
-        for key, fill in PER_TOKEN_FILL.items():
+        for key, fill in self.per_token_fill.items():
             if key in inputs:
                 tail = torch.full((1, answer_ids.numel()), fill, dtype=inputs[key].dtype)
                 inputs[key] = torch.cat([inputs[key], tail], dim=1)

@@ -1,0 +1,137 @@
+"""Every registered family on its tiny model: every method, eager vs SDPA, given and generated
+answers, and the bad inputs a family must name. (The layout geometry is in test_capture.)"""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+
+import xattr
+from support.families import FAMILIES, QUESTION, SPECS
+from xattr.methods import AttributionWarning
+from xattr.methods.tokens import TokenSelectionWarning
+from xattr.models import CaptureError
+
+TRACE_METHODS = ["glimpse", "tmme", "rollout", "raw_attention", "gradcam", "dexar"]
+ANSWER = "red circle"
+
+
+def _quiet():
+    """Random tiny models give degenerate maps; the warnings saying so are expected here."""
+    ctx = warnings.catch_warnings()
+    ctx.__enter__()
+    warnings.simplefilter("ignore", AttributionWarning)
+    warnings.simplefilter("ignore", TokenSelectionWarning)
+    return ctx
+
+
+@pytest.fixture(scope="module")
+def sdpa_adapter(tiny_model_dir):
+    loaded = {}
+
+    def get(family: str):
+        if family not in loaded:
+            loaded[family] = xattr.models.load(tiny_model_dir(family), attn_implementation="sdpa")
+        return loaded[family]
+
+    return get
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_method_runs_from_one_capture(tiny_adapter, family):
+    adapter = tiny_adapter(family)
+    image = SPECS[family].image(SPECS[family].geometry_size)
+    ctx = _quiet()
+    try:
+        out = xattr.explain(adapter, image, QUESTION, method=TRACE_METHODS, answer=ANSWER)
+    finally:
+        ctx.__exit__(None, None, None)
+    layout = adapter.prepare(image, QUESTION).layout
+    for name, expl in out.items():
+        assert [m.shape for m in expl.visual_maps] == [g.shape for g in layout.grids], name
+        assert all(torch.isfinite(m).all() for m in expl.visual_maps), name
+        assert expl.answer_tokens == ["red", "circle"], name
+        pixels = expl.visual_pixels((image.height, image.width))
+        assert pixels.shape == (image.height, image.width) and torch.isfinite(pixels).all()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_igos_runs_where_the_pixel_path_exists_and_fails_clearly_elsewhere(tiny_adapter, family):
+    adapter = tiny_adapter(family)
+    image = SPECS[family].image()
+    igos = {"igos": {"iterations": 1, "ig_steps": 1, "mask_size": 4, "token_policy": "all"}}
+    if not adapter.has_pixel_path:
+        with pytest.raises(NotImplementedError, match=f"not supported for {family}"):
+            xattr.explain(adapter, image, QUESTION, method=igos, answer=ANSWER)
+        return
+    ctx = _quiet()
+    try:
+        expl = xattr.explain(adapter, image, QUESTION, method=igos, answer=ANSWER)["igos"]
+    finally:
+        ctx.__exit__(None, None, None)
+    assert torch.isfinite(expl.visual).all() and expl.meta["forward_passes"] > 2
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_sdpa_capture_gives_the_eager_maps(tiny_adapter, sdpa_adapter, family):
+    """SDPA never materialises attention; the recomputed A and (dz/do) V^T give eager's maps."""
+    image = SPECS[family].image(SPECS[family].geometry_size)
+    ctx = _quiet()
+    try:
+        eager = xattr.explain(
+            tiny_adapter(family), image, QUESTION, method=TRACE_METHODS, answer=ANSWER
+        )
+        sdpa = xattr.explain(
+            sdpa_adapter(family), image, QUESTION, method=TRACE_METHODS, answer=ANSWER
+        )
+    finally:
+        ctx.__exit__(None, None, None)
+    for name in TRACE_METHODS:
+        for a, b in zip(eager[name].visual_maps, sdpa[name].visual_maps, strict=True):
+            scale = float(a.abs().max()) or 1.0
+            torch.testing.assert_close(b / scale, a / scale, rtol=0, atol=1e-4, msg=name)
+        torch.testing.assert_close(
+            sdpa[name].token_relevance, eager[name].token_relevance, rtol=1e-4, atol=1e-6
+        )
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_sdpa_trace_recomputes_the_eager_attention(tiny_adapter, sdpa_adapter, family):
+    image = SPECS[family].image()
+    a = tiny_adapter(family).trace(image, QUESTION, ANSWER)
+    b = sdpa_adapter(family).trace(image, QUESTION, ANSWER)
+    assert b.meta["attn_implementation"] == "sdpa"
+    for layer in range(a.num_layers):
+        torch.testing.assert_close(
+            b.attentions[layer], a.attentions[layer].float(), rtol=1e-4, atol=1e-5
+        )
+    torch.testing.assert_close(b.gradients_for([1]), a.gradients_for([1]), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_generated_answer_is_explained_like_a_given_one(tiny_adapter, family):
+    adapter = tiny_adapter(family)
+    image = SPECS[family].image()
+    generated = adapter.trace(image, QUESTION, answer=None)
+    assert generated.answer_source == "generated"
+    ids = generated.input_ids[generated.answer_positions]
+    given = adapter.trace(image, QUESTION, answer=ids)
+    torch.testing.assert_close(given.meta["logits"], generated.meta["logits"])
+    assert not (set(ids.tolist()) & adapter.placeholder_ids())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_question_holding_an_image_token_is_named(tiny_adapter, family):
+    adapter = tiny_adapter(family)
+    token = adapter.tokenizer.convert_ids_to_tokens(adapter.image_token_id)
+    with pytest.raises(CaptureError, match="stand for an image"):
+        adapter.prepare(SPECS[family].image(), f"{token} {QUESTION}")
+
+
+def test_a_checkpoint_no_adapter_knows_lists_the_families(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt5v"}))
+    with pytest.raises(CaptureError, match="'gpt5v'; known families: .*llava.*qwen2_vl"):
+        xattr.models.load(tmp_path)
