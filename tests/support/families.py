@@ -1,6 +1,9 @@
 """One spec per model family, used by every family-parametrised test (a transformers
 `ModelTester` in spirit): the family list comes from the registered adapters that have a
-tiny-model builder, and what a test needs to know about a family comes from its builder."""
+tiny-model builder, and what a test needs to know about a family comes from its builder
+module (`xattr.toy.tiny.<family>`): ``NATIVE_SIZE`` (required), ``GEOMETRY_SIZE`` (W, H),
+``TEST_OPTIONS`` (builder options for the tests' model) and ``NO_SDPA`` (why SDPA cannot
+run, for families transformers refuses it for)."""
 
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ class FamilySpec:
     native_size: int  # a square image of this size goes through the processor unresized
     geometry_size: tuple[int, int]  # (W, H) of a non-square image for layout tests
     build_options: dict[str, Any] = field(default_factory=dict)
+    no_sdpa: str | None = None  # why transformers cannot run this family with SDPA, if so
 
     def image(
         self,
@@ -51,6 +55,7 @@ def spec(family: str) -> FamilySpec:
         native_size=native,
         geometry_size=tuple(getattr(module, "GEOMETRY_SIZE", (native * 3 // 2, native))),
         build_options=dict(getattr(module, "TEST_OPTIONS", {})),
+        no_sdpa=getattr(module, "NO_SDPA", None),
     )
 
 
