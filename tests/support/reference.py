@@ -44,11 +44,13 @@ def single_thread():
 # ------------------------------------------------------------------ random traces
 
 
-def random_causal_attentions(L: int, H: int, N: int, generator: torch.Generator) -> Tensor:
-    """Softmax of random scores under a causal mask: [L, H, N, N], rows sum to 1."""
+def random_causal_attentions(
+    L: int, H: int, N: int, generator: torch.Generator, support: Tensor | None = None
+) -> Tensor:
+    """Softmax of random scores under a mask (default causal): [L, H, N, N], rows sum to 1."""
     scores = torch.randn(L, H, N, N, generator=generator, dtype=torch.float64) * 2.0
-    causal = torch.ones(N, N, dtype=torch.bool).tril()
-    return torch.softmax(scores.masked_fill(~causal, float("-inf")), dim=-1)
+    allowed = torch.ones(N, N, dtype=torch.bool).tril() if support is None else support
+    return torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
 
 
 def layout(N: int, T: int, grid: tuple[int, int]) -> dict:
@@ -109,10 +111,10 @@ def relu(x: Tensor) -> Tensor:
     return torch.where(x > 0, x, torch.zeros_like(x))
 
 
-def causal_part(g: Tensor) -> Tensor:
-    """Entries j <= i of a square matrix (what torch.tril keeps), others zero."""
+def causal_part(g: Tensor, support: Tensor | None = None) -> Tensor:
+    """Entries of a square matrix where a row may attend (default j <= i), others zero."""
     n = g.shape[-1]
-    keep = torch.arange(n)[:, None] >= torch.arange(n)[None, :]
+    keep = torch.arange(n)[:, None] >= torch.arange(n)[None, :] if support is None else support
     return torch.where(keep, g, torch.zeros_like(g))
 
 
@@ -146,8 +148,9 @@ def glimpse_reference(
     use_alignment: bool = True,
     use_confidence: bool = True,
     eps: float = 1e-8,
+    support: Tensor | None = None,
 ) -> dict:
-    """GLIMPSE, SPEC §2 steps 1-10, literally."""
+    """GLIMPSE, SPEC §2 steps 1-10, literally (gradient sums over ``support``, default causal)."""
     L, H, N, _ = attn.shape
     T = len(answer_positions)
     layers = list(range(L)) if layers is None else layers
@@ -160,7 +163,7 @@ def glimpse_reference(
             ahat = [attn[layer, h] * relu(grads[t, layer, h]) for h in range(H)]  # step 1
             scores = []
             for h in range(H):  # step 2
-                pos_grad = relu(causal_part(grads[t, layer, h])).sum()
+                pos_grad = relu(causal_part(grads[t, layer, h], support)).sum()
                 scores.append(ahat[h].sum() / (pos_grad + eps))
             if head_fusion == "adaptive":
                 e = [math.exp(float(s) / tau_head) for s in scores]
@@ -304,14 +307,14 @@ def raw_attention_reference(attn, *, answer_positions, layers=None):
     return rows
 
 
-def gradcam_reference(attn, grads, *, answer_positions):
+def gradcam_reference(attn, grads, *, answer_positions, support=None):
     """Rows (sum_h a_h A[L,h])^+[p_t, :] / H with a_h = mean over N x N of tril(G[L,h])."""
     L, H, N, _ = attn.shape
     rows = []
     for t, s in enumerate(answer_positions):
         cam = torch.zeros(N, N, dtype=attn.dtype)
         for h in range(H):
-            a_h = causal_part(grads[t, L - 1, h]).sum() / (N * N)
+            a_h = causal_part(grads[t, L - 1, h], support).sum() / (N * N)
             cam += a_h * attn[L - 1, h]
         rows.append(relu(cam)[s - 1] / H)
     return rows

@@ -1,0 +1,89 @@
+"""Attention that is not causal: a bidirectional image block (Gemma 3, PaliGemma's prefix) and
+sliding windows. Every method works over the real support, checked on hand-built traces."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import xattr
+from support.reference import (
+    close,
+    glimpse_reference,
+    gradcam_reference,
+    random_causal_attentions,
+    raw_attention_reference,
+    rollout_reference,
+    single_thread,  # noqa: F401 (pytest fixture, used through pytestmark)
+    tmme_reference,
+)
+from xattr import methods
+
+pytestmark = pytest.mark.usefixtures("single_thread")  # fixture from support.reference
+
+N, L, H, T = 20, 3, 2, 3
+GRID = (2, 3)
+VISUAL = list(range(2, 8))  # one image block
+PROMPT = [9, 10, 11, 12, 13, 14, 15, 16]
+ANSWER = [17, 18, 19]
+
+
+def bidirectional_image_block() -> torch.Tensor:
+    """Causal, except that the image's tokens see each other both ways: bool [N, N]."""
+    support = torch.ones(N, N, dtype=torch.bool).tril()
+    block = torch.tensor(VISUAL)
+    support[block[:, None], block[None, :]] = True
+    return support
+
+
+def sliding_window(width: int = 5) -> torch.Tensor:
+    """Causal within the last ``width`` positions: bool [N, N]."""
+    i, j = torch.arange(N)[:, None], torch.arange(N)[None, :]
+    return (j <= i) & (i - j < width)
+
+
+def _trace(support: torch.Tensor, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    attn = random_causal_attentions(L, H, N, g, support)
+    grads = torch.randn(T, L, H, N, N, generator=g, dtype=torch.float64) + 0.3
+    for t, s in enumerate(ANSWER):
+        grads[t, :, :, s:, :] = 0.0  # rows past p_t
+    conf = (0.2 + 0.8 * torch.rand(T, generator=g, dtype=torch.float64)).tolist()
+    trace = xattr.Trace.from_tensors(
+        list(attn), grads, visual_index=VISUAL, prompt_index=PROMPT, answer_positions=ANSWER,
+        grid=GRID, confidences=conf, support=support,
+    )  # fmt: skip
+    return trace, attn, grads, conf
+
+
+@pytest.mark.parametrize("make", [bidirectional_image_block, sliding_window])
+def test_every_method_follows_the_real_support(make):
+    support = make()
+    trace, attn, grads, conf = _trace(support)
+    lay = {"visual_index": VISUAL, "prompt_index": PROMPT, "answer_positions": ANSWER}
+    ref = glimpse_reference(attn, grads, confidences=conf, support=support, **lay)
+    expl = methods.get("glimpse", token_policy="all").explain(trace)
+    close(expl.visual.flatten(), ref["visual"])
+    close(expl.meta["head_weights"], ref["head_weights"])
+    for name, rows in (
+        ("tmme", tmme_reference(attn, grads, answer_positions=ANSWER)),
+        ("rollout", rollout_reference(attn, answer_positions=ANSWER)[0]),
+        ("raw_attention", raw_attention_reference(attn, answer_positions=ANSWER)),
+        ("gradcam", gradcam_reference(attn, grads, answer_positions=ANSWER, support=support)),
+    ):
+        got = methods.get(name, token_policy="all").explain(trace)
+        close(got.visual.flatten(), torch.stack([r[VISUAL] for r in rows]).mean(0))
+
+
+def test_the_support_changes_the_gradient_sums():
+    """The causal default would give other head weights on a bidirectional trace (not vacuous)."""
+    support = bidirectional_image_block()
+    trace, attn, grads, conf = _trace(support, seed=3)
+    causal = xattr.Trace.from_tensors(
+        list(attn), grads, visual_index=VISUAL, prompt_index=PROMPT, answer_positions=ANSWER,
+        grid=GRID, confidences=conf,
+    )  # fmt: skip
+    a = methods.get("glimpse").explain(trace).meta["head_weights"]
+    b = methods.get("glimpse").explain(causal).meta["head_weights"]
+    assert not torch.allclose(a, b)
+    assert trace.support(0)[VISUAL[0], VISUAL[-1]] and causal.support(0) is None
