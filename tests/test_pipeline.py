@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import warnings
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
@@ -309,3 +311,36 @@ def test_progress_bar_names_the_method_as_it_starts(tmp_path, model_dir, monkeyp
     )
     run(_compose(tmp_path, model_dir, FAST_METHODS, "metrics=agreement", "data.dataset.n=1"))
     assert events[:3] == [("bar", "glimpse"), ("bar", "rollout"), ("run", "rollout")]
+
+
+@pytest.mark.parametrize("where", ["capture", "sweep"])
+def test_a_sample_that_runs_out_of_memory_is_skipped_and_counted(
+    tmp_path, model_dir, monkeypatch, where
+):
+    """CUDA OOM in the forward, or a CPU MemoryError in the gradient sweep: that sample is
+    skipped with its size recorded, the run goes on."""
+    from xattr.methods import runner
+    from xattr.models import capture
+
+    calls = {"n": 0}
+    target = capture.CaptureMixin if where == "capture" else runner
+    name = "_record" if where == "capture" else "run_sweep"
+    original = getattr(target, name)
+
+    def fails_once(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise (
+                torch.OutOfMemoryError("CUDA out of memory")
+                if where == "capture"
+                else MemoryError()
+            )
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(target, name, fails_once)
+    run(_compose(tmp_path, model_dir, FAST_METHODS, "answer=given"))
+    skipped = load_skipped(tmp_path / "run")
+    assert len(skipped) == 1
+    assert re.fullmatch(r"out of memory \(\d+ tokens, \d+ answer tokens\)", skipped[0]["reason"])
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["this_session"]["out_of_memory"] == 1 and summary["samples"] == 3

@@ -32,6 +32,23 @@ class TraceError(ValueError):
     """A trace that cannot support what was asked of it (missing gradients, bad shapes)."""
 
 
+class OutOfMemory(MemoryError):
+    """A sample too large for the device: says how large (sequence and answer length)."""
+
+    def __init__(self, n_tokens: int, n_answer: int | str) -> None:
+        super().__init__(f"out of memory ({n_tokens} tokens, {n_answer} answer tokens)")
+        self.n_tokens, self.n_answer = n_tokens, n_answer
+
+
+OUT_OF_MEMORY = (MemoryError, torch.OutOfMemoryError)  # a CPU or an accelerator ran out
+
+
+def free_accelerator_memory() -> None:
+    """Release cached accelerator memory after an out-of-memory error, so the next sample can run."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 # ----------------------------------------------------------------- gradient sources
 class GradientChunk(ABC):
     """The gradients of a few answer tokens, handed out one layer at a time."""

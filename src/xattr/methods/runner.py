@@ -7,7 +7,7 @@ import warnings
 from collections.abc import Callable, Mapping
 
 from ..explanation import Explanation
-from ..trace import Trace
+from ..trace import OUT_OF_MEMORY, OutOfMemory, Trace, free_accelerator_memory
 from .base import AttributionWarning, Attributor
 from .sweep import GradientConsumer, StreamingAttributor, SweepReport, consumers_of, run_sweep
 
@@ -53,6 +53,9 @@ def explain_all(
         began = time.perf_counter()
         try:
             report = run_sweep(trace, list(consumers.values()), budget=budget)
+        except OUT_OF_MEMORY as err:  # the sample is too large: say how large, for every method
+            free_accelerator_memory()
+            raise OutOfMemory(trace.seq_len, trace.num_answer_tokens) from err
         except Exception as err:  # non-finite gradients: every streaming method fails
             report = SweepReport(failures={key: err for key in consumers})
         shared = time.perf_counter() - began

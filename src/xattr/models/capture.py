@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from ..images import ImageLike, load_image
-from ..trace import ModelContext, Trace
+from ..trace import OUT_OF_MEMORY, ModelContext, OutOfMemory, Trace, free_accelerator_memory
 from .prompting import CaptureError, PreparedInputs
 from .recording import CapturedGradients, RecomputedAttentions, language_implementation, recording
 
@@ -76,7 +76,29 @@ class CaptureMixin:
         """
         image = load_image(image)
         prepared = self.prepare(image, question)  # type: ignore[attr-defined]
-        answer_ids, source = self.answer_ids(prepared, answer)
+        n_prompt = prepared.prompt_ids.numel()
+        try:
+            answer_ids, source = self.answer_ids(prepared, answer)
+        except OUT_OF_MEMORY as err:  # while generating: the answer length is not known yet
+            free_accelerator_memory()
+            raise OutOfMemory(n_prompt, f"up to {self.max_new_tokens}") from err  # type: ignore[attr-defined]
+        try:
+            return self._record(image, question, prepared, answer_ids, source, gradients, hidden_states)
+        except OUT_OF_MEMORY as err:
+            free_accelerator_memory()
+            raise OutOfMemory(n_prompt + answer_ids.numel(), answer_ids.numel()) from err
+
+    def _record(
+        self,
+        image: Any,
+        question: str,
+        prepared: PreparedInputs,
+        answer_ids: Tensor,
+        source: str,
+        gradients: bool,
+        hidden_states: bool,
+    ) -> Trace:
+        """The recorded teacher-forced pass and the trace built from it (see `trace`)."""
         inputs = self.full_inputs(prepared, answer_ids)  # type: ignore[attr-defined]
         n_prompt = prepared.prompt_ids.numel()
         positions = torch.arange(n_prompt, n_prompt + answer_ids.numel())  # s_t

@@ -12,6 +12,7 @@ import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 
 from ..data.sample import Sample, SampleError
+from ..trace import OutOfMemory
 from .evaluator import SampleEvaluator
 from .results import (
     ResultStore,
@@ -44,7 +45,7 @@ class ExplainEvalModule(L.LightningModule):
         self.summary: dict[str, Any] = {}
         self.markdown = ""
         self._store: ResultStore | None = None
-        self._counts = {"scored": 0, "resumed": 0, "skipped": 0}
+        self._counts = {"scored": 0, "resumed": 0, "skipped": 0, "out_of_memory": 0}
         self._started = time.perf_counter()
 
     # the adapter's model is not a submodule: Lightning must not move or re-mode it
@@ -75,6 +76,10 @@ class ExplainEvalModule(L.LightningModule):
         todo = [m for m in methods if not self.store.done(batch.sample_id, m)]
         try:
             result = self.evaluator.evaluate(batch, todo)
+        except OutOfMemory as err:  # too large for this device: recorded, counted, the run goes on
+            self._counts["out_of_memory"] += 1
+            self._skip(batch.sample_id, str(err))
+            return
         except Exception as err:  # one bad sample must not end a long run
             self._skip(batch.sample_id, f"{type(err).__name__}: {err}")
             return
