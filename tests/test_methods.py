@@ -177,3 +177,18 @@ def test_token_maps_on_request(name):
     assert methods.get(name).explain(trace).token_maps is None
     maps = methods.get(name, return_token_maps=True).explain(trace).token_maps
     assert maps.shape == (3, 2, 3)
+
+
+def test_a_sweep_that_fails_fails_every_streaming_method_and_spares_the_others():
+    trace, attn, grads, lay, conf = random_trace(16, 2, 2, 2, (2, 3), seed=5)
+    bad = grads.clone()
+    bad[1, 0, 0, 3, 2] = float("nan")
+    broken = xattr.Trace.from_tensors(list(attn), bad, confidences=conf, **lay)
+    errors = {}
+    chosen = {label: _method(label, kw) for label, kw in SHARED}
+    out = methods.explain_all(broken, chosen, on_error=lambda name, err: errors.update({name: err}))
+    streaming = {"glimpse", "tmme", "glimpse_mean", "glimpse_top", "gradcam"}
+    assert set(errors) == streaming and set(out) == {"rollout", "raw_attention"}
+    assert all("answer token 1, layer 0" in str(e) for e in errors.values())
+    with pytest.raises(ValueError, match="answer token 1, layer 0"):
+        methods.explain_all(broken, chosen)

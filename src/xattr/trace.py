@@ -57,8 +57,12 @@ class GradientChunk(ABC):
         self.tokens = list(tokens)
 
     @abstractmethod
-    def layer(self, layer: int, n: int) -> Tensor:
-        """``d z_t / d A[layer]`` for the chunk's tokens on the block ``[:n, :n]``: [c, H, n, n]."""
+    def layer(self, layer: int, n: int, out: Tensor | None = None) -> Tensor:
+        """``d z_t / d A[layer]`` for the chunk's tokens on the block ``[:n, :n]``: [c, H, n, n].
+
+        With ``out`` (a buffer of that shape, the caller's to overwrite) the result is written
+        there and ``out`` is returned, so a sweep reuses one buffer for every layer.
+        """
 
     @abstractmethod
     def finite(self, layer: int) -> Tensor:
@@ -82,8 +86,9 @@ class _TensorChunk(GradientChunk):
         super().__init__(tokens)
         self.grads = grads[list(tokens)]  # [c, L, H, N, N]
 
-    def layer(self, layer: int, n: int) -> Tensor:
-        return self.grads[:, layer, :, :n, :n]
+    def layer(self, layer: int, n: int, out: Tensor | None = None) -> Tensor:
+        block = self.grads[:, layer, :, :n, :n]
+        return block if out is None else out.copy_(block)
 
     def finite(self, layer: int) -> Tensor:
         acc = torch.float64 if self.grads.dtype == torch.float64 else torch.float32

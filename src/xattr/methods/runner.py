@@ -57,7 +57,7 @@ def explain_all(
             free_accelerator_memory()
             raise OutOfMemory(trace.seq_len, trace.num_answer_tokens) from err
         except Exception as err:  # non-finite gradients: every streaming method fails
-            report = SweepReport(failures={key: err for key in consumers})
+            report = SweepReport(failures={id(c): err for c in consumers.values()})
         shared = time.perf_counter() - began
     out = {}
     for name, method in ready.items():

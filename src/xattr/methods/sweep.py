@@ -23,6 +23,7 @@ Conventions (docs/math.md):
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from abc import ABC, abstractmethod
@@ -38,7 +39,8 @@ from ..trace import Trace
 from .base import Attributor, Needs
 from .numerics import finite_flag, raise_first_bad, working_dtype
 
-# Reductions a consumer may ask a step for (`GradientConsumer.wants`).
+# What a consumer may ask a step for (`GradientConsumer.wants`).
+GRADIENTS = "gradients"  # [c, H, n, n] the raw G, kept intact for the consumer
 SIGNED_SUM = "signed_support_sum"  # [c, H] sum of G over the support
 POSITIVE_SUM = "positive_support_sum"  # [c, H] sum of G^+ over the support
 WEIGHTED = "weighted"  # [c, H, n, n] A ⊙ G^+ and its per-head total "weighted_sum" [c, H]
@@ -52,7 +54,9 @@ class LayerStep:
 
     ``gradients`` [c, H, n, n], ``attention`` [H, n, n], ``support`` [n * n] (1 where a row may
     attend) are in the working dtype on the layer's device; ``positions`` [c] are the
-    chunk's predicting positions p_t on that device.
+    chunk's predicting positions p_t on that device. The step owns ``gradients`` (a buffer
+    reused from layer to layer) and turns it into ``A ⊙ G^+`` in place unless a consumer
+    asked for the raw gradients (`GRADIENTS`); then ``gradients`` is None.
     """
 
     def __init__(
@@ -76,7 +80,11 @@ class LayerStep:
         if SIGNED_SUM in wants:
             self.signed_support_sum = torch.einsum("chij,ij->ch", gradients, support.view(n, n))
         if wants & {POSITIVE_SUM, WEIGHTED, HEAD_MEAN}:
-            ahat = torch.clamp(gradients, min=0)  # G^+, a fresh [c, H, n, n]
+            if GRADIENTS in wants:
+                ahat = torch.clamp(gradients, min=0)  # G^+ beside the raw G
+            else:
+                ahat = gradients.clamp_(min=0)  # G^+ in the reused buffer
+                self.gradients = None  # type: ignore[assignment]
             flat = ahat.view(c * heads, n * n)
             if POSITIVE_SUM in wants:
                 self.positive_support_sum = (flat @ support).view(c, heads)
@@ -96,7 +104,7 @@ class GradientConsumer(ABC):
     """A method's per-trace state during a sweep: it visits its layers, top-down, per chunk."""
 
     layers: Sequence[int] = ()  # the model layers it reads, 0-based, ascending
-    wants: frozenset[str] = frozenset()  # the shared reductions it reads (see the constants)
+    wants: frozenset[str] = frozenset({GRADIENTS})  # what it reads (see the constants above)
 
     def bytes_per_token(self, n: int) -> int:
         """Memory it keeps per token of a chunk whose block is ``n`` wide (for chunk sizing)."""
@@ -189,6 +197,7 @@ def run_sweep(
     size = chunk_size(trace, layers, consumers, budget)
     positions = trace.predicting_positions.tolist()
     supports: dict[Any, Tensor] = {}
+    buffers: dict[torch.device, Tensor] = {}  # one [c, H, n, n] gradient buffer per device
 
     def call(c: GradientConsumer, fn: Any, *args: Any) -> None:
         if id(c) in report.failures:
@@ -216,22 +225,29 @@ def run_sweep(
         attention_ok, gradients_ok = [], []
         on_device: dict[torch.device, Tensor] = {}
         for layer in reversed(needed):
-            attention = trace.attentions[layer][:, :n, :n].to(dtype)  # [H, n, n]
+            full = trace.attentions[layer]  # [H, N, N]
+            if start == 0:  # every row any chunk reads is checked once
+                attention_ok.append(finite_flag(full))
+            attention = full[:, :n, :n].to(dtype)  # [H, n, n]
             device = attention.device
             if device not in on_device:
                 on_device[device] = pos.to(device)
+            shape = (len(tokens), trace.num_heads, n, n)
+            buffer = buffers.get(device)
+            if buffer is None or buffer.numel() < math.prod(shape):
+                buffer = buffers[device] = torch.empty(math.prod(shape), dtype=dtype, device=device)
+            gradients = chunk.layer(layer, n, out=buffer[: math.prod(shape)].view(shape))
             step = LayerStep(
                 layer,
                 tokens,
                 on_device[device],
                 attention,
-                chunk.layer(layer, n).to(device, dtype),  # [c, H, n, n]
+                gradients.to(device, dtype),  # [c, H, n, n]
                 _support(trace, layer, n, attention, supports),
                 wants[layer],
             )
             for c in visiting[layer]:
                 call(c, c.visit, step)
-            attention_ok.append(finite_flag(attention))
             gradients_ok.append(chunk.finite(layer).to(device))
         _check(attention_ok, gradients_ok, tokens, list(reversed(needed)))
         for c in live:
@@ -255,15 +271,19 @@ def _support(trace: Trace, layer: int, n: int, like: Tensor, cache: dict[Any, Te
 def _check(
     attention_ok: list[Tensor], gradients_ok: list[Tensor], tokens: list[int], layers: list[int]
 ) -> None:
-    """Read every flag of a chunk back at once; name the first non-finite layer or token."""
-    home = attention_ok[0].device
+    """Read every flag of a chunk back at once; name the first non-finite layer or token.
+
+    ``attention_ok`` is empty after the first chunk (each layer's attention is checked once).
+    """
+    home = gradients_ok[0].device
     order = sorted(range(len(layers)), key=lambda k: layers[k])  # report input-to-output
-    attn = torch.stack([attention_ok[k].to(home) for k in order]).cpu()  # [K], one sync
-    for ok, k in zip(attn.tolist(), order, strict=True):
-        if not ok:
-            raise ValueError(
-                f"non-finite values in attentions of layer {layers[k]} (fp16 overflow?)"
-            )
+    if attention_ok:
+        attn = torch.stack([attention_ok[k].to(home) for k in order]).cpu()  # [K], one sync
+        for ok, k in zip(attn.tolist(), order, strict=True):
+            if not ok:
+                raise ValueError(
+                    f"non-finite values in attentions of layer {layers[k]} (fp16 overflow?)"
+                )
     grads = torch.stack([gradients_ok[k].to(home) for k in order], dim=1)  # [c, K]
     raise_first_bad(grads, tokens, [layers[k] for k in order], "gradients")
 

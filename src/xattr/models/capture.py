@@ -83,7 +83,9 @@ class CaptureMixin:
             free_accelerator_memory()
             raise OutOfMemory(n_prompt, f"up to {self.max_new_tokens}") from err  # type: ignore[attr-defined]
         try:
-            return self._record(image, question, prepared, answer_ids, source, gradients, hidden_states)
+            return self._record(
+                image, question, prepared, answer_ids, source, gradients, hidden_states
+            )
         except OUT_OF_MEMORY as err:
             free_accelerator_memory()
             raise OutOfMemory(n_prompt + answer_ids.numel(), answer_ids.numel()) from err

@@ -202,12 +202,17 @@ class _Chunk(GradientChunk):
         super().__init__(tokens)
         self.d_out, self.values = d_out, values
 
-    def layer(self, layer: int, n: int) -> Tensor:
+    def layer(self, layer: int, n: int, out: Tensor | None = None) -> Tensor:
         d_out = self.d_out[layer][:, 0, :n]  # [c, n, H, d] d z_t / d o
         work = torch.float64 if d_out.dtype == torch.float64 else torch.float32
+        if out is not None:
+            work = out.dtype
         v = self.values[layer][0, :, :n].to(work)  # [Hkv, n, d]
         v = v.repeat_interleave(d_out.shape[2] // v.shape[0], dim=0)  # [H, n, d]
-        return torch.matmul(d_out.transpose(1, 2).to(work), v.transpose(-1, -2))  # [c, H, n, n]
+        d_out = d_out.transpose(1, 2).to(work)  # [c, H, n, d]
+        if out is None:
+            return torch.matmul(d_out, v.transpose(-1, -2))  # [c, H, n, n]
+        return torch.matmul(d_out, v.transpose(-1, -2), out=out)
 
     def finite(self, layer: int) -> Tensor:
         d_out = self.d_out[layer]
