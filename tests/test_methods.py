@@ -180,7 +180,7 @@ def test_token_maps_on_request(name):
 
 
 def test_a_sweep_that_fails_fails_every_streaming_method_and_spares_the_others():
-    trace, attn, grads, lay, conf = random_trace(16, 2, 2, 2, (2, 3), seed=5)
+    _, attn, grads, lay, conf = random_trace(16, 2, 2, 2, (2, 3), seed=5)
     bad = grads.clone()
     bad[1, 0, 0, 3, 2] = float("nan")
     broken = xattr.Trace.from_tensors(list(attn), bad, confidences=conf, **lay)
