@@ -132,7 +132,7 @@ def test_interrupted_run_resumes_to_the_uninterrupted_table(tmp_path, model_dir,
     monkeypatch.setattr(SampleEvaluator, "evaluate", original)
 
     resumed = run(_compose(tmp_path / "b", model_dir, FAST_METHODS, "metrics=agreement"))
-    assert resumed["this_session"] == {"scored": 2, "resumed": 2, "skipped": 0}
+    assert resumed["this_session"] == {"scored": 2, "resumed": 2, "skipped": 0, "out_of_memory": 0}
     assert _table(tmp_path / "b" / "run") == _table(tmp_path / "a" / "run")
 
 
