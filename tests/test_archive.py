@@ -1,0 +1,93 @@
+"""Saved sample explanations: a compressed .npz that round-trips and loads without pickle."""
+
+from __future__ import annotations
+
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from xattr import Explanation
+from xattr.archive import load_sample, sample_path, save_sample, saved_samples
+from xattr.layout import Grid
+
+
+def _expl(method: str = "glimpse", scale: float = 1.0) -> Explanation:
+    g = torch.Generator().manual_seed(0)
+    return Explanation(
+        method=method,
+        visual=torch.rand(2, 3, generator=g) * scale,
+        answer_tokens=["Ġred", "."],
+        token_relevance=torch.tensor([0.7, 0.1]),
+        prompt_tokens=["what", "color"],
+        prompt_relevance=torch.tensor([0.2, 0.8]),
+        token_maps=torch.rand(2, 2, 3, generator=g),
+        token_mask=torch.tensor([True, False]),
+        layer_maps=torch.rand(4, 2, 3, generator=g).to(torch.bfloat16),
+        meta={"answer": "red.", "layers": [0, 1, 2, 3], "head_weights": [[[0.5, 0.5]] * 4] * 2},
+        grids=[Grid(2, 3, box=(0.0, 0.0, 0.5, 1.0)), Grid(1, 2, box=(0.5, 0.0, 1.0, 1.0))],
+        more_maps=[torch.tensor([[1.0, 2.0]])],
+        more_token_maps=[torch.rand(2, 1, 2, generator=g)],
+        more_layer_maps=[torch.rand(4, 1, 2, generator=g)],
+    )
+
+
+def test_round_trip_keeps_every_tensor_grid_and_the_image(tmp_path):
+    expl = _expl()
+    image = Image.new("RGB", (900, 600), (200, 30, 30))
+    path = save_sample(tmp_path / "s.npz", {"glimpse": expl}, image, {"question": "q?", "id": 3})
+    back = load_sample(path)
+    got = back.explanations["glimpse"]
+    for key, tensor in expl.tensors().items():
+        torch.testing.assert_close(
+            got.tensors()[key], tensor.float() if key == "layer_maps" else tensor
+        )
+    assert got.grids == expl.grids and got.answer_tokens == expl.answer_tokens
+    assert got.meta["head_weights"] == expl.meta["head_weights"]
+    assert got.token_mask.dtype == torch.bool
+    torch.testing.assert_close(got.token_pixels(1, (8, 8)), expl.token_pixels(1, (8, 8)))
+    assert back.info == {"question": "q?", "id": 3}
+    assert max(back.image.size) == 448 and back.image.size[0] > back.image.size[1]
+    assert np.abs(np.asarray(back.image).astype(int) - (200, 30, 30)).max() < 8
+
+
+def test_the_file_is_compressed_numpy_data_without_objects(tmp_path):
+    path = save_sample(tmp_path / "s.npz", {"glimpse": _expl()}, Image.new("RGB", (8, 8)))
+    with zipfile.ZipFile(path) as zf:
+        assert all(i.compress_type == zipfile.ZIP_DEFLATED for i in zf.infolist())
+    with np.load(path, allow_pickle=False) as data:  # raises on any object array
+        kinds = {data[k].dtype.kind for k in data.files}
+    assert kinds <= {"f", "b", "u", "U"}, kinds
+
+
+def test_an_object_array_is_refused_not_unpickled(tmp_path):
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, sample=np.array([{"x": 1}], dtype=object))
+    with pytest.raises(ValueError, match="allow_pickle"):
+        load_sample(bad)
+
+
+def test_saving_again_adds_methods_and_replaces_rewritten_ones(tmp_path):
+    path = tmp_path / "s.npz"
+    save_sample(path, {"glimpse": _expl()}, Image.new("RGB", (8, 8)), {"question": "q"})
+    save_sample(path, {"tmme": _expl("tmme")})
+    save_sample(path, {"glimpse": _expl(scale=10.0)})
+    back = load_sample(path)
+    assert set(back.explanations) == {"glimpse", "tmme"}
+    assert float(back.explanations["glimpse"].visual.max()) > 1.0  # the rewritten one
+    assert back.info == {"question": "q"} and back.image is not None
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_sample_paths_are_safe_file_names(tmp_path):
+    path = sample_path(tmp_path, "../a b/c")
+    assert path.parent == tmp_path and path.name == ".._a_b_c.npz"
+    save_sample(path, {"glimpse": _expl()})
+    assert saved_samples(tmp_path) == [path]
+
+
+def test_a_missing_file_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing.npz"):
+        load_sample(tmp_path / "nothing.npz")
