@@ -24,6 +24,7 @@ from PIL import Image
 
 from .explanation import Explanation, jsonable
 
+RUN_SUBDIR = "explanations"  # a run's folder of saved samples (``save_explanations=true``)
 IMAGE_SIDE = 448  # the kept image's long side in px: enough for a report, small on disk
 SUFFIX = ".npz"
 

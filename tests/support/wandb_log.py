@@ -60,3 +60,18 @@ def logged(run_dir: Path) -> dict[str, Any]:
             key = item.key or "/".join(item.nested_key)
             values[key] = json.loads(item.value_json)
     return values
+
+
+def artifacts(run_dir: Path) -> dict[str, dict[str, Path]]:
+    """Every artifact an offline run logged: ``{name: {path in the artifact: staged file}}``."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    path = next(Path(run_dir).glob("run-*.wandb"))
+    out: dict[str, dict[str, Path]] = {}
+    for payload in _payloads(path.read_bytes()):
+        record = pb.Record()
+        record.ParseFromString(payload)
+        if record.WhichOneof("record_type") == "artifact":
+            entries = record.artifact.manifest.contents
+            out[record.artifact.name] = {e.path: Path(e.local_path) for e in entries}
+    return out

@@ -11,9 +11,10 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 
+from ..archive import RUN_SUBDIR, sample_path, save_sample
 from ..data.sample import Sample, SampleError
 from ..trace import OutOfMemory
-from .evaluator import SampleEvaluator
+from .evaluator import SampleEvaluator, SampleResult
 from .results import (
     ResultStore,
     load_rows,
@@ -36,12 +37,14 @@ class ExplainEvalModule(L.LightningModule):
         run_dir: str | Path,
         overlays: int = 3,
         method_limits: dict[str, int] | None = None,
+        save_explanations: bool = False,
     ) -> None:
         super().__init__()
         self.evaluator = evaluator
         self.method_limits = dict(method_limits or {})  # method -> first k samples only
         self.run_dir = Path(run_dir)
         self.overlays = overlays
+        self.save_explanations = save_explanations  # every sample's explanations, no pickle
         self.summary: dict[str, Any] = {}
         self.markdown = ""
         self._store: ResultStore | None = None
@@ -88,6 +91,8 @@ class ExplainEvalModule(L.LightningModule):
         self._counts["scored"] += 1
         if batch_idx < self.overlays:
             self._save_overlays(batch, result.explanations)
+        if self.save_explanations:
+            keep_explanations(self.run_dir, batch, result, self.evaluator.answer_mode)
 
     def _skip(self, sample_id: str, reason: str) -> None:
         log.warning("skipping sample %s: %s", sample_id, reason)
@@ -137,6 +142,22 @@ class ExplainEvalModule(L.LightningModule):
         for logger in self.loggers:
             logger.log_metrics(flat)
             _log_rich(logger, rows, self.run_dir / "overlays")
+            _log_report_pages(logger, self.run_dir)
+
+
+def keep_explanations(run_dir: Path, sample: Sample, result: SampleResult, source: str) -> Path:
+    """``explanations/<sample>.npz`` in the run dir: every method's maps, the image, the question."""
+    info = {"sample_id": sample.sample_id, "question": sample.question, "answer": sample.answer,
+            "model_answer": result.answer, "answer_source": source}  # fmt: skip
+    path = sample_path(run_dir / RUN_SUBDIR, sample.sample_id)
+    return save_sample(path, result.explanations, sample.load_image(), info)
+
+
+def _log_report_pages(logger: Any, run_dir: Path) -> None:
+    """W&B: each saved sample's report page (``xattr.report``), as HTML."""
+    from ..report.wandb_pages import log_report_pages
+
+    log_report_pages(logger, run_dir, progress=True)
 
 
 def _log_rich(logger: Any, rows: list[dict[str, Any]], overlay_dir: Path) -> None:

@@ -119,7 +119,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     # limits of methods not selected in this run are ignored
     limits = {k: int(v) for k, v in (cfg.get("method_limits") or {}).items() if k in methods}
     module = ExplainEvalModule(
-        evaluator, run_dir=run_dir, overlays=cfg.get("overlays", 3), method_limits=limits
+        evaluator,
+        run_dir=run_dir,
+        overlays=cfg.get("overlays", 3),
+        method_limits=limits,
+        save_explanations=bool(cfg.get("save_explanations", False)),
     )
     trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[XattrProgressBar()])
     try:
