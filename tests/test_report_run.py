@@ -77,6 +77,15 @@ def test_report_builds_an_index_and_a_page_per_saved_sample(saved_run, tmp_path)
     assert "http://" not in page.replace("http://www.w3.org/2000/svg", "")
 
 
+def test_xattr_report_prints_the_index_and_shows_progress(saved_run, tmp_path, capsys):
+    from xattr.cli import main
+
+    assert main(["report", str(saved_run[0]), "--out", str(tmp_path / "r")]) == 0
+    out, err = capsys.readouterr()
+    assert out.strip() == f"report: {tmp_path / 'r' / 'index.html'}"
+    assert "report pages" in err and "4/4" in err  # the progress bar over the samples
+
+
 def test_report_names_a_missing_or_empty_run(tmp_path):
     with pytest.raises(FileNotFoundError, match="run directory not found"):
         build_run_report(tmp_path / "nope")

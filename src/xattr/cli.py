@@ -1,4 +1,4 @@
-"""The ``xattr`` command: compare finished runs, list plugins."""
+"""The ``xattr`` command: explain an answer, report and compare finished runs, list plugins."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .commands import add_commands
 from .pipeline.results import load_rows
 
 
@@ -83,7 +84,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_cmp.add_argument("runs", nargs="+", help="Hydra run directories (or multirun job folders)")
     p_cmp.add_argument("--metrics", nargs="*", help="columns (default: every metric found)")
     sub.add_parser("list", help="registered methods, model families and metrics")
+    add_commands(sub)  # explain, report
     args = parser.parse_args(argv)
+    if hasattr(args, "handler"):
+        return args.handler(args)
     if args.command == "compare":
         try:
             print(compare(args.runs, args.metrics))

@@ -1,0 +1,121 @@
+"""``xattr explain`` and ``xattr report`` as a user types them, and with bad inputs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import xattr
+from xattr import Explanation
+from xattr.cli import main
+from xattr.commands.model_spec import ModelSpecError, resolve
+from xattr.data.synthetic import generate_synthetic
+
+QUESTION = "What color is the triangle?"
+
+
+def _console_script() -> str:
+    script = Path(sys.executable).with_name("xattr")
+    assert script.exists(), f"the console script is not installed next to {sys.executable}"
+    return str(script)
+
+
+def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> Path:
+    """A synthetic image whose question the shipped toy answers ("What color is the triangle?")."""
+    sample = next(s for s in generate_synthetic(8, seed=3) if s.question == QUESTION)
+    path = tmp_path_factory.mktemp("images") / "shapes.png"
+    sample.load_image().save(path)
+    return path
+
+
+def test_explain_with_no_flags_writes_overlays_explanations_and_the_report(shapes, tmp_path):
+    done = _run([_console_script(), "explain", str(shapes), QUESTION], cwd=shapes.parent)
+    assert done.returncode == 0, done.stderr
+    folder = shapes.parent / "explanations" / "shapes"
+    methods = ["glimpse", "tmme", "rollout", "raw_attention"]
+    assert sorted(p.name for p in folder.glob("*.png")) == sorted(f"{m}.png" for m in methods)
+    glimpse = Explanation.load(folder / "glimpse")
+    assert glimpse.token_maps is not None and glimpse.layer_maps is not None
+    assert glimpse.meta["answer_source"] == "generated"
+    # the printed answer is the model's, and it names every file it wrote
+    answer = glimpse.meta["answer"]
+    lines = done.stdout.splitlines()
+    assert lines[0] == f"answer (generated, toy_qwen2_5_vl): {answer}"
+    assert answer in {"red", "green", "blue", "yellow", "orange", "purple"}
+    assert f"report:   {Path('explanations/shapes/report.html')}" in lines
+    assert all(str(Path("explanations/shapes") / f"{m}.png") in done.stdout for m in methods)
+    html = (folder / "report.html").read_text()
+    assert all(f'"name":"{m}"' in html for m in methods)
+
+
+def test_python_m_with_methods_answer_and_out(shapes, tmp_path):
+    out = tmp_path / "mine"
+    args = [sys.executable, "-m", "xattr.cli", "explain", str(shapes), QUESTION,
+            "--method", "glimpse", "dexar", "--answer", "the triangle is blue", "--out", str(out)]  # fmt: skip
+    done = _run(args, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in out.iterdir()) == [
+        "dexar", "dexar.png", "glimpse", "glimpse.png", "report.html"
+    ]  # fmt: skip
+    glimpse = Explanation.load(out / "glimpse")
+    assert [t.strip() for t in glimpse.answer_tokens] == ["the", "triangle", "is", "blue"]
+    assert glimpse.meta["answer_source"] == "given"
+    assert done.stdout.startswith("answer (given, toy_qwen2_5_vl): the triangle is blue")
+    assert Explanation.load(out / "dexar").layer_maps is None  # asked only of methods that have it
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["missing.png", "q"], "image file not found: missing.png"),
+        (["corrupt.jpg", "q"], "cannot read image corrupt.jpg"),
+        (["{shapes}", "q", "--model", "no_such_model"], "unknown model 'no_such_model'"),
+        (["{shapes}", "q", "--model", "qwen2_5_vl:/no/such/dir"], "model directory not found"),
+        (["{shapes}", "q", "--method", "glimpse", "nope"], "unknown method(s) nope; known: "),
+        # inputs are checked before the model loads: methods first, then the image
+        (["missing.png", "q", "--method", "nope", "--model", "x"], "unknown method(s) nope"),
+        (["missing.png", "q", "--model", "no_such_model"], "image file not found"),
+    ],
+)
+def test_bad_inputs_exit_2_with_a_message_naming_them(
+    args, message, shapes, tmp_path, capsys, monkeypatch
+):
+    (tmp_path / "corrupt.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    monkeypatch.chdir(tmp_path)
+    assert main(["explain", *(a.format(shapes=shapes) for a in args)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("xattr explain: ") and message in err
+    assert not (tmp_path / "explanations").exists()
+
+
+def test_a_bad_input_through_the_console_script(tmp_path):
+    done = _run([_console_script(), "explain", "nothing.jpg", "q"], cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip() == "xattr explain: image file not found: nothing.jpg"
+
+
+def test_model_specs():
+    assert resolve("toy_llava") == {"family": "llava", "path": str(xattr.toy.checkpoint("llava"))}
+    conf = resolve("qwen2_5_vl_7b", device="cpu", dtype=None)
+    assert conf == {"family": "qwen2_5_vl", "path": "Qwen/Qwen2.5-VL-7B-Instruct",
+                    "dtype": "bfloat16", "device": "cpu"}  # fmt: skip
+    toy_dir = str(xattr.toy.checkpoint("qwen2_5_vl"))
+    assert resolve(toy_dir) == {"path": toy_dir}
+    assert resolve("llava:org/name") == {"family": "llava", "path": "org/name"}
+    with pytest.raises(ModelSpecError, match="families: .*qwen2_5_vl"):
+        resolve("nofamily:org/name")
+
+
+def test_report_of_a_folder_that_is_no_run(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "nope")]) == 2
+    assert "run directory not found" in capsys.readouterr().err
