@@ -1,0 +1,187 @@
+"""Report pages in a real headless Chromium (Debian's package, driven by Playwright).
+
+Skipped only when no Chromium binary exists. The screenshot is kept under pytest's tmp
+folder (printed with -s); set XATTR_SCREENSHOT_TO=docs/report.png to copy it there.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import xattr
+from support.hydra_run import compose_run
+from xattr.data.synthetic import generate_synthetic
+from xattr.pipeline import run
+from xattr.report import build_run_report, write_report
+from xattr.report.data import colormap_data
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or "/usr/bin/chromium"
+FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason="no Chromium binary (apt-get install -y chromium)"
+)
+ANSWER = "the triangle is blue."
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    """One headless Chromium with a fresh profile for the module; pages record their troubles."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            str(tmp_path_factory.mktemp("chromium-profile")),
+            executable_path=CHROMIUM,
+            headless=True,
+            args=FLAGS,
+            viewport={"width": 1200, "height": 760},
+        )
+        yield context
+        context.close()
+
+
+def _open(browser, path: Path):
+    """Open a local file; returns the page and the list its console errors, page errors and
+    requests to anything but the file itself go into."""
+    page = browser.new_page()
+    page.set_default_timeout(15_000)
+    troubles: list[str] = []
+    page.on("console", lambda m: troubles.append(f"console {m.type}: {m.text}")
+            if m.type in ("error", "warning") else None)  # fmt: skip
+    page.on("pageerror", lambda e: troubles.append(f"page error: {e}"))
+    page.on("request", lambda r: troubles.append(f"request: {r.url[:80]}")
+            if not r.url.startswith(("file://", "data:")) else None)  # fmt: skip
+    page.goto(path.resolve().as_uri())
+    return page, troubles
+
+
+@pytest.fixture(scope="module")
+def toy_report(tmp_path_factory):
+    """report.html of the shipped toy for four methods on a teacher-forced five-token answer."""
+    sample = next(s for s in generate_synthetic(8, seed=3) if "triangle" in s.question)
+    image = sample.load_image()
+    adapter = xattr.models.load(xattr.toy.checkpoint("qwen2_5_vl"))
+    both = {"return_token_maps": True, "return_layer_maps": True}
+    spec = {"glimpse": both, "tmme": both, "rollout": {"return_token_maps": True}, "dexar": {}}
+    expls = xattr.explain(adapter, image, sample.question, method=spec, answer=ANSWER)
+    path = write_report(tmp_path_factory.mktemp("report") / "report.html", expls, image,
+                        sample.question, model="toy_qwen2_5_vl")  # fmt: skip
+    return path, expls
+
+
+def _canvas(page) -> str:
+    return page.evaluate("document.getElementById('heat').toDataURL()")
+
+
+def _pixels(page) -> np.ndarray:
+    """The map canvas as an [H, W, 4] array (its PNG, decoded here)."""
+    png = base64.b64decode(_canvas(page).split(",", 1)[1])
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGBA"))
+
+
+def test_report_loads_cleanly_and_clicking_a_token_shows_its_own_map(browser, toy_report):
+    path, expls = toy_report
+    page, troubles = _open(browser, path)
+    page.wait_for_selector("body[data-ready='1']")
+    heat = page.locator("#heat")
+    assert heat.get_attribute("data-view") == "glimpse/holistic/"
+    holistic = _canvas(page)
+    tokens = page.locator("#answer .token")
+    assert tokens.count() == len(expls["glimpse"].answer_tokens) == 5
+
+    tokens.nth(1).click()
+    assert heat.get_attribute("data-view") == "glimpse/token/1"
+    first = _canvas(page)
+    assert first != holistic
+    assert "token “triangle”" in page.inner_text("#caption")
+    # the canvas shows THIS token's map: at the centre of its peak and lowest cells the page's
+    # colour is the jet colour of 1 and of 0 (cells are 448 / 7 = 64 px, bilinear = the value)
+    own = expls["glimpse"].token_maps[1].numpy()
+    lut = np.frombuffer(base64.b64decode(colormap_data()), dtype=np.uint8).reshape(256, 3)
+    shown = _pixels(page)
+    assert shown.shape == (448, 448, 4)
+    for flat, level in ((own.argmax(), 255), (own.argmin(), 0)):
+        row, col = divmod(int(flat), own.shape[1])
+        got = shown[row * 64 + 32, col * 64 + 32, :3].astype(int)
+        assert np.abs(got - lut[level]).max() <= 3, (got, lut[level])
+
+    tokens.nth(3).click()
+    assert _canvas(page) not in (first, holistic)
+    page.click("#holistic")
+    assert heat.get_attribute("data-view") == "glimpse/holistic/" and _canvas(page) == holistic
+    assert troubles == []
+
+
+def test_methods_opacity_layers_and_plots(browser, toy_report, tmp_path):
+    path, expls = toy_report
+    page, troubles = _open(browser, path)
+    page.wait_for_selector("body[data-ready='1']")
+    # GLIMPSE: one bar per layer, one cell per (layer, head), one thumbnail per layer
+    layers, heads = np.shape(expls["glimpse"].meta["head_weights"])[1:]
+    assert page.locator("#layer-plot rect").count() == layers
+    assert page.locator("#head-plot rect").count() == layers * heads
+    assert page.locator("#layers .thumb").count() == len(expls["glimpse"].layer_maps)
+    page.locator("#layers .thumb").nth(0).click()
+    assert page.locator("#heat").get_attribute("data-view") == "glimpse/layer/0"
+    assert "layer 0" in page.inner_text("#caption")
+    # the question's words carry GLIMPSE's prompt saliency as their background
+    assert page.locator("#question .word").count() == len(expls["glimpse"].prompt_tokens)
+    assert "rgba" in page.locator("#question .word").nth(0).evaluate("e => e.style.background")
+
+    page.locator("#opacity").fill("80")
+    assert page.locator("#heat").evaluate("e => e.style.opacity") == "0.8"
+    assert page.inner_text("#opacity-value") == "80%"
+
+    glimpse = _canvas(page)
+    page.click("button[data-method='tmme']")
+    assert page.locator("#heat").get_attribute("data-view").startswith("tmme/")
+    assert _canvas(page) != glimpse and page.locator("#heads-box").is_hidden()
+    page.click("button[data-method='rollout']")
+    assert page.locator("#weights-box").is_hidden()  # rollout keeps no layer maps
+    page.click("button[data-method='dexar']")
+    assert "gives no prompt saliency" in page.inner_text("#question-note")
+    page.click("button[data-method='glimpse']")
+    page.locator("#opacity").fill("55")
+    page.locator("#answer .token").nth(3).click()  # "blue": the word that answers
+
+    shot = tmp_path / "report.png"
+    page.screenshot(path=str(shot), full_page=True)
+    with Image.open(shot) as img:
+        assert img.width >= 1000 and np.asarray(img.convert("L")).std() > 20  # not blank
+    print(f"\nreport screenshot: {shot}")
+    if target := os.environ.get("XATTR_SCREENSHOT_TO"):
+        shutil.copy(shot, target)
+    assert troubles == []
+
+
+def test_run_index_filters_and_links_to_sample_pages(browser, tmp_path, tiny_model_dir):
+    cfg = compose_run(tmp_path, tiny_model_dir("qwen2_5_vl"), "method=[glimpse,rollout]",
+                      "metrics=agreement", "save_explanations=true", samples=3)  # fmt: skip
+    run(cfg)
+    index = build_run_report(tmp_path / "run", progress=False)
+    page, troubles = _open(browser, index)
+    rows = page.locator("#samples tbody tr")
+    assert rows.count() == 3
+    first_id = rows.nth(0).locator("td").nth(0).inner_text()
+    page.locator("#filter").fill(first_id)
+    visible = [rows.nth(i).is_visible() for i in range(3)]
+    assert visible.count(True) >= 1 and visible[0]
+    page.locator("#filter").fill("")
+    rows.nth(0).locator("a").click()
+    page.wait_for_selector("body[data-ready='1']")
+    assert page.url.endswith(".html") and "/samples/" in page.url
+    assert page.locator("#methods button").count() == 2
+    page.locator("nav.pager a", has_text="index").click()
+    page.wait_for_selector("#samples")
+    assert troubles == []
