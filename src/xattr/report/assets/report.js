@@ -108,7 +108,8 @@
     box.replaceChildren();
     m.tokens.forEach((t, i) => {
       const attrs = { type: "button", class: "token", "data-token": String(i), title: `relevance ${fmt(t.relevance)}${t.kept ? "" : " · left out of the aggregate"}${t.map ? " · click: this token's map" : ""}` };
-      const b = el("button", attrs, t.text);
+      const b = el("button", attrs, t.text.trim() || t.text);
+      if (/^\s/.test(t.text) && i > 0) b.classList.add("spaced"); // a word start, not a piece
       if (!t.kept) b.classList.add("dropped");
       if (state.kind === "token" && state.index === i) b.classList.add("active");
       if (!t.map) b.disabled = true;
