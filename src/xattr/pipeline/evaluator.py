@@ -21,13 +21,15 @@ from ..explanation import Explanation
 from ..images import FULL_IMAGE
 from ..methods import Attributor
 from ..methods.common import AttributionWarning
-from ..metrics import Metric
+from ..metrics import Metric, top_region
 from ..models.base import ModelAdapter
 
 log = logging.getLogger(__name__)
 
 # Metrics compared with the continuous human map vs with the binary object mask.
 MASK_METRICS = frozenset({"pointing_game", "iou_topk", "energy_pointing_game"})
+# Without a mask, those metrics use the human map's top region (`xattr.metrics.top_region`).
+HUMAN_MAP_TOP_PERCENTILE = 90.0
 
 # A metric that needs the model: (adapter, image, question, trace, explanation) -> {name: value}
 ModelMetric = Callable[..., dict[str, float]]
@@ -148,12 +150,14 @@ class SampleEvaluator:
 
 
 def _reference_for(metric: str, sample: Sample) -> np.ndarray | None:
+    """The object mask for localisation metrics (else the human map's top region), the human map
+    (else the mask) for agreement metrics; None when the sample has neither."""
     if metric in MASK_METRICS:
         if sample.mask is not None:
             return sample.mask
-        if sample.human_map is not None:  # a human map stands in as its own top region
-            hm = sample.human_map
-            return hm >= np.percentile(hm, 90) if hm.max() > 0 else None
+        if sample.human_map is not None:  # ties at the minimum never count (a sparse map)
+            region = top_region(sample.human_map, HUMAN_MAP_TOP_PERCENTILE)
+            return region if region.any() else None
         return None
     if sample.human_map is not None:
         return sample.human_map
