@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -193,37 +191,6 @@ def test_compare_prints_one_table_across_runs(tmp_path, model_dir, capsys):
     out = capsys.readouterr().out
     assert "| run_one:glimpse |" in out and "| run_two:rollout |" in out
     assert main(["compare", str(tmp_path / "missing")]) == 2
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("launcher", ["basic", "submitit_local"])
-def test_multirun_writes_one_directory_per_job(tmp_path, model_dir, launcher):
-    """Hydra's own launcher, and submitit's local executor (the SLURM launcher's code path)."""
-    cmd = [
-        sys.executable,
-        str(ROOT / "train_free_eval.py"),
-        "-m",
-        f"hydra/launcher={launcher}",
-        "method=[glimpse]",
-        "method.glimpse.tau_head=0.25,1.0",
-        "metrics=agreement",
-        f"model.path={model_dir}",
-        f"paths.root_dir={tmp_path}",
-        f"paths.data_dir={tmp_path / 'data'}",
-        "data.dataset.n=2",
-        f"hydra.sweep.dir={tmp_path / 'sweep'}",
-    ]
-    env = {**os.environ, "WANDB_MODE": "offline"}
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    jobs = sorted(p for p in (tmp_path / "sweep").iterdir() if p.is_dir() and p.name.isdigit())
-    assert [p.name for p in jobs] == ["0", "1"]
-    taus = []
-    for job in jobs:
-        rows = load_rows(job)
-        assert len(rows) == 2 and all(r["method"] == "glimpse" for r in rows)
-        taus.append((job / ".hydra" / "overrides.yaml").read_text())
-    assert "tau_head=0.25" in taus[0] and "tau_head=1.0" in taus[1]
 
 
 @pytest.mark.slow

@@ -29,7 +29,11 @@ def _wandb_offline() -> bool:
 
 
 def register_resolvers() -> None:
-    """``${xattr.toy:qwen2_5_vl}`` (shipped checkpoint dir) and ``${xattr.wandb_offline:}``."""
+    """``${xattr.toy:qwen2_5_vl}`` (shipped checkpoint dir), ``${xattr.wandb_offline:}`` and
+    ``${xattr.cwd:}`` (the launch directory; ``${hydra:runtime.cwd}`` fails in a multirun,
+    whose sweep directory is resolved before Hydra's per-job config exists)."""
+    if not OmegaConf.has_resolver("xattr.cwd"):
+        OmegaConf.register_new_resolver("xattr.cwd", os.getcwd)
     if not OmegaConf.has_resolver("xattr.toy"):
         OmegaConf.register_new_resolver("xattr.toy", _toy_checkpoint)
     if not OmegaConf.has_resolver("xattr.wandb_offline"):
@@ -114,3 +118,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if trainer.global_rank == 0:
         print(f"\nResults ({run_dir}):\n\n{(run_dir / 'results.md').read_text()}")
     return summary
+
+
+# a launcher that unpickles the task in a fresh process (submitit) imports this module first
+register_resolvers()
