@@ -60,3 +60,22 @@ def logged(run_dir: Path) -> dict[str, Any]:
             key = item.key or "/".join(item.nested_key)
             values[key] = json.loads(item.value_json)
     return values
+
+
+def run_info(run_dir: Path) -> dict[str, Any]:
+    """The run record of an offline run: project, group, job type and tags as W&B stores them."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    path = next(Path(run_dir).glob("run-*.wandb"))
+    for payload in _payloads(path.read_bytes()):
+        record = pb.Record()
+        record.ParseFromString(payload)
+        if record.WhichOneof("record_type") == "run":
+            run = record.run
+            return {
+                "project": run.project,
+                "group": run.run_group,
+                "job_type": run.job_type,
+                "tags": list(run.tags),
+            }
+    raise ValueError(f"no run record in {path}")
