@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
 
+from support.compose import compose_run as _compose
 from support.wandb_log import logged
 from xattr.pipeline import register_resolvers, run
 from xattr.pipeline.results import load_rows, load_skipped
@@ -19,30 +18,6 @@ from xattr.pipeline.results import load_rows, load_skipped
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 FAST_METHODS = "method=[glimpse,rollout]"
-
-
-def _compose(tmp: Path, model_dir: Path, *overrides: str):
-    """The real config with a tiny model, a few synthetic samples and tmp output folders."""
-    register_resolvers()
-    synthetic = not any(o.startswith("data=") for o in overrides)
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(
-            config_name="train_free_eval",
-            return_hydra_config=True,
-            overrides=[
-                f"model.path={model_dir}",
-                f"paths.root_dir={tmp}",
-                f"paths.data_dir={tmp / 'data'}",
-                f"paths.output_dir={tmp / 'run'}",
-                *(["data.dataset.n=4"] if synthetic else []),
-                "overlays=2",
-                *overrides,
-            ],
-        )
-    HydraConfig().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]  # as @hydra.main hands it over: the job config only
-    return cfg
 
 
 @pytest.fixture()
@@ -127,7 +102,12 @@ def test_interrupted_run_resumes_to_the_uninterrupted_table(tmp_path, model_dir,
     monkeypatch.setattr(SampleEvaluator, "evaluate", original)
 
     resumed = run(_compose(tmp_path / "b", model_dir, FAST_METHODS, "metrics=agreement"))
-    assert resumed["this_session"] == {"scored": 2, "resumed": 2, "skipped": 0}
+    assert resumed["this_session"] == {
+        "scored": 2,
+        "resumed": 2,
+        "skipped": 0,
+        "method_failures": 0,
+    }
     assert _table(tmp_path / "b" / "run") == _table(tmp_path / "a" / "run")
 
 

@@ -42,6 +42,7 @@ class SampleResult:
     rows: list[dict[str, Any]]
     explanations: dict[str, Explanation] = field(default_factory=dict)
     answer: str = ""
+    failures: dict[str, str] = field(default_factory=dict)  # method -> "ErrorType: message"
 
 
 class SampleEvaluator:
@@ -92,23 +93,32 @@ class SampleEvaluator:
         for name in todo:
             if self.on_method_start is not None:
                 self.on_method_start(name)
-            method = self.methods[name]
-            if method.needs.model:
-                trace.meta.update(adapter=self.adapter, image=image, question=sample.question)
-            expl, notes = self._explain(name, method, trace)
-            row: dict[str, Any] = {"sample_id": sample.sample_id, "method": name, "warnings": notes}
-            row.update(self._map_scores(expl, sample))
-            for metric in self.model_metrics.values():
-                row.update(metric(self.adapter, image, sample.question, trace, expl))
-            row.update(
-                answer=answer,
-                correct=correct,
-                attribute_s=expl.timings.get("attribute_s", math.nan),
-                capture_s=capture_s,
-            )
+            try:  # one method's failure is recorded for that method only
+                expl, row = self._method_row(name, sample, image, trace)
+            except Exception as err:
+                result.failures[name] = f"{type(err).__name__}: {err}"
+                continue
+            row["answer"] = answer
+            if not math.isnan(correct):  # no reference answer: accuracy is not computed
+                row["correct"] = correct
+            row.update(attribute_s=expl.timings.get("attribute_s", math.nan), capture_s=capture_s)
             result.rows.append(row)
             result.explanations[name] = expl
         return result
+
+    def _method_row(
+        self, name: str, sample: Sample, image: Any, trace: Any
+    ) -> tuple[Explanation, dict[str, Any]]:
+        """One method's explanation of the shared trace and its row of metric scores."""
+        method = self.methods[name]
+        if method.needs.model:
+            trace.meta.update(adapter=self.adapter, image=image, question=sample.question)
+        expl, notes = self._explain(name, method, trace)
+        row: dict[str, Any] = {"sample_id": sample.sample_id, "method": name, "warnings": notes}
+        row.update(self._map_scores(expl, sample))
+        for metric in self.model_metrics.values():
+            row.update(metric(self.adapter, image, sample.question, trace, expl))
+        return expl, row
 
     def _explain(self, name: str, method: Attributor, trace: Any) -> tuple[Explanation, list[str]]:
         """Run one method; its AttributionWarnings go into the row (and the log, once each)."""
@@ -139,8 +149,7 @@ class SampleEvaluator:
         scores = {}
         for name, metric in self.map_metrics.items():
             reference = _reference_for(name, sample)
-            if reference is None:
-                scores[name] = math.nan
+            if reference is None:  # nothing to compare with: not computed (no key in the row)
                 continue
             saliency = grid_map if whole_image else expl.visual_pixels(reference.shape[:2]).numpy()
             with warnings.catch_warnings():

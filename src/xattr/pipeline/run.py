@@ -117,6 +117,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     summary = read_summary(run_dir)
     if trainer.global_rank == 0:
         print(f"\nResults ({run_dir}):\n\n{(run_dir / 'results.md').read_text()}")
+    if not summary["samples"] and summary["skipped_samples"]:
+        raise RuntimeError(
+            f"every sample failed ({summary['skipped_samples']} skipped): "
+            f"the reasons are under the table and in {run_dir / 'skipped.jsonl'}"
+        )
     return summary
 
 
