@@ -107,6 +107,8 @@ def test_interrupted_run_resumes_to_the_uninterrupted_table(tmp_path, model_dir,
         "resumed": 2,
         "skipped": 0,
         "method_failures": 0,
+        "rows_resumed": 4,
+        "rows_recomputed": 0,
     }
     assert _table(tmp_path / "b" / "run") == _table(tmp_path / "a" / "run")
 

@@ -37,16 +37,25 @@ class ExplainEvalModule(L.LightningModule):
         run_dir: str | Path,
         overlays: int = 3,
         method_limits: dict[str, int] | None = None,
+        fingerprints: dict[str, str] | None = None,
     ) -> None:
         super().__init__()
         self.evaluator = evaluator
+        self.fingerprints = fingerprints  # method -> configuration hash stored in its rows
         self.method_limits = dict(method_limits or {})  # method -> first k samples only
         self.run_dir = Path(run_dir)
         self.overlays = overlays
         self.summary: dict[str, Any] = {}
         self.markdown = ""
         self._store: ResultStore | None = None
-        self._counts = {"scored": 0, "resumed": 0, "skipped": 0, "method_failures": 0}
+        self._counts = {
+            "scored": 0,
+            "resumed": 0,
+            "skipped": 0,
+            "method_failures": 0,
+            "rows_resumed": 0,
+            "rows_recomputed": 0,
+        }
         self._started = time.perf_counter()
 
     # the adapter's model is not a submodule: Lightning must not move or re-mode it
@@ -56,7 +65,9 @@ class ExplainEvalModule(L.LightningModule):
     @property
     def store(self) -> ResultStore:
         if self._store is None:
-            self._store = ResultStore(self.run_dir, rank=self.global_rank)
+            self._store = ResultStore(
+                self.run_dir, rank=self.global_rank, fingerprints=self.fingerprints
+            )
         return self._store
 
     def on_test_epoch_start(self) -> None:
@@ -73,14 +84,17 @@ class ExplainEvalModule(L.LightningModule):
             return
         if self.store.is_done(batch.sample_id, methods):
             self._counts["resumed"] += 1
+            self._counts["rows_resumed"] += len(methods)
             return
         todo = [m for m in methods if not self.store.done(batch.sample_id, m)]
+        self._counts["rows_resumed"] += len(methods) - len(todo)
         try:
             result = self.evaluator.evaluate(batch, todo)
         except Exception as err:  # one bad sample must not end a long run
             self._skip(batch.sample_id, f"{type(err).__name__}: {err}")
             return
         for row in result.rows:
+            self._counts["rows_recomputed"] += self.store.stale(batch.sample_id, row["method"])
             self.store.append(row)
         for method, reason in result.failures.items():
             self._skip(batch.sample_id, reason, method=method)

@@ -26,12 +26,20 @@ class ResultStore:
     same directory skips every (sample, method) pair already present.
     """
 
-    def __init__(self, run_dir: str | Path, rank: int = 0) -> None:
+    def __init__(
+        self, run_dir: str | Path, rank: int = 0, fingerprints: dict[str, str] | None = None
+    ) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.rank = rank
         self.samples_path = self.run_dir / f"samples.rank{rank}.jsonl"
-        self._done = {(r["sample_id"], r["method"]) for r in load_rows(self.run_dir)}
+        self.fingerprints = fingerprints  # method -> the configuration its rows must carry
+        every = {(r["sample_id"], r["method"]) for r in load_rows(self.run_dir, fingerprints={})}
+        self._done = {
+            (r["sample_id"], r["method"]) for r in load_rows(self.run_dir, fingerprints or {})
+        }
+        # pairs whose only rows were written under another configuration: recomputed, not reused
+        self._stale = every - self._done
         self._skipped = {
             (r["sample_id"], r.get("method")) for r in _read_jsonl(self.run_dir / SKIPPED_FILE)
         }
@@ -41,10 +49,17 @@ class ResultStore:
         return all((sample_id, m) in self._done for m in methods)
 
     def done(self, sample_id: str, method: str) -> bool:
+        """True when this method has a row for this sample under the current configuration."""
         return (sample_id, method) in self._done
+
+    def stale(self, sample_id: str, method: str) -> bool:
+        """True when the only row for this pair was scored under another configuration."""
+        return (sample_id, method) in self._stale
 
     def append(self, row: dict[str, Any]) -> None:
         """Write one row now (flushed), so nothing scored is lost on interruption."""
+        if self.fingerprints:
+            row = {**row, "config": self.fingerprints[row["method"]]}
         _append_jsonl(self.samples_path, row)
         self._done.add((row["sample_id"], row["method"]))
 
@@ -59,13 +74,31 @@ class ResultStore:
         _append_jsonl(self.run_dir / SKIPPED_FILE, entry)
 
 
-def load_rows(run_dir: str | Path) -> list[dict[str, Any]]:
-    """Every scored row of a run, one per (sample, method): the first written wins."""
+def load_rows(
+    run_dir: str | Path, fingerprints: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """Every valid row of a run, one per (sample, method): the first written wins.
+
+    Valid: scored under the run's current configuration (``fingerprints``, by default the
+    run's ``fingerprints.json``; a run without one keeps every row). ``fingerprints={}``
+    keeps every row, stale ones included.
+    """
+    if fingerprints is None:
+        from .fingerprint import read_fingerprints
+
+        recorded = read_fingerprints(run_dir)
+        fingerprints = {m: r["fingerprint"] for m, r in (recorded or {}).items()}
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     for path in sorted(Path(run_dir).glob(SAMPLES_GLOB)):
         for row in _read_jsonl(path):
-            rows.setdefault((row["sample_id"], row["method"]), row)
+            if _current(row, fingerprints):
+                rows.setdefault((row["sample_id"], row["method"]), row)
     return sorted(rows.values(), key=lambda r: (r["method"], r["sample_id"]))
+
+
+def _current(row: dict[str, Any], fingerprints: dict[str, str] | None) -> bool:
+    """Whether ``row`` was scored under ``fingerprints`` (always, when there are none)."""
+    return not fingerprints or row.get("config") == fingerprints.get(row["method"])
 
 
 def load_skipped(run_dir: str | Path) -> list[dict[str, Any]]:

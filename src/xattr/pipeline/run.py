@@ -67,6 +67,32 @@ def build_metrics(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     return map_metrics, model_metrics
 
 
+def _record_configuration(cfg: DictConfig, run_dir: Path) -> dict[str, str]:
+    """Write fingerprints.json; say which settings changed since an earlier run in ``run_dir``."""
+    from .fingerprint import changes, read_fingerprints, row_configs, write_fingerprints
+    from .results import load_rows
+
+    configs = row_configs(cfg)
+    earlier = read_fingerprints(run_dir)
+    rows = load_rows(run_dir, fingerprints={})
+    if earlier is None and rows:
+        log.warning(
+            "%s holds rows without a configuration record (an older xattr): they are recomputed",
+            run_dir,
+        )
+    for method, config in configs.items():
+        had_rows = earlier and method in earlier and any(r["method"] == method for r in rows)
+        if had_rows and (diff := changes(earlier[method]["config"], config)):
+            log.warning(
+                "%s: configuration changed since its rows in %s were scored, so they are "
+                "recomputed: %s",
+                method,
+                run_dir,
+                "; ".join(diff),
+            )
+    return write_fingerprints(run_dir, configs)
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate the configured methods and metrics; returns the summary (and writes it)."""
     import lightning as L
@@ -83,6 +109,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    fingerprints = _record_configuration(cfg, run_dir)
 
     # everything that can fail on a bad path or name fails here, before the model loads
     datamodule = instantiate(cfg.data)
@@ -100,7 +127,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     # limits of methods not selected in this run are ignored
     limits = {k: int(v) for k, v in (cfg.get("method_limits") or {}).items() if k in methods}
     module = ExplainEvalModule(
-        evaluator, run_dir=run_dir, overlays=cfg.get("overlays", 3), method_limits=limits
+        evaluator,
+        run_dir=run_dir,
+        overlays=cfg.get("overlays", 3),
+        method_limits=limits,
+        fingerprints=fingerprints,
     )
     trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[XattrProgressBar()])
     try:
@@ -117,6 +148,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     summary = read_summary(run_dir)
     if trainer.global_rank == 0:
         print(f"\nResults ({run_dir}):\n\n{(run_dir / 'results.md').read_text()}")
+        session = summary["this_session"]
+        if session.get("rows_resumed") or session.get("rows_recomputed"):
+            print(
+                f"Resumed {session['rows_resumed']} rows already in {run_dir}; recomputed "
+                f"{session['rows_recomputed']} whose configuration had changed.\n"
+            )
     if not summary["samples"] and summary["skipped_samples"]:
         raise RuntimeError(
             f"every sample failed ({summary['skipped_samples']} skipped): "
