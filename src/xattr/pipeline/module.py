@@ -70,6 +70,12 @@ class ExplainEvalModule(L.LightningModule):
             )
         return self._store
 
+    def setup(self, stage: str) -> None:
+        """Silence library chatter in this process too (a spawned DDP rank starts afresh)."""
+        from .quiet import quiet_libraries
+
+        quiet_libraries()
+
     def on_test_epoch_start(self) -> None:
         self._started = time.perf_counter()
 

@@ -93,14 +93,27 @@ def _record_configuration(cfg: DictConfig, run_dir: Path) -> dict[str, str]:
     return write_fingerprints(run_dir, configs)
 
 
+def _wandb_location(logger: Any) -> str:
+    """One line saying where the W&B run is (wandb's own banner is silenced)."""
+    run = getattr(logger, "_experiment", None)
+    if run is None:
+        return ""
+    if getattr(run.settings, "_offline", False) or run.settings.mode == "offline":
+        folder = Path(run.dir).parent
+        return f"W&B run (offline): {folder}; upload it with `wandb sync {folder}`"
+    return f"W&B run: {run.url}"
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate the configured methods and metrics; returns the summary (and writes it)."""
     import lightning as L
 
     from .evaluator import SampleEvaluator
     from .module import ExplainEvalModule, XattrProgressBar
+    from .quiet import quiet_libraries, quiet_logger
     from .results import read_summary
 
+    quiet_libraries()
     L.seed_everything(cfg.get("seed", 0), verbose=False)
     if cfg.get("num_threads"):
         import torch
@@ -123,7 +136,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     evaluator = SampleEvaluator(
         adapter, methods, map_metrics, model_metrics, answer=cfg.get("answer", "generated")
     )
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    loggers = [
+        quiet_logger(instantiate(c)) for c in (cfg.get("logger") or {}).values() if c is not None
+    ]
     # limits of methods not selected in this run are ignored
     limits = {k: int(v) for k, v in (cfg.get("method_limits") or {}).items() if k in methods}
     module = ExplainEvalModule(
@@ -143,7 +158,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             if hasattr(logger, "experiment") and type(logger).__name__ == "WandbLogger":
                 import wandb
 
+                where = _wandb_location(logger)
                 wandb.finish()
+                if where and trainer.global_rank == 0:
+                    print(where)
     # read back from disk: with a spawning strategy the module above ran in other processes
     summary = read_summary(run_dir)
     if trainer.global_rank == 0:
