@@ -9,6 +9,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from .searchpath import register_plugin_configs
+
 log = logging.getLogger(__name__)
 
 
@@ -182,3 +184,4 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 # a launcher that unpickles the task in a fresh process (submitit) imports this module first
 register_resolvers()
+register_plugin_configs()  # plugin packages' conf/ folders (entry-point group xattr.conf)
