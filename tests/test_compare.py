@@ -98,3 +98,16 @@ def test_paired_needs_two_sides(tmp_path, capsys, args):
     run = _write_run(tmp_path / "run", [{"sample_id": "1", "method": "glimpse", "nss": 1.0}])
     assert main(["compare", str(run), *args]) == 2
     assert "--paired" in capsys.readouterr().err
+
+
+def test_paired_shows_the_metrics_both_runs_computed(tmp_path, capsys):
+    a = _write_run(
+        tmp_path / "a",
+        [{"sample_id": str(i), "method": "m", "nss": i, "cc": 0.5 * i} for i in range(3)],
+    )
+    b = _write_run(
+        tmp_path / "b", [{"sample_id": str(i), "method": "m", "nss": 1} for i in range(3)]
+    )
+    assert main(["compare", str(a), str(b), "--paired"]) == 0
+    metrics = [line.split("|")[2].strip() for line in capsys.readouterr().out.splitlines()[2:]]
+    assert metrics == ["nss"]  # cc exists in run a only: no pairs, no row

@@ -127,7 +127,7 @@ def paired(
     rows = {d: load_rows(d) for d in dirs}
     names = labels(dirs)
     sides = _pairs(dirs, names, rows, list(methods))
-    columns = _check_metrics([r for rs in rows.values() for r in rs], metrics)
+    requested = _check_metrics([r for rs in rows.values() for r in rs], metrics)
     lines = [
         "| a − b | metric | mean difference | 95% CI | Wilcoxon p | n |",
         "|---|---|---|---|---|---|",
@@ -135,16 +135,20 @@ def paired(
     for (label_a, a), (label_b, b) in sides:
         by_id = {r["sample_id"]: r for r in b}
         shared = [(r, by_id[r["sample_id"]]) for r in a if r["sample_id"] in by_id]
-        for metric in columns:
+        # by default the metrics both sides computed; named ones are shown either way
+        both = set(_metric_columns(a)) & set(_metric_columns(b))
+        for metric in requested if metrics else [m for m in requested if m in both]:
             res = paired_comparison(
                 [ra.get(metric, math.nan) for ra, _ in shared],
                 [rb.get(metric, math.nan) for _, rb in shared],
             )
             n = f"{res.n}" + (f" (skipped {res.skipped})" if res.skipped else "")
-            lines.append(
-                f"| {label_a} − {label_b} | {metric} | {res.mean_diff:+.3f} | "
-                f"[{res.ci_low:+.3f}, {res.ci_high:+.3f}] | {res.p_value:.3g} | {n} |"
-            )
+            if res.n == 0:  # no sample with both scores finite
+                cells = "n/a | n/a | n/a"
+            else:
+                ci = "n/a" if math.isnan(res.ci_low) else f"[{res.ci_low:+.3f}, {res.ci_high:+.3f}]"
+                cells = f"{res.mean_diff:+.3f} | {ci} | {res.p_value:.3g}"
+            lines.append(f"| {label_a} − {label_b} | {metric} | {cells} | {n} |")
     return "\n".join(lines)
 
 
