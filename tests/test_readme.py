@@ -207,8 +207,18 @@ def _check(command: str, out: str, ws: Path) -> None:
         run_dir = _only(ws, "logs/glimpse_table2/runs/*")
         assert list(OmegaConf.load(run_dir / "config.yaml").tags) == ["table2"]
     elif "experiment=glimpse_ablation" in command:
-        jobs = [p for p in _only(ws, "logs/glimpse_ablation/multiruns/*").iterdir()]
-        assert len([p for p in jobs if p.name.isdigit()]) == 12  # one per conf/ablation row
+        sweep = _only(ws, "logs/glimpse_ablation/multiruns/*")
+        jobs = [p for p in sweep.iterdir() if p.name.isdigit()]
+        rows = []  # one job per conf/ablation row, under the experiment's own task and tags
+        for job in jobs:
+            cfg = OmegaConf.load(job / "config.yaml")
+            assert cfg.task_name == "glimpse_ablation" and list(cfg.tags) == ["table3"]
+            assert [r["method"] for r in load_rows(job)] == ["glimpse"]
+            overrides = OmegaConf.load(job / ".hydra" / "overrides.yaml")
+            rows += [o.split("=", 1)[1] for o in overrides if o.startswith("ablation=")]
+            if "ablation=last_30pct" in overrides:  # the row's setting reached the method
+                assert cfg.method.glimpse.layers == 0.3
+        assert sorted(rows) == sorted(p.stem for p in (ROOT / "conf" / "ablation").glob("*.yaml"))
     elif "tau_depth=0.1,0.2,0.5" in command:
         sweep = _only(ws, "logs/train_free_eval/multiruns/*")
         jobs = [p for p in sweep.iterdir() if p.name.isdigit()]

@@ -1,5 +1,6 @@
 """Sweeps and experiments as users type them: `python train_free_eval.py -m ...` from a fresh
-directory, no `hydra.sweep.dir`, the default output layout under ./logs/."""
+directory, no `hydra.sweep.dir`, the default output layout under ./logs/. (The README's own
+sweeps, `-m experiment=glimpse_ablation` and the 27-job one, run in tests/test_readme.py.)"""
 
 from __future__ import annotations
 
@@ -62,28 +63,6 @@ def test_sweep_without_sweep_dir_writes_under_logs(tmp_path, launcher):
     for job, tau in zip(jobs, (0.25, 0.5)):
         assert [r["method"] for r in load_rows(job)] == ["glimpse"]
         assert OmegaConf.load(job / "config.yaml").method.glimpse.tau_head == tau
-
-
-@pytest.mark.slow
-def test_ablation_experiment_is_one_job_per_row_under_its_own_task(tmp_path):
-    _run(tmp_path, "-m", "experiment=glimpse_ablation")
-    sweep = _only("logs/glimpse_ablation/multiruns/*", tmp_path)
-    rows = sorted(p.stem for p in (ROOT / "conf" / "ablation").glob("*.yaml"))
-    ablations = []
-    for job in _jobs(sweep):
-        cfg = OmegaConf.load(job / "config.yaml")
-        assert cfg.task_name == "glimpse_ablation" and list(cfg.tags) == ["table3"]
-        assert [r["method"] for r in load_rows(job)] == ["glimpse"]
-        overrides = OmegaConf.load(job / ".hydra" / "overrides.yaml")
-        ablations += [o.split("=", 1)[1] for o in overrides if o.startswith("ablation=")]
-    assert sorted(ablations) == rows  # every conf/ablation/ row once
-    # a row's setting reached the method: last_30pct propagates through 30% of the layers
-    job = next(
-        j
-        for j in _jobs(sweep)
-        if "ablation=last_30pct" in (j / ".hydra/overrides.yaml").read_text()
-    )
-    assert OmegaConf.load(job / "config.yaml").method.glimpse.layers == 0.3
 
 
 def test_experiment_keeps_its_task_name_and_wandb_group_and_tags(tmp_path):
