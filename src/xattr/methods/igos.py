@@ -11,7 +11,7 @@ Following the public iGOS++ code and its LVLM extension (lvlm-igos-summary.txt):
   both masks hold **0 on important pixels**: deletion shows ``image * M + blur * (1 - M)``,
   insertion ``blur * M + image * (1 - M)``.
 - Score ``s(x) = sum_t log p(y_t | x)`` over the selected answer tokens (``token_policy``,
-  default "visual": SPEC §5's likelihood-ratio selection, `selection.select_answer_tokens`).
+  default "visual": the likelihood-ratio selection of `tokens`).
 - Integrated gradients: each term averages ``s`` over ``ig_steps`` blends ``alpha M``,
   ``alpha = k / ig_steps``, with Gaussian noise (std ``noise`` in ``pixel_values`` units).
 - ``variant="igos++"``: deletion mask D and insertion mask I, objective
