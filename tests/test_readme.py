@@ -38,10 +38,6 @@ SUBSTITUTIONS = {
     "model=qwen2_5_vl_7b": f"model=qwen2_5_vl_7b model.path={TOY} model.dtype=float32 model.device=cpu",
     "data.dataset.root=/data/vqahat": "data.dataset.root=vqahat",  # synthetic, VQA-HAT layout
     "trainer=gpu": "trainer=default",  # no GPU here
-    # the "Add a method" file lives in src/xattr/methods/: its relative imports, spelled out
-    "from ..explanation import": "from xattr.explanation import",
-    "from .base import Attributor": "from xattr.methods.base import Attributor",
-    "from .tokens import": "from xattr.methods.tokens import",
 }
 # `xattr compare` placeholders -> the runs made by the README's own commands above them
 RUN_PLACEHOLDERS = {
