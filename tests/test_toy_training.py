@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from xattr.data.synthetic import SHAPES
-from xattr.toy import SHIPPED
+from xattr.toy import SHIPPED, task
 from xattr.toy import train as T
 
 FAMILIES = SHIPPED  # the families with a trained toy checkpoint
@@ -26,7 +26,7 @@ def _processor_inputs(toy, items):
     proc = toy.processor
     texts = [
         proc.apply_chat_template(
-            T.chat_messages(T.QUESTION.format(shape=it.asked)),
+            task.chat_messages(task.QUESTION.format(shape=it.asked)),
             tokenize=False,
             add_generation_prompt=True,
         )
@@ -37,8 +37,8 @@ def _processor_inputs(toy, items):
 
 def test_fast_path_matches_processor_and_model(toy):
     """Hand-built pixel_values, prompt ids and the batched forward equal the ordinary path."""
-    items = T.draw_samples(T.TaskMix(), seed=3, start=0, n=5)
-    batch = T.make_batch(items, toy.grid)
+    items = task.draw_samples(task.TaskMix(), seed=3, start=0, n=5)
+    batch = task.make_batch(items, toy.grid)
     inputs = _processor_inputs(toy, items)
     pixel_values = toy.pixel_values(batch.images)
     assert torch.allclose(pixel_values, inputs["pixel_values"], atol=1e-6)
@@ -65,9 +65,9 @@ def test_fast_path_matches_processor_and_model(toy):
 
 def test_task_batches_are_seeded_and_grounded():
     """Same seed, same batch; every answerable question's answer is the asked shape's colour."""
-    items = T.draw_samples(T.TaskMix(), 5, 0, 64)
-    a = T.make_batch(items, grid=7)
-    b = T.make_batch(T.draw_samples(T.TaskMix(), 5, 0, 64), grid=7)
+    items = task.draw_samples(task.TaskMix(), 5, 0, 64)
+    a = task.make_batch(items, grid=7)
+    b = task.make_batch(task.draw_samples(task.TaskMix(), 5, 0, 64), grid=7)
     assert np.array_equal(a.images, b.images) and torch.equal(a.answer, b.answer)
     assert (a.answer == -1).any() and (a.answer >= 0).any()  # both kinds occur
     assert any(it.blurred for it in items)
@@ -92,7 +92,7 @@ def test_task_batches_are_seeded_and_grounded():
 def test_small_retrain_learns(family, tmp_path):
     """A much smaller model, all three stages for a few dozen steps: losses drop, answers beat chance."""
     sizes = {**T.FAMILY_SIZES[family], **SMALL}
-    easy = T.TaskMix(
+    easy = task.TaskMix(
         n_objects=(1,), weights=(1.0,), p_absent=0.0, p_blur_queried=0.0, p_blur_other=0.0
     )
     recipe = T.Recipe(
@@ -128,8 +128,8 @@ def test_small_retrain_learns(family, tmp_path):
     for name in ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json"):
         assert (out / name).is_file()
     adapter = models.load(family, out)
-    items = T.draw_samples(easy, 999, 0, 16)
-    batch = T.make_batch(items, toy.grid)
+    items = task.draw_samples(easy, 999, 0, 16)
+    batch = task.make_batch(items, toy.grid)
     answers = answer_batch(
         adapter, [it.image for it in items], [it.sample.question for it in items]
     )
