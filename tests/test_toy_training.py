@@ -9,6 +9,7 @@ import torch
 from xattr.data.synthetic import SHAPES
 from xattr.toy import SHIPPED, task
 from xattr.toy import train as T
+from xattr.toy.model import build_toy, fast_vision
 
 FAMILIES = SHIPPED  # the families with a trained toy checkpoint
 SMALL = dict(
@@ -19,7 +20,7 @@ SMALL = dict(
 @pytest.fixture(scope="module", params=FAMILIES)
 def toy(request, tmp_path_factory):
     sizes = {**T.FAMILY_SIZES[request.param], **SMALL}
-    return T.build_toy(request.param, 0, sizes, tmp_path_factory.mktemp(request.param))
+    return build_toy(request.param, 0, sizes, tmp_path_factory.mktemp(request.param))
 
 
 def _processor_inputs(toy, items):
@@ -55,7 +56,7 @@ def test_fast_path_matches_processor_and_model(toy):
     with torch.no_grad():
         ref = toy.model(**full).logits[:, toy.n_prompt - 1 : toy.n_prompt + 1]
         mine = toy.forward_answer(toy.visual_tokens(pixel_values, ids.shape[0]), ids)
-        with T.fast_vision(toy):  # the training-time vision path: same maths
+        with fast_vision(toy):  # the training-time vision path: same maths
             fast = toy.forward_answer(toy.visual_tokens(pixel_values, ids.shape[0]), ids)
     assert torch.allclose(ref, mine, atol=1e-5)
     assert torch.allclose(ref, fast, atol=1e-4)
