@@ -33,7 +33,7 @@ from PIL import Image
 from xattr.data.synthetic import PALETTE, generate_synthetic
 from xattr.images import blur_image
 
-# Held-out questions: training streams use seeds >= xattr.toy.train.TRAIN_SEED_BASE.
+# Held-out questions: training streams use seeds >= xattr.toy.task.TRAIN_SEED_BASE.
 HELDOUT_SEED = 2025
 MODES = ("fill", "blur")
 BLUR_GROW = 3  # px added around the bounding box in "blur" mode
