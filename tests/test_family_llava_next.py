@@ -87,9 +87,10 @@ def probe(adapter, image: Image.Image):
     return seen["embeds"], prepared
 
 
-def check_packing(adapter, width: int, height: int, atol: float) -> None:
-    """Every visual token holds the mean of the image over its cell's box; newline features sit
-    exactly at the image-token positions the layout leaves out."""
+def check_packing(adapter, width: int, height: int, atol: float, median: float) -> None:
+    """Every visual token holds the mean of the image over its cell's box (largest error per
+    grid below ``atol``, median below ``median``); newline features sit exactly at the
+    image-token positions the layout leaves out."""
     image = ramp_image(width, height)
     embeds, prepared = probe(adapter, image)
     ids = prepared.prompt_ids
@@ -104,12 +105,13 @@ def check_packing(adapter, width: int, height: int, atol: float) -> None:
     for grid, values in zip(layout.grids, layout.split(embeds[prepared.visual_index, :3].T)):
         got = values.permute(1, 2, 0).reshape(-1, 3).numpy()  # [cells, 3]
         err = np.abs(got - box_means(image, grid)).max(-1)
-        assert np.median(err) < atol / 3 and err.max() < atol, (width, height, grid.name)
+        assert np.median(err) < median and err.max() < atol, (width, height, grid.name)
 
 
 @pytest.mark.parametrize("size", SIZES)
 def test_layout_matches_the_model_packing(tiny_adapter, size):
-    check_packing(tiny_adapter("llava_next"), *size, atol=0.02)
+    """A cell off by one is 1/12 of the ramp or more here; resampling errs below 0.01."""
+    check_packing(tiny_adapter("llava_next"), *size, atol=0.02, median=0.01)
 
 
 def test_grids_of_a_landscape_image(tiny_adapter):
