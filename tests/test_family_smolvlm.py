@@ -71,3 +71,19 @@ def test_the_saved_processor_is_an_ordinary_smolvlm_folder(tiny_model_dir):
     adapter = xattr.models.load(folder)
     text = adapter.prompt_text(QUESTION)
     assert text == f"<|im_start|>User:<image>{QUESTION}<end_of_utterance>\nAssistant:"
+
+
+def test_the_stand_in_loads_where_the_real_class_lacks_a_package(tiny_model_dir, monkeypatch):
+    """With torchvision but without num2words the real processor raises ImportError."""
+    from transformers import AutoProcessor
+
+    from xattr.models import processors
+    from xattr.models.smolvlm import SmolVLMImageOnlyProcessor
+
+    def missing(*_args, **_kwargs):
+        raise ImportError("Package `num2words` is required to run SmolVLM processor.")
+
+    monkeypatch.setattr(processors, "is_torchvision_available", lambda: True)
+    monkeypatch.setattr(AutoProcessor, "from_pretrained", missing)
+    loaded = processors.load_processor(tiny_model_dir("smolvlm"))
+    assert type(loaded) is SmolVLMImageOnlyProcessor

@@ -94,8 +94,15 @@ image_only_processor("qwen2_5_vl")(Qwen2_5_VLImageOnlyProcessor)
 
 
 def load_processor(model_dir: str | Path) -> ProcessorMixin:
-    """`AutoProcessor.from_pretrained`, or the family's image-only class when torchvision is missing."""
+    """`AutoProcessor.from_pretrained`, or the family's image-only class when torchvision is
+    missing or the real class needs another package it lacks (SmolVLM's ``num2words``)."""
     model_type = AutoConfig.from_pretrained(model_dir).model_type
-    if model_type in IMAGE_ONLY_PROCESSORS and not is_torchvision_available():
-        return IMAGE_ONLY_PROCESSORS[model_type].from_pretrained(model_dir)
-    return AutoProcessor.from_pretrained(model_dir)
+    stand_in = IMAGE_ONLY_PROCESSORS.get(model_type)
+    if stand_in is not None and not is_torchvision_available():
+        return stand_in.from_pretrained(model_dir)
+    try:
+        return AutoProcessor.from_pretrained(model_dir)
+    except ImportError:
+        if stand_in is None:
+            raise
+        return stand_in.from_pretrained(model_dir)
