@@ -123,8 +123,6 @@ class IGOS(Attributor, name="igos"):
         """Optimise the mask(s) with NAG for ``iterations`` steps and pool 1 - M onto the token grid."""
         context = model_context(trace, "igos")
         adapter, image, question = context.adapter, context.image, context.question
-        if len(trace.grids) != 1:
-            raise TraceError("igos explains one image; this trace holds several")
         image = load_image(image)
         prepared = adapter.prepare(image, question)
         baseline = adapter.prepare(blur_image(image, self.blur_radius), question)
@@ -139,7 +137,12 @@ class IGOS(Attributor, name="igos"):
         )  # [T]
         weights = selected.float()  # [T]
 
+        # families without the pixel-mask path fail here, with their own message
         height, width = adapter.processed_size(prepared.inputs)
+        if len(trace.grids) != 1:
+            raise TraceError(
+                f"igos pools its mask onto one token grid; this trace holds {len(trace.grids)}"
+            )
         size = (min(self.mask_size, height), min(self.mask_size, width))
         pixels = adapter.pixel_values_to_image(prepared.inputs["pixel_values"], prepared.inputs)
         edges = _edge_weights(pixels.detach().float().cpu(), self.tv_sigma)
