@@ -41,7 +41,7 @@ class FamilySpec:
         width, height = (size, size) if isinstance(size, int) else (size or (self.native_size,) * 2)
         arr = np.random.default_rng(seed).integers(0, 40, size=(height, width, 3), dtype=np.uint8)
         if block is not None:
-            top, left, bottom, right = block
+            top, left, bottom, right = (max(0, v) for v in block)  # a box may reach past the image
             arr[top:bottom, left:right] = 255
         return Image.fromarray(arr)
 
