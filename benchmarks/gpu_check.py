@@ -31,7 +31,23 @@ from xattr.toy.build import build_tiny_model
 METHODS = ["glimpse", "tmme", "rollout", "raw_attention", "gradcam", "dexar"]
 IGOS = {"igos": {"iterations": 2, "ig_steps": 2, "mask_size": 8, "token_policy": "all"}}
 QUESTION = "what color is the circle?"
-WORDS = ["red", "circle", "left", "of", "the", "blue", "square", "and", "green", "star", "near", "a", "small", "yellow", "triangle"]
+WORDS = [
+    "red",
+    "circle",
+    "left",
+    "of",
+    "the",
+    "blue",
+    "square",
+    "and",
+    "green",
+    "star",
+    "near",
+    "a",
+    "small",
+    "yellow",
+    "triangle",
+]
 
 
 def build(root: Path, image: int, smoke: bool) -> Path:
