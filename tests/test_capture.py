@@ -312,7 +312,7 @@ def test_sequence_longer_than_context_is_rejected(tiny_adapter, monkeypatch):
 
 
 def test_unknown_family_and_missing_directory(tmp_path):
-    with pytest.raises(KeyError, match="known: llava, qwen2_5_vl, qwen2_vl"):
+    with pytest.raises(KeyError, match="known: .*llava.*qwen2_5_vl.*qwen2_vl"):
         xattr.models.load("gpt5v", tmp_path)
     with pytest.raises(FileNotFoundError, match="missing_model"):
         xattr.models.load("llava", tmp_path / "missing_model")
