@@ -8,7 +8,8 @@ tests check the fast implementations against these.
 One convention beyond the SPEC text, shared with the fast code and documented in the
 README: gradient sums (GLIMPSE's ``sum(G^+)``, Grad-CAM's ``mean(G)``) run over the causal
 support ``j <= i`` (`causal_part`), because entries above the diagonal are gradients with
-respect to attention weights the causal mask holds at zero.
+respect to attention weights the causal mask holds at zero; for a model with another mask
+(bidirectional image blocks, sliding windows) over that mask (`support_part`).
 """
 
 from __future__ import annotations
@@ -116,6 +117,12 @@ def causal_part(g: Tensor) -> Tensor:
     return torch.where(keep, g, torch.zeros_like(g))
 
 
+def support_part(g: Tensor, support: Tensor | None = None) -> Tensor:
+    """Entries of a square matrix where ``support`` (bool [N, N]) lets a row attend, others
+    zero; the causal part when ``support`` is None."""
+    return causal_part(g) if support is None else torch.where(support, g, torch.zeros_like(g))
+
+
 def per_token_rows_to_maps(rows, visual_index, prompt_index, token_mask):
     """Baseline aggregation: mean over selected tokens of r_t[V] and r_t[P]; visual mass per token."""
     selected = [t for t in range(len(rows)) if token_mask[t]]
@@ -146,8 +153,10 @@ def glimpse_reference(
     use_alignment: bool = True,
     use_confidence: bool = True,
     eps: float = 1e-8,
+    supports: list[Tensor | None] | None = None,
 ) -> dict:
-    """GLIMPSE, SPEC §2 steps 1-10, literally."""
+    """GLIMPSE, SPEC §2 steps 1-10, literally (gradient sums over each layer's ``supports``
+    entry, causal by default)."""
     L, H, N, _ = attn.shape
     T = len(answer_positions)
     layers = list(range(L)) if layers is None else layers
@@ -160,7 +169,8 @@ def glimpse_reference(
             ahat = [attn[layer, h] * relu(grads[t, layer, h]) for h in range(H)]  # step 1
             scores = []
             for h in range(H):  # step 2
-                pos_grad = relu(causal_part(grads[t, layer, h])).sum()
+                support = None if supports is None else supports[layer]
+                pos_grad = relu(support_part(grads[t, layer, h], support)).sum()
                 scores.append(ahat[h].sum() / (pos_grad + eps))
             if head_fusion == "adaptive":
                 e = [math.exp(float(s) / tau_head) for s in scores]
@@ -304,14 +314,16 @@ def raw_attention_reference(attn, *, answer_positions, layers=None):
     return rows
 
 
-def gradcam_reference(attn, grads, *, answer_positions):
-    """Rows (sum_h a_h A[L,h])^+[p_t, :] / H with a_h = mean over N x N of tril(G[L,h])."""
+def gradcam_reference(attn, grads, *, answer_positions, supports=None):
+    """Rows (sum_h a_h A[L,h])^+[p_t, :] / H with a_h = mean over N x N of tril(G[L,h])
+    (of G[L,h] on the last layer's ``supports`` entry, when given)."""
     L, H, N, _ = attn.shape
+    support = None if supports is None else supports[L - 1]
     rows = []
     for t, s in enumerate(answer_positions):
         cam = torch.zeros(N, N, dtype=attn.dtype)
         for h in range(H):
-            a_h = causal_part(grads[t, L - 1, h]).sum() / (N * N)
+            a_h = support_part(grads[t, L - 1, h], support).sum() / (N * N)
             cam += a_h * attn[L - 1, h]
         rows.append(relu(cam)[s - 1] / H)
     return rows
