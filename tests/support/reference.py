@@ -93,6 +93,35 @@ def random_trace(N: int, L: int, H: int, T: int, grid: tuple[int, int], seed: in
     return trace, attn, grads, lay, conf
 
 
+# ------------------------------------------------------------ gradients of a real model
+
+
+def autograd_attention_gradients(adapter, image, question: str, trace) -> Tensor:
+    """d z_t / d A of every layer for each answer token of ``trace``, from a fresh eager
+    forward and one ``torch.autograd.grad`` per token: [T, L, H, N, N]."""
+    inputs = adapter.full_inputs(
+        adapter.prepare(image, question), trace.input_ids[trace.answer_positions]
+    )
+    store = []
+    hooks = [
+        m.register_forward_hook(lambda _m, _a, out: store.append(out[1]))
+        for m in adapter.attention_modules()
+    ]
+    emb = adapter.model.get_input_embeddings().register_forward_hook(
+        lambda _m, _a, out: out.detach().requires_grad_(True)
+    )
+    try:
+        logits = adapter.model(**inputs, use_cache=False).logits[0]
+    finally:
+        for h in [*hooks, emb]:
+            h.remove()
+    out = []
+    for s in trace.answer_positions.tolist():
+        z = logits[s - 1, int(trace.input_ids[s])]
+        out.append(torch.stack(torch.autograd.grad(z, store, retain_graph=True))[:, 0])
+    return torch.stack(out)
+
+
 # ------------------------------------------------------------------------ helpers
 
 
