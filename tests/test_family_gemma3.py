@@ -18,6 +18,7 @@ from support.reference import (
     per_token_rows_to_maps,
     raw_attention_reference,
     rollout_reference,
+    single_thread,  # noqa: F401 (pytest fixture, used through pytestmark)
     tmme_reference,
 )
 from xattr import methods
@@ -33,12 +34,7 @@ REAL_OPTIONS = {  # Gemma3Processor's defaults with pan-and-scan switched on
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")  # fixture from support.reference
 
 
 # ------------------------------------------------------------------ pan-and-scan geometry

@@ -4,8 +4,6 @@ processor emits, the prompt's single image block, and a Qwen2 language model too
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
 import torch
@@ -13,9 +11,7 @@ from transformers import GotOcr2ImageProcessorPil
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 import xattr
-from support.families import QUESTION, SPECS
-from xattr.methods import AttributionWarning
-from xattr.methods.tokens import TokenSelectionWarning
+from support.families import QUESTION, SPECS, assert_same_maps, explain_quietly
 from xattr.models import CaptureError
 from xattr.models.internvl import view_grids
 from xattr.models.processors import IMAGE_ONLY_PROCESSORS
@@ -140,13 +136,6 @@ def test_a_qwen2_language_model_runs_every_method_and_sdpa_agrees(qwen2_dir):
     sdpa = xattr.models.load(qwen2_dir, attn_implementation="sdpa")
     assert type(eager.language_model()).__name__ == "Qwen2Model"
     image = SPEC.image(SPEC.geometry_size)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", AttributionWarning)
-        warnings.simplefilter("ignore", TokenSelectionWarning)
-        a = xattr.explain(eager, image, QUESTION, method=METHODS, answer="red circle")
-        b = xattr.explain(sdpa, image, QUESTION, method=METHODS, answer="red circle")
-    for name in METHODS:
-        assert [m.shape for m in a[name].visual_maps] == [(4, 4)] * 10
-        for x, y in zip(a[name].visual_maps, b[name].visual_maps, strict=True):
-            scale = float(x.abs().max()) or 1.0
-            torch.testing.assert_close(y / scale, x / scale, rtol=0, atol=1e-4, msg=name)
+    a = explain_quietly(eager, image, METHODS, "red circle")
+    assert all([m.shape for m in x.visual_maps] == [(4, 4)] * 10 for x in a.values())
+    assert_same_maps(explain_quietly(sdpa, image, METHODS, "red circle"), a)

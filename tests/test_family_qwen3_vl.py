@@ -3,16 +3,13 @@ exact gradients through it, and the MoE variant through the same adapter."""
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
 import torch
 from transformers import Qwen2VLImageProcessorPil
 
 import xattr
-from support.families import QUESTION, SPECS
-from xattr.methods import AttributionWarning
-from xattr.methods.tokens import TokenSelectionWarning
+from support.families import QUESTION, SPECS, assert_same_maps, explain_quietly
+from support.reference import autograd_attention_gradients
 from xattr.models.processors import IMAGE_ONLY_PROCESSORS
 from xattr.toy.build import build_tiny_model
 from xattr.toy.tiny import qwen3_vl as builder
@@ -105,26 +102,8 @@ def test_gradients_through_deepstack_equal_a_plain_autograd_loop(tiny_adapter):
     image = SPEC.image(SPEC.geometry_size)
     trace = adapter.trace(image, QUESTION, answer="red circle left")
     got = trace.gradients_for(range(trace.num_answer_tokens))  # [T, L, H, N, N]
-    inputs = adapter.full_inputs(
-        adapter.prepare(image, QUESTION), trace.input_ids[trace.answer_positions]
-    )
-    store = []
-    hooks = [
-        m.register_forward_hook(lambda _m, _a, out: store.append(out[1]))
-        for m in adapter.attention_modules()
-    ]
-    emb = adapter.model.get_input_embeddings().register_forward_hook(
-        lambda _m, _a, out: out.detach().requires_grad_(True)
-    )
-    try:
-        logits = adapter.model(**inputs, use_cache=False).logits[0]
-    finally:
-        for h in [*hooks, emb]:
-            h.remove()
-    for t, s in enumerate(trace.answer_positions.tolist()):
-        z = logits[s - 1, int(trace.input_ids[s])]
-        ref = torch.stack(torch.autograd.grad(z, store, retain_graph=True))[:, 0]  # [L, H, N, N]
-        torch.testing.assert_close(got[t], ref, rtol=1e-5, atol=1e-7)
+    ref = autograd_attention_gradients(adapter, image, QUESTION, trace)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-7)
 
 
 def test_the_moe_variant_loads_through_the_same_adapter_and_runs_every_method(moe_dir):
@@ -133,17 +112,9 @@ def test_the_moe_variant_loads_through_the_same_adapter_and_runs_every_method(mo
     assert eager.family == "qwen3_vl" and type(eager.model).__name__.startswith("Qwen3VLMoe")
     assert type(eager.attention_modules()[0]).__name__ == "Qwen3VLMoeTextAttention"
     image = SPEC.image(SPEC.geometry_size)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", AttributionWarning)
-        warnings.simplefilter("ignore", TokenSelectionWarning)
-        a = xattr.explain(eager, image, QUESTION, method=METHODS, answer="red circle")
-        b = xattr.explain(sdpa, image, QUESTION, method=METHODS, answer="red circle")
+    a = explain_quietly(eager, image, METHODS, "red circle")
     assert eager.prepare(image, QUESTION).grids == [(4, 6)]
-    for name in METHODS:
-        assert a[name].visual.shape == (4, 6) and torch.isfinite(a[name].visual).all()
-        scale = float(a[name].visual.abs().max()) or 1.0
-        torch.testing.assert_close(
-            b[name].visual / scale, a[name].visual / scale, rtol=0, atol=1e-4, msg=name
-        )
+    assert all(x.visual.shape == (4, 6) and torch.isfinite(x.visual).all() for x in a.values())
+    assert_same_maps(explain_quietly(sdpa, image, METHODS, "red circle"), a)
     generated = eager.trace(image, QUESTION, answer=None, gradients=False)
     assert generated.answer_source == "generated"

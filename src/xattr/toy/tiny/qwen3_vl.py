@@ -18,34 +18,14 @@ from transformers.image_utils import PILImageResampling
 
 from xattr.models.processors import IMAGE_ONLY_PROCESSORS
 
-from . import _common
+from . import _common, qwen2_vl
 from ._common import TinySizes
-from .qwen2_vl import CHAT_TEMPLATE, SPECIALS
+from .qwen2_vl import CHAT_TEMPLATE, token_ids, tokenizer
+
+__all__ = ["GEOMETRY_SIZE", "NATIVE_SIZE", "build", "tokenizer"]
 
 NATIVE_SIZE = 128  # a square image of this size keeps its pixels: a 4 x 4 grid of merged tokens
 GEOMETRY_SIZE = (300, 200)  # (W, H): stretched by the pixel budget to 192 x 128, a 4 x 6 grid
-
-# the tokens Qwen3VLProcessor looks up on the tokenizer by name
-NAMED = {
-    "image_token": "<|image_pad|>",
-    "video_token": "<|video_pad|>",
-    "vision_start_token": "<|vision_start|>",
-    "vision_end_token": "<|vision_end|>",
-}
-
-
-def tokenizer(extra_words: Any = ()) -> PreTrainedTokenizerFast:
-    """The Qwen chat tokens (no BOS; ``<|im_end|>`` ends a turn; Qwen3-VL-Instruct has no
-    default system prompt) over the task's words."""
-    return _common.tokenizer(
-        SPECIALS,
-        chat_template=CHAT_TEMPLATE,
-        extra_words=extra_words,
-        eos="<|im_end|>",
-        pad="<|endoftext|>",
-        extra_special=SPECIALS[1:],
-        named=NAMED,
-    )
 
 
 def processor(
@@ -69,27 +49,16 @@ def processor(
 
 
 def text_config(tok: PreTrainedTokenizerFast, sizes: TinySizes, moe: bool) -> dict:
-    """Keyword arguments of a tiny Qwen3 language model with interleaved M-RoPE (+ experts)."""
+    """Qwen2-VL's tiny language model with Qwen3-VL's interleaved M-RoPE (+ experts)."""
+    out = qwen2_vl.text_config(tok, sizes)
     half = sizes.head_dim // 2  # rotary frequencies, split (t, h, w) as the real [24, 20, 20]
     spatial = half * 5 // 16
-    out = {
-        "vocab_size": len(tok),
-        "hidden_size": sizes.text_hidden,
-        "intermediate_size": 2 * sizes.text_hidden,
-        "num_hidden_layers": sizes.text_layers,
-        "num_attention_heads": sizes.text_heads,
-        "num_key_value_heads": sizes.text_kv_heads,
-        "head_dim": sizes.head_dim,
-        "max_position_embeddings": 2048,
-        "rope_parameters": {
-            "rope_type": "default",
-            "rope_theta": 5_000_000.0,
-            "mrope_section": [half - 2 * spatial, spatial, spatial],
-            "mrope_interleaved": True,
-        },
-        "bos_token_id": tok.convert_tokens_to_ids("<|endoftext|>"),
-        "eos_token_id": tok.convert_tokens_to_ids("<|im_end|>"),
-        "pad_token_id": tok.pad_token_id,
+    out["head_dim"] = sizes.head_dim
+    out["rope_parameters"] = {
+        "rope_type": "default",
+        "rope_theta": 5_000_000.0,
+        "mrope_section": [half - 2 * spatial, spatial, spatial],
+        "mrope_interleaved": True,
     }
     if moe:  # every layer sparse, 4 experts of which 2 per token
         out.update(
@@ -128,20 +97,13 @@ def build(
         "num_position_embeddings": grid * grid,  # a square table, interpolated to each grid
         "deepstack_visual_indexes": [0],
     }
-    ids = tok.convert_tokens_to_ids
-    token_ids = {
-        "image_token_id": ids("<|image_pad|>"),
-        "video_token_id": ids("<|video_pad|>"),
-        "vision_start_token_id": ids("<|vision_start|>"),
-        "vision_end_token_id": ids("<|vision_end|>"),
-    }
     config_class, model_class = (
         (Qwen3VLMoeConfig, Qwen3VLMoeForConditionalGeneration)
         if moe
         else (Qwen3VLConfig, Qwen3VLForConditionalGeneration)
     )
     config = config_class(
-        text_config=text_config(tok, sizes, moe), vision_config=vision, **token_ids
+        text_config=text_config(tok, sizes, moe), vision_config=vision, **token_ids(tok)
     )
     proc = processor(tok, image_size, patch_size, merge_size)
     return _common.save(model_class, config, proc, out_dir, seed)
