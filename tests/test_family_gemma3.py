@@ -212,3 +212,9 @@ def test_a_question_holding_the_image_placeholder_is_named(tiny_adapter):
     adapter = tiny_adapter("gemma3")
     with pytest.raises(CaptureError, match="stand for an image"):
         adapter.prepare(SPEC.image(), f"<start_of_image> {QUESTION}")
+
+
+def test_load_switches_pan_and_scan(tiny_model_dir):
+    adapter = xattr.models.load(tiny_model_dir("gemma3"), pan_and_scan=False)
+    assert adapter.pan_and_scan is False and not adapter.image_options()["do_pan_and_scan"]
+    assert adapter.prepare(SPEC.image(SPEC.geometry_size), QUESTION).grids == [(4, 4)]

@@ -10,6 +10,7 @@ from transformers import Qwen2VLImageProcessorPil
 import xattr
 from support.families import QUESTION, SPECS, assert_same_maps, explain_quietly
 from support.reference import autograd_attention_gradients
+from xattr.models import CaptureError
 from xattr.models.processors import IMAGE_ONLY_PROCESSORS
 from xattr.toy.build import build_tiny_model
 from xattr.toy.tiny import qwen3_vl as builder
@@ -118,3 +119,9 @@ def test_the_moe_variant_loads_through_the_same_adapter_and_runs_every_method(mo
     assert_same_maps(explain_quietly(sdpa, image, METHODS, "red circle"), a)
     generated = eager.trace(image, QUESTION, answer=None, gradients=False)
     assert generated.answer_source == "generated"
+
+
+def test_an_image_the_processor_cannot_resize_is_named(tiny_adapter):
+    """smart_resize refuses aspect ratios of 200 and more; the capture names the image."""
+    with pytest.raises(CaptureError, match="cannot take this 1000x4 image: absolute aspect"):
+        tiny_adapter("qwen3_vl").prepare(SPEC.image((1000, 4)), QUESTION)
