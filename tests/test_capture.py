@@ -10,6 +10,7 @@ from PIL import Image
 
 import xattr
 from support.families import FAMILIES, QUESTION, SPECS
+from support.reference import autograd_attention_gradients
 from xattr.images import ImageError
 from xattr.models import CaptureError
 
@@ -150,26 +151,8 @@ def test_batched_gradients_equal_a_plain_autograd_loop(tiny_adapter, chunk):
     got = torch.cat([trace.gradients_for(range(s, min(T, s + chunk))) for s in range(0, T, chunk)])
 
     # reference: a fresh forward and one torch.autograd.grad per token
-    inputs = adapter.full_inputs(
-        adapter.prepare(image, QUESTION), trace.input_ids[trace.answer_positions]
-    )
-    store = []
-    hooks = [
-        m.register_forward_hook(lambda _m, _a, out: store.append(out[1]))
-        for m in adapter.attention_modules()
-    ]
-    emb = adapter.model.get_input_embeddings().register_forward_hook(
-        lambda _m, _a, out: out.detach().requires_grad_(True)
-    )
-    try:
-        logits = adapter.model(**inputs, use_cache=False).logits[0]
-    finally:
-        for h in [*hooks, emb]:
-            h.remove()
-    for t, s in enumerate(trace.answer_positions.tolist()):
-        z = logits[s - 1, int(trace.input_ids[s])]
-        ref = torch.stack(torch.autograd.grad(z, store, retain_graph=True))[:, 0]  # [L, H, N, N]
-        torch.testing.assert_close(got[t], ref, rtol=1e-5, atol=1e-7)
+    ref = autograd_attention_gradients(adapter, image, QUESTION, trace)  # [T, L, H, N, N]
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
