@@ -69,7 +69,10 @@ def test_every_method_follows_the_real_support(make):
         ("tmme", tmme_reference(attn, grads, answer_positions=ANSWER)),
         ("rollout", rollout_reference(attn, answer_positions=ANSWER)[0]),
         ("raw_attention", raw_attention_reference(attn, answer_positions=ANSWER)),
-        ("gradcam", gradcam_reference(attn, grads, answer_positions=ANSWER, supports=[support] * L)),
+        (
+            "gradcam",
+            gradcam_reference(attn, grads, answer_positions=ANSWER, supports=[support] * L),
+        ),
     ):
         got = methods.get(name, token_policy="all").explain(trace)
         close(got.visual.flatten(), torch.stack([r[VISUAL] for r in rows]).mean(0))

@@ -183,6 +183,27 @@ def _pairs(
     return [(side(0, m), side(1, m)) for m in common]
 
 
+def describe_method(name: str) -> str:
+    """A method's hyper-parameters: name, default, valid values and what each is for."""
+    from . import methods
+
+    cls = methods.METHODS.get_class(name)
+    lines = [f"{name} ({cls.__module__}.{cls.__qualname__}): {(cls.__doc__ or '').strip()}"]
+    defaults = cls.defaults()
+    for f in cls.hparam_fields():
+        default = defaults[f.name]
+        choices = f.metadata.get("choices")
+        known = ""
+        if choices is not None:
+            names = choices.available() if hasattr(choices, "available") else list(choices)
+            known = " | ".join(str(c) for c in names)
+        rule = f.metadata.get("rule") or ""
+        doc = f.metadata.get("doc") or ""
+        detail = "; ".join(x for x in (known, rule, doc) if x)
+        lines.append(f"  {f.name} = {default!r}" + (f"  ({detail})" if detail else ""))
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``xattr`` console script."""
     parser = argparse.ArgumentParser(prog="xattr", description=__doc__)
@@ -196,7 +217,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="METHOD",
         help="paired tests on shared samples: two runs (same methods), or two METHODs",
     )
-    sub.add_parser("list", help="registered methods, model families and metrics")
+    p_list = sub.add_parser("list", help="registered methods, model families and metrics")
+    p_list.add_argument("--method", help="print this method's hyper-parameters and defaults")
     args = parser.parse_args(argv)
     if args.command == "compare":
         try:
@@ -206,6 +228,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(paired(args.runs, args.paired, args.metrics))
         except (FileNotFoundError, ValueError) as err:
             print(f"xattr compare: {err}", file=sys.stderr)
+            return 2
+    elif args.command == "list" and args.method:
+        try:
+            print(describe_method(args.method))
+        except KeyError as err:
+            print(f"xattr list: {err}", file=sys.stderr)
             return 2
     elif args.command == "list":
         from . import methods, metrics, models

@@ -83,7 +83,7 @@ class Glimpse(StreamingAttributor, name="glimpse"):
         doc="layer subset",
     )
     token_weighting: str = hparam(
-        "full", choices=TOKEN_WEIGHTINGS, doc="full | no_prompt | no_confidence | none"
+        "full", choices=TOKEN_WEIGHTINGS, doc="which factors weight the tokens (paper Table 3)"
     )
     token_policy: str = hparam(
         "non_punctuation", choices=POLICIES, needs=policy_needs, doc="answer tokens aggregated"
