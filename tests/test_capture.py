@@ -352,3 +352,18 @@ def test_every_method_takes_every_token_policy(tiny_adapter, method, policy):
         xattr.methods.get(method, token_policy="nouns").explain(
             adapter.trace(_image(112), QUESTION, answer="red", gradients=method != "rollout")
         )
+
+
+def test_image_placeholders_never_enter_a_teacher_forced_answer(tiny_adapter):
+    """A given answer holding the image token is refused by name; a generated one is cleaned."""
+    adapter = tiny_adapter("qwen2_5_vl")
+    token = adapter.tokenizer.convert_ids_to_tokens(adapter.image_token_id)
+    with pytest.raises(CaptureError, match=re.escape(token)):
+        adapter.trace(_image(112), QUESTION, answer=f"red {token}")
+    with pytest.raises(CaptureError, match=re.escape(token)):
+        adapter.trace(_image(112), QUESTION, answer=torch.tensor([adapter.image_token_id]))
+    red = adapter.tokenizer.convert_tokens_to_ids("red")
+    stop = next(iter(adapter.stop_ids()))
+    with pytest.warns(UserWarning, match=re.escape(token)):
+        kept = adapter.clean_generated([red, adapter.image_token_id, red, stop, red])
+    assert kept.tolist() == [red, red]  # placeholder dropped, cut at the stop id

@@ -84,10 +84,6 @@ SKIP = {
     "make run": "creates .venv and installs first; the command it runs (python "
     "train_free_eval.py, no arguments) is tests/test_console.py's default run",
     "make test": "is this test suite (and ruff)",
-    "python -m xattr.toy.train": "retrains a shipped toy model (~10 min each); "
-    "tests/test_toy_training.py retrains a small one and checks seed reproducibility",
-    "# src/xattr/models/idefics3.py": "the Idefics3 adapter example does not work yet "
-    "(issue 11 item 9, reworked with the adapter changes)",
 }
 
 
