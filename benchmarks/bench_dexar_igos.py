@@ -90,9 +90,7 @@ def run(adapter: Any, samples: list, name: str, hparams: dict[str, Any]) -> dict
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--family", default="qwen2_5_vl", choices=xattr.models.available()
-    )
+    parser.add_argument("--family", default="qwen2_5_vl", choices=xattr.models.available())
     parser.add_argument("--n", type=int, default=2, help="samples")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--igos-iterations", type=int, default=15)
