@@ -132,12 +132,7 @@ def build(
     ids = tok.convert_tokens_to_ids
     layer_types = ["sliding_attention"] * (sizes.text_layers - 1) + ["full_attention"]
     text = {
-        "vocab_size": len(tok),
-        "hidden_size": sizes.text_hidden,
-        "intermediate_size": 2 * sizes.text_hidden,
-        "num_hidden_layers": sizes.text_layers,
-        "num_attention_heads": sizes.text_heads,
-        "num_key_value_heads": sizes.text_kv_heads,
+        **sizes.text_kwargs(len(tok)),
         "head_dim": sizes.head_dim,
         "query_pre_attn_scalar": sizes.head_dim,
         "sliding_window": sliding_window,

@@ -64,12 +64,7 @@ def tokenizer(extra_words: Any = ()) -> PreTrainedTokenizerFast:
 def text_config(tok: PreTrainedTokenizerFast, sizes: TinySizes) -> LlamaConfig:
     """A tiny Llama (Idefics3's and SmolVLM's language model)."""
     return LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=sizes.text_hidden,
-        intermediate_size=2 * sizes.text_hidden,
-        num_hidden_layers=sizes.text_layers,
-        num_attention_heads=sizes.text_heads,
-        num_key_value_heads=sizes.text_kv_heads,
+        **sizes.text_kwargs(len(tok)),
         max_position_embeddings=4096,
         rms_norm_eps=1e-5,
         bos_token_id=tok.bos_token_id,

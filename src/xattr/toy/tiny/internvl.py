@@ -97,12 +97,7 @@ def text_config(tok: PreTrainedTokenizerFast, sizes: TinySizes, model_type: str)
     """Keyword arguments of the tiny language model (``qwen3``: q/k-norm; ``qwen2``: q/k/v bias)."""
     return {
         "model_type": model_type,
-        "vocab_size": len(tok),
-        "hidden_size": sizes.text_hidden,
-        "intermediate_size": 2 * sizes.text_hidden,
-        "num_hidden_layers": sizes.text_layers,
-        "num_attention_heads": sizes.text_heads,
-        "num_key_value_heads": sizes.text_kv_heads,
+        **sizes.text_kwargs(len(tok)),
         "head_dim": sizes.head_dim,
         "max_position_embeddings": 2048,
         "bos_token_id": tok.convert_tokens_to_ids("<|endoftext|>"),

@@ -84,12 +84,7 @@ def parts(
         projection_dim=sizes.vision_hidden,
     )
     text = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=sizes.text_hidden,
-        intermediate_size=2 * sizes.text_hidden,
-        num_hidden_layers=sizes.text_layers,
-        num_attention_heads=sizes.text_heads,
-        num_key_value_heads=sizes.text_kv_heads,
+        **sizes.text_kwargs(len(tok)),
         max_position_embeddings=2048,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,

@@ -89,12 +89,7 @@ def build(
         projection_dim=sizes.vision_hidden,
     )
     text = MistralConfig(
-        vocab_size=len(tok),
-        hidden_size=sizes.text_hidden,
-        intermediate_size=2 * sizes.text_hidden,
-        num_hidden_layers=sizes.text_layers,
-        num_attention_heads=sizes.text_heads,
-        num_key_value_heads=sizes.text_kv_heads,
+        **sizes.text_kwargs(len(tok)),
         max_position_embeddings=4096,
         sliding_window=None,  # Mistral-7B-Instruct-v0.2, llava-v1.6-mistral's base: full causal
         bos_token_id=tok.bos_token_id,

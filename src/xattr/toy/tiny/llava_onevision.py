@@ -88,12 +88,7 @@ def build(
         vision_use_head=False,
     )
     text = Qwen2Config(
-        vocab_size=len(tok),
-        hidden_size=sizes.text_hidden,
-        intermediate_size=2 * sizes.text_hidden,
-        num_hidden_layers=sizes.text_layers,
-        num_attention_heads=sizes.text_heads,
-        num_key_value_heads=sizes.text_kv_heads,
+        **sizes.text_kwargs(len(tok)),
         max_position_embeddings=4096,
         bos_token_id=tok.pad_token_id,
         eos_token_id=tok.eos_token_id,

@@ -111,12 +111,7 @@ def build(
         hidden_act="gelu",
     )
     text = MistralConfig(
-        vocab_size=len(tok),
-        hidden_size=sizes.text_hidden,
-        intermediate_size=2 * sizes.text_hidden,
-        num_hidden_layers=sizes.text_layers,
-        num_attention_heads=sizes.text_heads,
-        num_key_value_heads=sizes.text_kv_heads,
+        **sizes.text_kwargs(len(tok)),
         head_dim=sizes.head_dim,
         max_position_embeddings=2048,
         sliding_window=sliding_window,  # MistralConfig's own default is 4096

@@ -109,12 +109,7 @@ def build(
         vision_use_head=False,
     )
     text = Gemma2Config(
-        vocab_size=len(tok),
-        hidden_size=sizes.text_hidden,
-        intermediate_size=2 * sizes.text_hidden,
-        num_hidden_layers=sizes.text_layers,
-        num_attention_heads=sizes.text_heads,
-        num_key_value_heads=sizes.text_kv_heads,
+        **sizes.text_kwargs(len(tok)),
         head_dim=sizes.head_dim,
         query_pre_attn_scalar=query_pre_attn_scalar or sizes.head_dim,
         sliding_window=sliding_window,
