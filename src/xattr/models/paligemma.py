@@ -32,10 +32,11 @@ from torch import Tensor
 from ..layout import Grid, LayoutError, VisualLayout
 from .base import ModelAdapter
 from .geometry import processor_region
+from .pixels import OneImagePixels
 from .prompting import PER_TOKEN_FILL
 
 
-class PaliGemmaAdapter(ModelAdapter, family="paligemma"):
+class PaliGemmaAdapter(OneImagePixels, ModelAdapter, family="paligemma"):
     """PaliGemma / PaliGemma 2 (``google/paligemma2-*``)."""
 
     # answer tokens belong to the causal suffix (0 would put them in the bidirectional prefix)
@@ -72,17 +73,3 @@ class PaliGemmaAdapter(ModelAdapter, family="paligemma"):
         return VisualLayout(
             positions, [Grid(side, side, image=i, box=box) for i in range(n_images)]
         )
-
-    # ------------------------------------------------ pixel_values layout (mask path)
-    def processed_size(self, inputs: dict[str, Tensor]) -> tuple[int, int]:
-        """(S, S): the square SigLIP input."""
-        h, w = inputs["pixel_values"].shape[-2:]
-        return int(h), int(w)
-
-    def images_to_pixel_values(self, images: Tensor, inputs: dict[str, Tensor]) -> Tensor:
-        """[B, C, S, S] -> [B, 1, C, S, S] (one image's ``pixel_values`` is [1, C, S, S])."""
-        return images[:, None]
-
-    def pixel_values_to_image(self, pixel_values: Tensor, inputs: dict[str, Tensor]) -> Tensor:
-        """[1, C, S, S] -> [C, S, S]."""
-        return pixel_values[0]
