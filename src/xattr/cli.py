@@ -186,6 +186,7 @@ def _pairs(
 def describe_method(name: str) -> str:
     """A method's hyper-parameters: name, default, valid values and what each is for."""
     from . import methods
+    from .methods.base import rule_of
 
     cls = methods.METHODS.get_class(name)
     lines = [f"{name} ({cls.__module__}.{cls.__qualname__}): {(cls.__doc__ or '').strip()}"]
@@ -197,7 +198,7 @@ def describe_method(name: str) -> str:
         if choices is not None:
             names = choices.available() if hasattr(choices, "available") else list(choices)
             known = " | ".join(str(c) for c in names)
-        rule = f.metadata.get("rule") or ""
+        rule = rule_of(f)
         doc = f.metadata.get("doc") or ""
         detail = "; ".join(x for x in (known, rule, doc) if x)
         lines.append(f"  {f.name} = {default!r}" + (f"  ({detail})" if detail else ""))

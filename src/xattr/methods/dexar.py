@@ -204,13 +204,11 @@ class Dexar(Attributor, name="dexar"):
     """DEX-AR: per-layer logit-lens gradients of attention, head and sequence filtering."""
 
     requires = NEEDS
-    last_k: int = hparam(10, check=positive, rule="must be >= 1", doc="layers used, from the top")
+    last_k: int = hparam(10, check=positive, doc="layers used, from the top")
     token_policy: str = hparam(
         "all", choices=POLICIES, needs=policy_needs, doc="delta_t > 0 always applies"
     )
-    batch_vjp: int = hparam(
-        8, check=positive, rule="must be >= 1", doc="answer tokens per batched VJP"
-    )
+    batch_vjp: int = hparam(8, check=positive, doc="answer tokens per batched VJP")
 
     def attribute(self, trace: Trace) -> Explanation:
         """Per-token maps m_t, filters delta_t and the sentence map sum_t delta_t m_t."""

@@ -49,7 +49,15 @@ from torch import Tensor
 from ..explanation import Explanation
 from ..images import blur_image, load_image
 from ..trace import Trace, TraceError
-from .base import AttributionWarning, Attributor, Needs, hparam, non_negative, positive
+from .base import (
+    AttributionWarning,
+    Attributor,
+    Needs,
+    hparam,
+    non_negative,
+    positive,
+    unit_interval,
+)
 from .packaging import make_explanation
 from .tokens import (
     POLICIES,
@@ -73,35 +81,23 @@ class IGOS(Attributor, name="igos"):
     mask_size: int = hparam(
         32,
         check=positive,
-        rule="must be >= 1",
         doc="coarse mask grid side, clipped to the processed image",
     )
-    iterations: int = hparam(15, check=positive, rule="must be >= 1", doc="NAG steps")
-    ig_steps: int = hparam(
-        10, check=positive, rule="must be >= 1", doc="integrated-gradient blends per term"
-    )
-    lr: float = hparam(10.0, check=positive, rule="must be > 0", doc="NAG step size")
-    momentum: float = hparam(
-        5.0, check=non_negative, rule="must be >= 0", doc="NAG: e = i / (i + momentum)"
-    )
-    l1: float = hparam(1.0, check=non_negative, rule="must be >= 0", doc="weight of mean |1 - M|")
-    l2: float = hparam(
-        0.1, check=non_negative, rule="must be >= 0", doc="weight of sum (1 - M)^2, decayed"
-    )
-    l2_decay: float = hparam(1.0, check=non_negative, rule="must be >= 0")
+    iterations: int = hparam(15, check=positive, doc="NAG steps")
+    ig_steps: int = hparam(10, check=positive, doc="integrated-gradient blends per term")
+    lr: float = hparam(10.0, check=positive, doc="NAG step size")
+    momentum: float = hparam(5.0, check=non_negative, doc="NAG: e = i / (i + momentum)")
+    l1: float = hparam(1.0, check=non_negative, doc="weight of mean |1 - M|")
+    l2: float = hparam(0.1, check=non_negative, doc="weight of sum (1 - M)^2, decayed")
+    l2_decay: float = hparam(1.0, check=non_negative)
     tv: float = hparam(
         10.0,
         check=non_negative,
-        rule="must be >= 0",
         doc="weight of the edge-aware total variation",
     )
-    tv_beta: float = hparam(2.0, check=positive, rule="must be > 0", doc="TV exponent")
-    tv_sigma: float = hparam(
-        0.01, check=positive, rule="must be > 0", doc="bilateral weight exp(-d^2 / tv_sigma)"
-    )
-    noise: float = hparam(
-        0.2, check=non_negative, rule="must be >= 0", doc="std of the noise added to each blend"
-    )
+    tv_beta: float = hparam(2.0, check=positive, doc="TV exponent")
+    tv_sigma: float = hparam(0.01, check=positive, doc="bilateral weight exp(-d^2 / tv_sigma)")
+    noise: float = hparam(0.2, check=non_negative, doc="std of the noise added to each blend")
     blur_radius: float | None = hparam(
         None, doc="baseline blur radius in pixels (None: 1/10 of the long side)"
     )
@@ -109,12 +105,8 @@ class IGOS(Attributor, name="igos"):
         "visual", choices=POLICIES, needs=policy_needs, doc="tokens whose log-prob is scored"
     )
     threshold: float = hparam(1.0, doc='"visual": keep t if log p - log p_blur > threshold')
-    init: float = hparam(
-        1.0, check=lambda v: 0.0 <= v <= 1.0, rule="must be in [0, 1]", doc="initial mask value"
-    )
-    batch_size: int = hparam(
-        8, check=positive, rule="must be >= 1", doc="blends per forward/backward call"
-    )
+    init: float = hparam(1.0, check=unit_interval, doc="initial mask value")
+    batch_size: int = hparam(8, check=positive, doc="blends per forward/backward call")
     seed: int = hparam(0, doc="noise seed")
 
     # ------------------------------------------------------------------ main loop

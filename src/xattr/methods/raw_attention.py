@@ -25,9 +25,7 @@ def _heads_rule(heads: object) -> bool:
 class RawAttention(Attributor, name="raw_attention"):
     """Attention rows at p_t averaged over (selected) heads and layers, then over tokens."""
 
-    layers: Any = hparam(
-        "all", check=is_layer_subset, rule="must be all, a fraction, a count or a list"
-    )
+    layers: Any = hparam("all", check=is_layer_subset)
     heads: Any = hparam("all", check=_heads_rule, rule="must be all or a list of head indices")
     token_policy: str = hparam("non_punctuation", choices=POLICIES, needs=policy_needs)
     return_token_maps: bool = hparam(False, doc="keep every answer token's own map")
