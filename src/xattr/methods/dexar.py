@@ -153,7 +153,8 @@ def logit_lens_rows(trace: Trace, layers: Sequence[int], batch_vjp: int = 8) -> 
             pos = positions.to(out.device)
             h = _unbatch(hidden[layer + 1])[pos.to(hidden[layer + 1].device)]  # [T, D] at p_t
             readout = readout_last if layer == trace.num_layers - 1 else readout_mid
-            z = readout(h).float()[torch.arange(n_tok), y.to(h.device)]  # [T] z_t^l
+            z = readout(h).float()  # [T, vocab]
+            z = z[torch.arange(n_tok, device=z.device), y.to(z.device)]  # [T] z_t^l
             v = value[0].detach().float()  # [Hkv, N, d]
             v = v.repeat_interleave(out.shape[2] // v.shape[0], dim=0)  # [H, N, d]
             per_layer = []
