@@ -8,7 +8,7 @@ GLIMPSE one full-depth VJP per answer token, DEX-AR one single-layer VJP per (la
 iGOS one backward per blended image. Prints a table and the ratios to GLIMPSE.
 
 Model: the trained toy checkpoint (``xattr.toy.checkpoint``) when it exists, else a random
-model of the same architecture (``xattr.toy.train.FAMILY_SIZES``).
+model of the same architecture (``xattr.toy.recipe.FAMILY_SIZES``).
 Run: ``python benchmarks/bench_dexar_igos.py [--n 2 --family qwen2_5_vl --igos-iterations 15]``.
 """
 
@@ -38,7 +38,7 @@ def load_adapter(family: str, workdir: Path) -> tuple[Any, str]:
     except (ImportError, FileNotFoundError, KeyError, ValueError):
         pass
     from xattr.toy.build import build_tiny_model
-    from xattr.toy.train import FAMILY_SIZES
+    from xattr.toy.recipe import FAMILY_SIZES
 
     path = build_tiny_model(family, workdir / family, seed=0, **FAMILY_SIZES[family])
     return xattr.models.load(family, path), "random model with the toy's architecture"
@@ -90,9 +90,7 @@ def run(adapter: Any, samples: list, name: str, hparams: dict[str, Any]) -> dict
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--family", default="qwen2_5_vl", choices=["qwen2_vl", "qwen2_5_vl", "llava"]
-    )
+    parser.add_argument("--family", default="qwen2_5_vl", choices=xattr.models.available())
     parser.add_argument("--n", type=int, default=2, help="samples")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--igos-iterations", type=int, default=15)

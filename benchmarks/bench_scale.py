@@ -5,7 +5,9 @@ width (``--layers 28 --heads 28 --kv-heads 4 --hidden 224``: Qwen2.5-VL-7B's att
 so the attention tensors are as large as the real model's while the matrices are not.
 Every measurement runs in its own process, so that its peak RSS is its own:
 
-- working memory = peak RSS - RSS after the model is loaded (one run, then a timed run);
+- working memory = peak RSS - RSS after the model is loaded, over one run;
+- time = the median of ``--repeats`` runs, the floor and the capture interleaved in one
+  process after a warm-up (so that other load on the machine hits both alike);
 - floor = one teacher-forced forward (same attention implementation) and one plain VJP of
   every answer token's logit into the input embeddings: the time any gradient method must
   pay; its peak is a plain forward + backward, the memory floor;
@@ -25,6 +27,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -101,14 +104,20 @@ def measure(spec: dict) -> dict:
     def capture() -> None:
         xattr.explain(adapter, image, QUESTION, method=list(spec["methods"]), answer=answer)
 
+    n = adapter.prepare(image, QUESTION).prompt_ids.numel() + answer_ids.numel()
+    if spec["mode"] == "time":  # both, interleaved, so load on the machine hits them alike
+        floor(), capture()  # warm-up
+        times: dict[str, list[float]] = {"floor": [], "capture": []}
+        for _ in range(spec["repeats"]):
+            for name, fn in (("floor", floor), ("capture", capture)):
+                began = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - began)
+        return {k: statistics.median(v) for k, v in times.items()} | {"N": n}
     run = floor if spec["mode"] == "floor" else capture
     base = _rss()
-    run()  # the first run sets the peak; the second is timed
-    began = time.perf_counter()
-    run()
-    seconds = time.perf_counter() - began
-    n = adapter.prepare(image, QUESTION).prompt_ids.numel() + answer_ids.numel()
-    return {"seconds": seconds, "working": _peak() - base, "N": n}
+    run()  # the peak of one run, over the RSS after loading
+    return {"working": _peak() - base, "N": n}
 
 
 def child(spec: dict) -> dict:
@@ -144,6 +153,7 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=224)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="8 layers and 8 heads")
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved timed runs (median)")
     ap.add_argument(
         "--rows",
         default="448:8:eager:five,448:24:eager:five,448:24:eager:glimpse,448:8:sdpa:five,"
@@ -170,11 +180,13 @@ def main() -> None:
             methods = FIVE if which == "five" else which.split("+")
             common = {"model": model, "image": int(image), "T": int(T), "impl": impl,
                       "threads": args.threads}  # fmt: skip
-            floor = child({**common, "mode": "floor", "methods": []})
-            got = child({**common, "mode": "capture", "methods": methods})
+            common["methods"] = methods
+            floor = child({**common, "mode": "floor"})
+            got = child({**common, "mode": "capture"})
+            timed = child({**common, "mode": "time", "repeats": args.repeats})
             print(
-                f"| {got['N']} | {T} | {impl} | {which} | {got['seconds']:.1f} s | "
-                f"{floor['seconds']:.1f} s | {got['seconds'] / floor['seconds']:.2f}x | "
+                f"| {got['N']} | {T} | {impl} | {which} | {timed['capture']:.1f} s | "
+                f"{timed['floor']:.1f} s | {timed['capture'] / timed['floor']:.2f}x | "
                 f"{got['working'] / 2**30:.2f} GB | {floor['working'] / 2**30:.2f} GB | "
                 f"{got['working'] / floor['working']:.2f}x |",
                 flush=True,

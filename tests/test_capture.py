@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from PIL import Image
 
 import xattr
 from support.families import FAMILIES, QUESTION, SPECS
+from support.reference import autograd_attention_gradients
 from xattr.images import ImageError
 from xattr.models import CaptureError
 
@@ -148,26 +151,8 @@ def test_batched_gradients_equal_a_plain_autograd_loop(tiny_adapter, chunk):
     got = torch.cat([trace.gradients_for(range(s, min(T, s + chunk))) for s in range(0, T, chunk)])
 
     # reference: a fresh forward and one torch.autograd.grad per token
-    inputs = adapter.full_inputs(
-        adapter.prepare(image, QUESTION), trace.input_ids[trace.answer_positions]
-    )
-    store = []
-    hooks = [
-        m.register_forward_hook(lambda _m, _a, out: store.append(out[1]))
-        for m in adapter.attention_modules()
-    ]
-    emb = adapter.model.get_input_embeddings().register_forward_hook(
-        lambda _m, _a, out: out.detach().requires_grad_(True)
-    )
-    try:
-        logits = adapter.model(**inputs, use_cache=False).logits[0]
-    finally:
-        for h in [*hooks, emb]:
-            h.remove()
-    for t, s in enumerate(trace.answer_positions.tolist()):
-        z = logits[s - 1, int(trace.input_ids[s])]
-        ref = torch.stack(torch.autograd.grad(z, store, retain_graph=True))[:, 0]  # [L, H, N, N]
-        torch.testing.assert_close(got[t], ref, rtol=1e-5, atol=1e-7)
+    ref = autograd_attention_gradients(adapter, image, QUESTION, trace)  # [T, L, H, N, N]
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -312,7 +297,8 @@ def test_sequence_longer_than_context_is_rejected(tiny_adapter, monkeypatch):
 
 
 def test_unknown_family_and_missing_directory(tmp_path):
-    with pytest.raises(KeyError, match="known: llava, qwen2_5_vl, qwen2_vl"):
+    known = ", ".join(xattr.models.available())  # every registered family, in order
+    with pytest.raises(KeyError, match=f"known: {re.escape(known)}$"):
         xattr.models.load("gpt5v", tmp_path)
     with pytest.raises(FileNotFoundError, match="missing_model"):
         xattr.models.load("llava", tmp_path / "missing_model")
@@ -366,3 +352,18 @@ def test_every_method_takes_every_token_policy(tiny_adapter, method, policy):
         xattr.methods.get(method, token_policy="nouns").explain(
             adapter.trace(_image(112), QUESTION, answer="red", gradients=method != "rollout")
         )
+
+
+def test_image_placeholders_never_enter_a_teacher_forced_answer(tiny_adapter):
+    """A given answer holding the image token is refused by name; a generated one is cleaned."""
+    adapter = tiny_adapter("qwen2_5_vl")
+    token = adapter.tokenizer.convert_ids_to_tokens(adapter.image_token_id)
+    with pytest.raises(CaptureError, match=re.escape(token)):
+        adapter.trace(_image(112), QUESTION, answer=f"red {token}")
+    with pytest.raises(CaptureError, match=re.escape(token)):
+        adapter.trace(_image(112), QUESTION, answer=torch.tensor([adapter.image_token_id]))
+    red = adapter.tokenizer.convert_tokens_to_ids("red")
+    stop = next(iter(adapter.stop_ids()))
+    with pytest.warns(UserWarning, match=re.escape(token)):
+        kept = adapter.clean_generated([red, adapter.image_token_id, red, stop, red])
+    assert kept.tolist() == [red, red]  # placeholder dropped, cut at the stop id

@@ -17,14 +17,19 @@ import torch.nn.functional as F
 from PIL import Image
 
 import xattr
+from support.families import FAMILIES, SPECS
 from xattr.images import blend_images, blur_image, load_image
 from xattr.layout import VisualLayout
 from xattr.methods import AttributionWarning
 from xattr.methods.igos import IGOS
-from xattr.models import PreparedInputs
+from xattr.models import ADAPTERS, PreparedInputs
+from xattr.models.pixels import PixelMaskMixin
 from xattr.trace import ModelContext, Trace
 
-PIXEL_PATH = ("qwen2_vl", "qwen2_5_vl", "llava")  # families with the pixel-mask path
+# families with the pixel-mask path (an adapter that implements processed_size)
+PIXEL_PATH = tuple(
+    f for f in FAMILIES if ADAPTERS.get_class(f).processed_size is not PixelMaskMixin.processed_size
+)
 QUESTION = "what color is the circle?"
 
 
@@ -47,11 +52,12 @@ def _noise_image(size: int = 112, seed: int = 0) -> Image.Image:
 def test_blending_pixel_values_equals_processing_the_blended_image(tiny_adapter, family):
     """A per-pixel random mask mapped into the pixel_values layout reproduces the processor."""
     adapter = tiny_adapter(family)
-    image = _noise_image(112)
+    size = SPECS[family].native_size
+    image = _noise_image(size)
     blurred = blur_image(image)
     prepared, baseline = adapter.prepare(image, QUESTION), adapter.prepare(blurred, QUESTION)
-    assert adapter.processed_size(prepared.inputs) == (112, 112)  # no resize: exact comparison
-    keep = np.random.default_rng(1).random((112, 112)).astype(np.float32)
+    assert adapter.processed_size(prepared.inputs) == (size, size)  # no resize: exact comparison
+    keep = np.random.default_rng(1).random((size, size)).astype(np.float32)
     expected = adapter.prepare(blend_images(image, blurred, keep), QUESTION).inputs["pixel_values"]
     weight = adapter.mask_to_pixel_values(torch.from_numpy(keep)[None], prepared.inputs)[0]
     blended = (
@@ -60,16 +66,16 @@ def test_blending_pixel_values_equals_processing_the_blended_image(tiny_adapter,
     # uint8 rounding of the PIL blend: half a grey level over the smallest CLIP std
     torch.testing.assert_close(blended, expected, atol=0.5 / 255 / 0.26 + 1e-5, rtol=0)
     image_t = adapter.pixel_values_to_image(prepared.inputs["pixel_values"], prepared.inputs)
-    assert image_t.shape == (3, 112, 112)
+    assert image_t.shape == (3, size, size)
     back = adapter.images_to_pixel_values(image_t[None], prepared.inputs)[0]
     assert torch.equal(back, prepared.inputs["pixel_values"])
 
 
-@pytest.mark.parametrize("family", ["qwen2_5_vl"])
+@pytest.mark.parametrize("family", PIXEL_PATH)
 def test_masked_logprobs_match_answer_logprobs_and_are_differentiable(tiny_adapter, family):
     """keep = 1 scores the image, keep = 0 the baseline; the mask receives a finite gradient."""
     adapter = tiny_adapter(family)
-    image = _noise_image(112)
+    image = _noise_image(SPECS[family].native_size)
     blurred = blur_image(image)
     answer = adapter.encode_answer("red circle")
     prepared, baseline = adapter.prepare(image, QUESTION), adapter.prepare(blurred, QUESTION)

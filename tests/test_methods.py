@@ -192,3 +192,15 @@ def test_a_sweep_that_fails_fails_every_streaming_method_and_spares_the_others()
     assert all("answer token 1, layer 0" in str(e) for e in errors.values())
     with pytest.raises(ValueError, match="answer token 1, layer 0"):
         methods.explain_all(broken, chosen)
+
+
+def test_xattr_list_prints_a_methods_declared_hyperparameters(capsys):
+    from xattr.cli import main
+
+    assert main(["list", "--method", "glimpse"]) == 0
+    out = capsys.readouterr().out
+    for f in methods.METHODS.get_class("glimpse").hparam_fields():
+        assert f"  {f.name} = " in out
+    assert "tau_head = 0.5  (must be > 0" in out and "adaptive | mean" in out
+    assert main(["list", "--method", "nope"]) == 2
+    assert "unknown method 'nope'" in capsys.readouterr().err

@@ -37,7 +37,7 @@ def captured(request, tiny_adapter):
 
 
 def test_real_gradients_are_nonzero_above_the_diagonal(captured):
-    """Why gradient sums are restricted to the causal support (methods.common)."""
+    """Why gradient sums are restricted to the support (methods.sweep)."""
     _, _, grads = captured
     assert torch.triu(grads[0, 0, 0], diagonal=1).abs().sum() > 0
 

@@ -61,7 +61,7 @@ def test_every_method_follows_the_real_support(make):
     support = make()
     trace, attn, grads, conf = _trace(support)
     lay = {"visual_index": VISUAL, "prompt_index": PROMPT, "answer_positions": ANSWER}
-    ref = glimpse_reference(attn, grads, confidences=conf, support=support, **lay)
+    ref = glimpse_reference(attn, grads, confidences=conf, supports=[support] * L, **lay)
     expl = methods.get("glimpse", token_policy="all").explain(trace)
     close(expl.visual.flatten(), ref["visual"])
     close(expl.meta["head_weights"], ref["head_weights"])
@@ -69,7 +69,10 @@ def test_every_method_follows_the_real_support(make):
         ("tmme", tmme_reference(attn, grads, answer_positions=ANSWER)),
         ("rollout", rollout_reference(attn, answer_positions=ANSWER)[0]),
         ("raw_attention", raw_attention_reference(attn, answer_positions=ANSWER)),
-        ("gradcam", gradcam_reference(attn, grads, answer_positions=ANSWER, support=support)),
+        (
+            "gradcam",
+            gradcam_reference(attn, grads, answer_positions=ANSWER, supports=[support] * L),
+        ),
     ):
         got = methods.get(name, token_policy="all").explain(trace)
         close(got.visual.flatten(), torch.stack([r[VISUAL] for r in rows]).mean(0))

@@ -5,17 +5,14 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
 
+from support.compose import compose_run as _compose
 from support.wandb_log import logged
 from xattr.pipeline import register_resolvers, run
 from xattr.pipeline.results import load_rows, load_skipped
@@ -23,30 +20,6 @@ from xattr.pipeline.results import load_rows, load_skipped
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 FAST_METHODS = "method=[glimpse,rollout]"
-
-
-def _compose(tmp: Path, model_dir: Path, *overrides: str):
-    """The real config with a tiny model, a few synthetic samples and tmp output folders."""
-    register_resolvers()
-    synthetic = not any(o.startswith("data=") for o in overrides)
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(
-            config_name="train_free_eval",
-            return_hydra_config=True,
-            overrides=[
-                f"model.path={model_dir}",
-                f"paths.root_dir={tmp}",
-                f"paths.data_dir={tmp / 'data'}",
-                f"paths.output_dir={tmp / 'run'}",
-                *(["data.dataset.n=4"] if synthetic else []),
-                "overlays=2",
-                *overrides,
-            ],
-        )
-    HydraConfig().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]  # as @hydra.main hands it over: the job config only
-    return cfg
 
 
 @pytest.fixture()
@@ -132,7 +105,15 @@ def test_interrupted_run_resumes_to_the_uninterrupted_table(tmp_path, model_dir,
     monkeypatch.setattr(SampleEvaluator, "evaluate", original)
 
     resumed = run(_compose(tmp_path / "b", model_dir, FAST_METHODS, "metrics=agreement"))
-    assert resumed["this_session"] == {"scored": 2, "resumed": 2, "skipped": 0, "out_of_memory": 0}
+    assert resumed["this_session"] == {
+        "scored": 2,
+        "resumed": 2,
+        "skipped": 0,
+        "out_of_memory": 0,
+        "method_failures": 0,
+        "rows_resumed": 4,
+        "rows_recomputed": 0,
+    }
     assert _table(tmp_path / "b" / "run") == _table(tmp_path / "a" / "run")
 
 
@@ -196,37 +177,6 @@ def test_compare_prints_one_table_across_runs(tmp_path, model_dir, capsys):
     out = capsys.readouterr().out
     assert "| run_one:glimpse |" in out and "| run_two:rollout |" in out
     assert main(["compare", str(tmp_path / "missing")]) == 2
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("launcher", ["basic", "submitit_local"])
-def test_multirun_writes_one_directory_per_job(tmp_path, model_dir, launcher):
-    """Hydra's own launcher, and submitit's local executor (the SLURM launcher's code path)."""
-    cmd = [
-        sys.executable,
-        str(ROOT / "train_free_eval.py"),
-        "-m",
-        f"hydra/launcher={launcher}",
-        "method=[glimpse]",
-        "method.glimpse.tau_head=0.25,1.0",
-        "metrics=agreement",
-        f"model.path={model_dir}",
-        f"paths.root_dir={tmp_path}",
-        f"paths.data_dir={tmp_path / 'data'}",
-        "data.dataset.n=2",
-        f"hydra.sweep.dir={tmp_path / 'sweep'}",
-    ]
-    env = {**os.environ, "WANDB_MODE": "offline"}
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    jobs = sorted(p for p in (tmp_path / "sweep").iterdir() if p.is_dir() and p.name.isdigit())
-    assert [p.name for p in jobs] == ["0", "1"]
-    taus = []
-    for job in jobs:
-        rows = load_rows(job)
-        assert len(rows) == 2 and all(r["method"] == "glimpse" for r in rows)
-        taus.append((job / ".hydra" / "overrides.yaml").read_text())
-    assert "tau_head=0.25" in taus[0] and "tau_head=1.0" in taus[1]
 
 
 @pytest.mark.slow

@@ -8,7 +8,10 @@ import torch
 
 from xattr.data.synthetic import SHAPES
 from xattr.toy import SHIPPED
-from xattr.toy import train as T
+from xattr.toy.model import build_toy, fast_vision
+from xattr.toy.recipe import FAMILY_SIZES, Recipe, Stage, answer_tokens
+from xattr.toy.task import QUESTION, TaskMix, chat_messages, draw_samples, make_batch
+from xattr.toy.train import train
 
 FAMILIES = SHIPPED  # the families with a trained toy checkpoint
 SMALL = dict(
@@ -18,15 +21,15 @@ SMALL = dict(
 
 @pytest.fixture(scope="module", params=FAMILIES)
 def toy(request, tmp_path_factory):
-    sizes = {**T.FAMILY_SIZES[request.param], **SMALL}
-    return T.build_toy(request.param, 0, sizes, tmp_path_factory.mktemp(request.param))
+    sizes = {**FAMILY_SIZES[request.param], **SMALL}
+    return build_toy(request.param, 0, sizes, tmp_path_factory.mktemp(request.param))
 
 
 def _processor_inputs(toy, items):
     proc = toy.processor
     texts = [
         proc.apply_chat_template(
-            T.chat_messages(T.QUESTION.format(shape=it.asked)),
+            chat_messages(QUESTION.format(shape=it.asked)),
             tokenize=False,
             add_generation_prompt=True,
         )
@@ -37,13 +40,13 @@ def _processor_inputs(toy, items):
 
 def test_fast_path_matches_processor_and_model(toy):
     """Hand-built pixel_values, prompt ids and the batched forward equal the ordinary path."""
-    items = T.draw_samples(T.TaskMix(), seed=3, start=0, n=5)
-    batch = T.make_batch(items, toy.grid)
+    items = draw_samples(TaskMix(), seed=3, start=0, n=5)
+    batch = make_batch(items, toy.grid)
     inputs = _processor_inputs(toy, items)
     pixel_values = toy.pixel_values(batch.images)
     assert torch.allclose(pixel_values, inputs["pixel_values"], atol=1e-6)
 
-    ids = toy.sequence_ids(batch.shape_q, T.answer_tokens(toy, batch))
+    ids = toy.sequence_ids(batch.shape_q, answer_tokens(toy, batch))
     assert torch.equal(ids[:, :-2], inputs["input_ids"])
     full = dict(inputs)
     full["input_ids"] = ids
@@ -55,7 +58,7 @@ def test_fast_path_matches_processor_and_model(toy):
     with torch.no_grad():
         ref = toy.model(**full).logits[:, toy.n_prompt - 1 : toy.n_prompt + 1]
         mine = toy.forward_answer(toy.visual_tokens(pixel_values, ids.shape[0]), ids)
-        with T.fast_vision(toy):  # the training-time vision path: same maths
+        with fast_vision(toy):  # the training-time vision path: same maths
             fast = toy.forward_answer(toy.visual_tokens(pixel_values, ids.shape[0]), ids)
     assert torch.allclose(ref, mine, atol=1e-5)
     assert torch.allclose(ref, fast, atol=1e-4)
@@ -65,9 +68,9 @@ def test_fast_path_matches_processor_and_model(toy):
 
 def test_task_batches_are_seeded_and_grounded():
     """Same seed, same batch; every answerable question's answer is the asked shape's colour."""
-    items = T.draw_samples(T.TaskMix(), 5, 0, 64)
-    a = T.make_batch(items, grid=7)
-    b = T.make_batch(T.draw_samples(T.TaskMix(), 5, 0, 64), grid=7)
+    items = draw_samples(TaskMix(), 5, 0, 64)
+    a = make_batch(items, grid=7)
+    b = make_batch(draw_samples(TaskMix(), 5, 0, 64), grid=7)
     assert np.array_equal(a.images, b.images) and torch.equal(a.answer, b.answer)
     assert (a.answer == -1).any() and (a.answer >= 0).any()  # both kinds occur
     assert any(it.blurred for it in items)
@@ -91,11 +94,11 @@ def test_task_batches_are_seeded_and_grounded():
 @pytest.mark.parametrize("family", ["qwen2_5_vl"])
 def test_small_retrain_learns(family, tmp_path):
     """A much smaller model, all three stages for a few dozen steps: losses drop, answers beat chance."""
-    sizes = {**T.FAMILY_SIZES[family], **SMALL}
-    easy = T.TaskMix(
+    sizes = {**FAMILY_SIZES[family], **SMALL}
+    easy = TaskMix(
         n_objects=(1,), weights=(1.0,), p_absent=0.0, p_blur_queried=0.0, p_blur_other=0.0
     )
-    recipe = T.Recipe(
+    recipe = Recipe(
         family=family,
         seed=0,
         sizes=sizes,
@@ -104,15 +107,15 @@ def test_small_retrain_learns(family, tmp_path):
         eval_n=64,
         workers=0,
         stages=[
-            T.Stage(
+            Stage(
                 "lm", steps=60, lr=3e-3, batch_size=16, warmup=10, shape_probe=1.0, source="oracle"
             ),
-            T.Stage("align", steps=60, lr=3e-3, batch_size=16, warmup=5, cell_probe=1.0),
-            T.Stage("joint", steps=30, lr=1e-3, batch_size=16, warmup=5),
+            Stage("align", steps=60, lr=3e-3, batch_size=16, warmup=5, cell_probe=1.0),
+            Stage("joint", steps=30, lr=1e-3, batch_size=16, warmup=5),
         ],
     )
     out = tmp_path / "ckpt"
-    toy, report = T.train(recipe, out, verbose=False)
+    toy, report = train(recipe, out, verbose=False)
     stages = {s["stage"]: s for s in report["stages"]}
     # The language model learns to read the colour off the (oracle) visual tokens.
     assert stages["lm(oracle)"]["final"]["loss"] < 0.5 * stages["lm(oracle)"]["first"]["loss"]
@@ -128,8 +131,8 @@ def test_small_retrain_learns(family, tmp_path):
     for name in ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json"):
         assert (out / name).is_file()
     adapter = models.load(family, out)
-    items = T.draw_samples(easy, 999, 0, 16)
-    batch = T.make_batch(items, toy.grid)
+    items = draw_samples(easy, 999, 0, 16)
+    batch = make_batch(items, toy.grid)
     answers = answer_batch(
         adapter, [it.image for it in items], [it.sample.question for it in items]
     )
@@ -144,17 +147,17 @@ def test_small_retrain_learns(family, tmp_path):
 
 def test_training_is_reproducible_from_the_seed(tmp_path):
     """Two runs of the same recipe and seed (data worker process included) give identical weights."""
-    sizes = {**T.FAMILY_SIZES["llava"], **SMALL}
+    sizes = {**FAMILY_SIZES["llava"], **SMALL}
     stages = [
-        T.Stage("lm", steps=4, lr=1e-3, batch_size=8, warmup=2, shape_probe=1.0, source="oracle"),
-        T.Stage("align", steps=4, lr=1e-3, batch_size=8, warmup=2, cell_probe=1.0),
-        T.Stage("lm", steps=3, lr=1e-3, batch_size=8, warmup=1, shape_probe=1.0),
-        T.Stage("joint", steps=3, lr=1e-3, batch_size=8, warmup=1),
+        Stage("lm", steps=4, lr=1e-3, batch_size=8, warmup=2, shape_probe=1.0, source="oracle"),
+        Stage("align", steps=4, lr=1e-3, batch_size=8, warmup=2, cell_probe=1.0),
+        Stage("lm", steps=3, lr=1e-3, batch_size=8, warmup=1, shape_probe=1.0),
+        Stage("joint", steps=3, lr=1e-3, batch_size=8, warmup=1),
     ]
     states = []
     for run in range(2):
-        recipe = T.Recipe(family="llava", seed=3, sizes=sizes, stages=stages, eval_n=8, workers=1)
-        toy, _ = T.train(recipe, None, verbose=False, workdir=tmp_path / str(run))
+        recipe = Recipe(family="llava", seed=3, sizes=sizes, stages=stages, eval_n=8, workers=1)
+        toy, _ = train(recipe, None, verbose=False, workdir=tmp_path / str(run))
         states.append({k: v.clone() for k, v in toy.model.state_dict().items()})
     assert states[0].keys() == states[1].keys()
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])

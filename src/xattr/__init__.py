@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
-from . import methods, models, toy
+from . import data, images, methods, metrics, models, toy
 from .api import explain
 from .explanation import Explanation
 from .trace import Trace, TraceError
 
-__all__ = ["Explanation", "Trace", "TraceError", "explain", "methods", "models", "toy"]
+__all__ = [
+    "Explanation",
+    "Trace",
+    "TraceError",
+    "data",
+    "explain",
+    "images",
+    "methods",
+    "metrics",
+    "models",
+    "toy",
+]
 __version__ = "0.1.0"

@@ -7,13 +7,18 @@ run, for families transformers refuses it for)."""
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 
 import xattr
+from xattr.methods import AttributionWarning
+from xattr.methods.tokens import TokenSelectionWarning
 from xattr.toy import tiny
 
 QUESTION = "what color is the circle?"
@@ -41,7 +46,7 @@ class FamilySpec:
         width, height = (size, size) if isinstance(size, int) else (size or (self.native_size,) * 2)
         arr = np.random.default_rng(seed).integers(0, 40, size=(height, width, 3), dtype=np.uint8)
         if block is not None:
-            top, left, bottom, right = block
+            top, left, bottom, right = (max(0, v) for v in block)  # a box may reach past the image
             arr[top:bottom, left:right] = 255
         return Image.fromarray(arr)
 
@@ -61,3 +66,19 @@ def spec(family: str) -> FamilySpec:
 
 FAMILIES = tuple(f for f in xattr.models.available() if f in tiny.families())
 SPECS = {f: spec(f) for f in FAMILIES}
+
+
+def explain_quietly(adapter: Any, image: Image.Image, methods: Sequence[str], answer: str) -> dict:
+    """`xattr.explain` without the warnings random tiny models raise (degenerate maps)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AttributionWarning)
+        warnings.simplefilter("ignore", TokenSelectionWarning)
+        return xattr.explain(adapter, image, QUESTION, method=list(methods), answer=answer)
+
+
+def assert_same_maps(actual: dict, expected: dict, atol: float = 1e-4) -> None:
+    """Every method's maps, grid by grid, agree to ``atol`` of the expected map's maximum."""
+    for name, expl in expected.items():
+        for a, b in zip(expl.visual_maps, actual[name].visual_maps, strict=True):
+            scale = float(a.abs().max()) or 1.0
+            torch.testing.assert_close(b / scale, a / scale, rtol=0, atol=atol, msg=name)

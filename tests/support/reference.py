@@ -8,7 +8,8 @@ tests check the fast implementations against these.
 One convention beyond the SPEC text, shared with the fast code and documented in the
 README: gradient sums (GLIMPSE's ``sum(G^+)``, Grad-CAM's ``mean(G)``) run over the causal
 support ``j <= i`` (`causal_part`), because entries above the diagonal are gradients with
-respect to attention weights the causal mask holds at zero.
+respect to attention weights the causal mask holds at zero; for a model with another mask
+(bidirectional image blocks, sliding windows) over that mask (`support_part`).
 """
 
 from __future__ import annotations
@@ -94,6 +95,35 @@ def random_trace(N: int, L: int, H: int, T: int, grid: tuple[int, int], seed: in
     return trace, attn, grads, lay, conf
 
 
+# ------------------------------------------------------------ gradients of a real model
+
+
+def autograd_attention_gradients(adapter, image, question: str, trace) -> Tensor:
+    """d z_t / d A of every layer for each answer token of ``trace``, from a fresh eager
+    forward and one ``torch.autograd.grad`` per token: [T, L, H, N, N]."""
+    inputs = adapter.full_inputs(
+        adapter.prepare(image, question), trace.input_ids[trace.answer_positions]
+    )
+    store = []
+    hooks = [
+        m.register_forward_hook(lambda _m, _a, out: store.append(out[1]))
+        for m in adapter.attention_modules()
+    ]
+    emb = adapter.model.get_input_embeddings().register_forward_hook(
+        lambda _m, _a, out: out.detach().requires_grad_(True)
+    )
+    try:
+        logits = adapter.model(**inputs, use_cache=False).logits[0]
+    finally:
+        for h in [*hooks, emb]:
+            h.remove()
+    out = []
+    for s in trace.answer_positions.tolist():
+        z = logits[s - 1, int(trace.input_ids[s])]
+        out.append(torch.stack(torch.autograd.grad(z, store, retain_graph=True))[:, 0])
+    return torch.stack(out)
+
+
 # ------------------------------------------------------------------------ helpers
 
 
@@ -111,11 +141,17 @@ def relu(x: Tensor) -> Tensor:
     return torch.where(x > 0, x, torch.zeros_like(x))
 
 
-def causal_part(g: Tensor, support: Tensor | None = None) -> Tensor:
-    """Entries of a square matrix where a row may attend (default j <= i), others zero."""
+def causal_part(g: Tensor) -> Tensor:
+    """Entries j <= i of a square matrix (what torch.tril keeps), others zero."""
     n = g.shape[-1]
-    keep = torch.arange(n)[:, None] >= torch.arange(n)[None, :] if support is None else support
+    keep = torch.arange(n)[:, None] >= torch.arange(n)[None, :]
     return torch.where(keep, g, torch.zeros_like(g))
+
+
+def support_part(g: Tensor, support: Tensor | None = None) -> Tensor:
+    """Entries of a square matrix where ``support`` (bool [N, N]) lets a row attend, others
+    zero; the causal part when ``support`` is None."""
+    return causal_part(g) if support is None else torch.where(support, g, torch.zeros_like(g))
 
 
 def per_token_rows_to_maps(rows, visual_index, prompt_index, token_mask):
@@ -148,9 +184,10 @@ def glimpse_reference(
     use_alignment: bool = True,
     use_confidence: bool = True,
     eps: float = 1e-8,
-    support: Tensor | None = None,
+    supports: list[Tensor | None] | None = None,
 ) -> dict:
-    """GLIMPSE, SPEC §2 steps 1-10, literally (gradient sums over ``support``, default causal)."""
+    """GLIMPSE, SPEC §2 steps 1-10, literally (gradient sums over each layer's ``supports``
+    entry, causal by default)."""
     L, H, N, _ = attn.shape
     T = len(answer_positions)
     layers = list(range(L)) if layers is None else layers
@@ -163,7 +200,8 @@ def glimpse_reference(
             ahat = [attn[layer, h] * relu(grads[t, layer, h]) for h in range(H)]  # step 1
             scores = []
             for h in range(H):  # step 2
-                pos_grad = relu(causal_part(grads[t, layer, h], support)).sum()
+                support = None if supports is None else supports[layer]
+                pos_grad = relu(support_part(grads[t, layer, h], support)).sum()
                 scores.append(ahat[h].sum() / (pos_grad + eps))
             if head_fusion == "adaptive":
                 e = [math.exp(float(s) / tau_head) for s in scores]
@@ -307,14 +345,16 @@ def raw_attention_reference(attn, *, answer_positions, layers=None):
     return rows
 
 
-def gradcam_reference(attn, grads, *, answer_positions, support=None):
-    """Rows (sum_h a_h A[L,h])^+[p_t, :] / H with a_h = mean over N x N of tril(G[L,h])."""
+def gradcam_reference(attn, grads, *, answer_positions, supports=None):
+    """Rows (sum_h a_h A[L,h])^+[p_t, :] / H with a_h = mean over N x N of tril(G[L,h])
+    (of G[L,h] on the last layer's ``supports`` entry, when given)."""
     L, H, N, _ = attn.shape
+    support = None if supports is None else supports[L - 1]
     rows = []
     for t, s in enumerate(answer_positions):
         cam = torch.zeros(N, N, dtype=attn.dtype)
         for h in range(H):
-            a_h = causal_part(grads[t, L - 1, h], support).sum() / (N * N)
+            a_h = support_part(grads[t, L - 1, h], support).sum() / (N * N)
             cam += a_h * attn[L - 1, h]
         rows.append(relu(cam)[s - 1] / H)
     return rows

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 from typing import Any
 
@@ -40,15 +41,30 @@ def _payloads(data: bytes):
             pos += BLOCK - pos % BLOCK if pos % BLOCK else 0
 
 
-def logged(run_dir: Path) -> dict[str, Any]:
-    """Every history and summary key of an offline run with its last value."""
+def _records(run_dir: Path, timeout: float = 60.0) -> list[Any]:
+    """The run's records, once its ``exit`` record is on disk (wandb's service writes the log
+    asynchronously, so right after ``wandb.finish()`` its tail may still be missing)."""
     from wandb.proto import wandb_internal_pb2 as pb
 
     path = next(Path(run_dir).glob("run-*.wandb"))
+    deadline = time.monotonic() + timeout
+    while True:
+        records = []
+        for payload in _payloads(path.read_bytes()):
+            record = pb.Record()
+            record.ParseFromString(payload)
+            records.append(record)
+        if any(r.WhichOneof("record_type") == "exit" for r in records):
+            return records
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no exit record in {path} after {timeout} s")
+        time.sleep(0.2)
+
+
+def logged(run_dir: Path) -> dict[str, Any]:
+    """Every history and summary key of an offline run with its last value."""
     values: dict[str, Any] = {}
-    for payload in _payloads(path.read_bytes()):
-        record = pb.Record()
-        record.ParseFromString(payload)
+    for record in _records(run_dir):
         kind = record.WhichOneof("record_type")
         if kind == "history":
             items = record.history.item
@@ -62,15 +78,24 @@ def logged(run_dir: Path) -> dict[str, Any]:
     return values
 
 
+def run_info(run_dir: Path) -> dict[str, Any]:
+    """The run record of an offline run: project, group, job type and tags as W&B stores them."""
+    for record in _records(run_dir):
+        if record.WhichOneof("record_type") == "run":
+            run = record.run
+            return {
+                "project": run.project,
+                "group": run.run_group,
+                "job_type": run.job_type,
+                "tags": list(run.tags),
+            }
+    raise ValueError(f"no run record in {run_dir}")
+
+
 def artifacts(run_dir: Path) -> dict[str, dict[str, Path]]:
     """Every artifact an offline run logged: ``{name: {path in the artifact: staged file}}``."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    path = next(Path(run_dir).glob("run-*.wandb"))
     out: dict[str, dict[str, Path]] = {}
-    for payload in _payloads(path.read_bytes()):
-        record = pb.Record()
-        record.ParseFromString(payload)
+    for record in _records(run_dir):
         if record.WhichOneof("record_type") == "artifact":
             entries = record.artifact.manifest.contents
             out[record.artifact.name] = {e.path: Path(e.local_path) for e in entries}

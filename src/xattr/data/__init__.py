@@ -44,10 +44,16 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    """Resolve the lazily imported public names."""
-    if name in _LAZY:
-        import importlib
+# Submodules reachable as attributes (``xattr.data.synthetic.object_mask``) after ``import xattr``.
+_SUBMODULES = ("cached", "datamodule", "jsonl", "maps", "sample", "synthetic", "vqahat")
 
+
+def __getattr__(name: str) -> Any:
+    """Resolve the lazily imported public names and submodules."""
+    import importlib
+
+    if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module 'xattr.data' has no attribute {name!r}")

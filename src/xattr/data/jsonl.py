@@ -15,6 +15,7 @@ missing or unreadable image, map or mask raises :class:`SampleError` from
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,8 @@ from torch.utils.data import Dataset
 
 from xattr.data.maps import read_map_png, read_mask_png
 from xattr.data.sample import Sample, SampleError, load_rgb, missing
+
+log = logging.getLogger(__name__)
 
 REQUIRED = ("id", "image", "question")
 KNOWN = (*REQUIRED, "answer", "answers", "human_map", "mask")
@@ -54,22 +57,27 @@ class JsonlDataset(Dataset[Sample]):
                 try:
                     rec = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    self.skipped.append((where, f"invalid JSON: {exc}"))
+                    self._leave_out(where, lineno, f"invalid JSON: {exc}")
                     continue
                 if not isinstance(rec, dict):
-                    self.skipped.append((where, "not a JSON object"))
+                    self._leave_out(where, lineno, "not a JSON object")
                     continue
                 absent = [k for k in REQUIRED if rec.get(k) in (None, "")]
                 if absent:
-                    self.skipped.append((where, f"missing required key(s) {absent}"))
+                    self._leave_out(where, lineno, f"missing required key(s) {absent}")
                     continue
                 sid = str(rec["id"])
                 if sid in seen:
-                    self.skipped.append((sid, f"duplicate id ({where})"))
+                    self._leave_out(sid, lineno, f"duplicate id ({where})")
                     continue
                 seen.add(sid)
                 records.append(rec)
         return records if limit is None else records[:limit]
+
+    def _leave_out(self, key: str, lineno: int, reason: str) -> None:
+        """List a bad line in ``skipped`` and say so in the log (file:line)."""
+        self.skipped.append((key, reason))
+        log.warning("%s:%d: %s; line left out", self.questions_path, lineno, reason)
 
     @property
     def sample_ids(self) -> list[str]:

@@ -72,7 +72,8 @@ def hparam(
     """Declare a hyper-parameter: its default, what values are valid and what it needs.
 
     ``choices``: a collection of valid values (a registry or mapping works too). ``check``:
-    a predicate, with ``rule`` the sentence an error prints (e.g. "must be > 0"). ``needs``:
+    a predicate, with ``rule`` the sentence an error prints (e.g. "must be > 0"; `positive`
+    and `non_negative` carry their own). ``needs``:
     value -> the extra `Needs` that value brings (e.g. a token policy that runs the model).
     """
     metadata = {"choices": choices, "check": check, "rule": rule, "needs": needs, "doc": doc}
@@ -87,6 +88,20 @@ def positive(value: Any) -> bool:
 
 def non_negative(value: Any) -> bool:
     return value >= 0
+
+
+def unit_interval(value: Any) -> bool:
+    return 0.0 <= value <= 1.0
+
+
+positive.rule = "must be > 0"  # type: ignore[attr-defined]  # the sentence an error prints
+non_negative.rule = "must be >= 0"  # type: ignore[attr-defined]
+unit_interval.rule = "must be in [0, 1]"  # type: ignore[attr-defined]
+
+
+def rule_of(f: dataclasses.Field) -> str:
+    """The sentence that says what values a hyper-parameter accepts ("" when anything goes)."""
+    return f.metadata.get("rule") or getattr(f.metadata.get("check"), "rule", "")
 
 
 class Attributor(ABC):

@@ -153,7 +153,8 @@ def logit_lens_rows(trace: Trace, layers: Sequence[int], batch_vjp: int = 8) -> 
             pos = positions.to(out.device)
             h = _unbatch(hidden[layer + 1])[pos.to(hidden[layer + 1].device)]  # [T, D] at p_t
             readout = readout_last if layer == trace.num_layers - 1 else readout_mid
-            z = readout(h).float()[torch.arange(n_tok), y.to(h.device)]  # [T] z_t^l
+            z = readout(h).float()  # [T, vocab]
+            z = z[torch.arange(n_tok, device=z.device), y.to(z.device)]  # [T] z_t^l
             v = value[0].detach().float()  # [Hkv, N, d]
             v = v.repeat_interleave(out.shape[2] // v.shape[0], dim=0)  # [H, N, d]
             per_layer = []
@@ -204,13 +205,11 @@ class Dexar(Attributor, name="dexar"):
     """DEX-AR: per-layer logit-lens gradients of attention, head and sequence filtering."""
 
     requires = NEEDS
-    last_k: int = hparam(10, check=positive, rule="must be >= 1", doc="layers used, from the top")
+    last_k: int = hparam(10, check=positive, doc="layers used, from the top")
     token_policy: str = hparam(
         "all", choices=POLICIES, needs=policy_needs, doc="delta_t > 0 always applies"
     )
-    batch_vjp: int = hparam(
-        8, check=positive, rule="must be >= 1", doc="answer tokens per batched VJP"
-    )
+    batch_vjp: int = hparam(8, check=positive, doc="answer tokens per batched VJP")
 
     def attribute(self, trace: Trace) -> Explanation:
         """Per-token maps m_t, filters delta_t and the sentence map sum_t delta_t m_t."""

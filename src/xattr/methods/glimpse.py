@@ -32,7 +32,7 @@ from torch import Tensor
 
 from ..explanation import Explanation
 from ..trace import Trace
-from .base import AttributionWarning, hparam, non_negative, positive
+from .base import AttributionWarning, hparam, non_negative, positive, unit_interval
 from .packaging import make_explanation, pad_row
 from .propagation import is_layer_subset, row_normalize_, select_layers
 from .sweep import POSITIVE_SUM, WEIGHTED, GradientConsumer, LayerStep, StreamingAttributor
@@ -65,25 +65,20 @@ FUNCTION_WORDS = frozenset(
 class Glimpse(StreamingAttributor, name="glimpse"):
     """GLIMPSE: one visual map, one prompt map and per-token relevance for a whole answer."""
 
-    tau_head: float = hparam(
-        0.5, check=positive, rule="must be > 0", doc="head-fusion softmax temperature"
-    )
+    tau_head: float = hparam(0.5, check=positive, doc="head-fusion softmax temperature")
     head_fusion: str = hparam(
         "adaptive", choices=HEAD_FUSIONS, doc='"mean": the simple-average ablation'
     )
-    tau_depth: float = hparam(
-        0.2, check=positive, rule="must be > 0", doc="depth-prior temperature"
-    )
+    tau_depth: float = hparam(0.2, check=positive, doc="depth-prior temperature")
     depth_prior: bool = hparam(True, doc='false: "w/o depth weighting"')
     layer_relevance: bool = hparam(True, doc='false: "w/o layer relevance"')
     layers: Any = hparam(
         "all",
         check=is_layer_subset,
-        rule="must be all, a fraction, a count or a list",
         doc="layer subset",
     )
     token_weighting: str = hparam(
-        "full", choices=TOKEN_WEIGHTINGS, doc="full | no_prompt | no_confidence | none"
+        "full", choices=TOKEN_WEIGHTINGS, doc="which factors weight the tokens (paper Table 3)"
     )
     token_policy: str = hparam(
         "non_punctuation", choices=POLICIES, needs=policy_needs, doc="answer tokens aggregated"
@@ -91,16 +86,15 @@ class Glimpse(StreamingAttributor, name="glimpse"):
     blur_sigma: float = hparam(
         0.0,
         check=non_negative,
-        rule="must be >= 0",
         doc="Gaussian blur of the final map, in grid cells",
     )
     relevance_flow: bool = hparam(
         False, doc="redistribute token relevance from function words (display only)"
     )
-    flow_beta: float = hparam(0.5, check=lambda b: 0.0 <= b <= 1.0, rule="must be in [0, 1]")
+    flow_beta: float = hparam(0.5, check=unit_interval)
     return_token_maps: bool = hparam(False, doc="keep every answer token's own map")
     return_layer_maps: bool = hparam(False, doc="keep each layer's share of the map")
-    eps: float = hparam(1e-8, check=positive, rule="must be > 0")
+    eps: float = hparam(1e-8, check=positive)
 
     # ------------------------------------------------------------------ steps 1-7
     def head_weights(self, mass: Tensor, grad_mass: Tensor) -> Tensor:

@@ -11,7 +11,7 @@ Following the public iGOS++ code and its LVLM extension (lvlm-igos-summary.txt):
   both masks hold **0 on important pixels**: deletion shows ``image * M + blur * (1 - M)``,
   insertion ``blur * M + image * (1 - M)``.
 - Score ``s(x) = sum_t log p(y_t | x)`` over the selected answer tokens (``token_policy``,
-  default "visual": SPEC §5's likelihood-ratio selection, `selection.select_answer_tokens`).
+  default "visual": the likelihood-ratio selection of `tokens`).
 - Integrated gradients: each term averages ``s`` over ``ig_steps`` blends ``alpha M``,
   ``alpha = k / ig_steps``, with Gaussian noise (std ``noise`` in ``pixel_values`` units).
 - ``variant="igos++"``: deletion mask D and insertion mask I, objective
@@ -49,7 +49,15 @@ from torch import Tensor
 from ..explanation import Explanation
 from ..images import blur_image, load_image
 from ..trace import Trace, TraceError
-from .base import AttributionWarning, Attributor, Needs, hparam, non_negative, positive
+from .base import (
+    AttributionWarning,
+    Attributor,
+    Needs,
+    hparam,
+    non_negative,
+    positive,
+    unit_interval,
+)
 from .packaging import make_explanation
 from .tokens import (
     POLICIES,
@@ -73,35 +81,23 @@ class IGOS(Attributor, name="igos"):
     mask_size: int = hparam(
         32,
         check=positive,
-        rule="must be >= 1",
         doc="coarse mask grid side, clipped to the processed image",
     )
-    iterations: int = hparam(15, check=positive, rule="must be >= 1", doc="NAG steps")
-    ig_steps: int = hparam(
-        10, check=positive, rule="must be >= 1", doc="integrated-gradient blends per term"
-    )
-    lr: float = hparam(10.0, check=positive, rule="must be > 0", doc="NAG step size")
-    momentum: float = hparam(
-        5.0, check=non_negative, rule="must be >= 0", doc="NAG: e = i / (i + momentum)"
-    )
-    l1: float = hparam(1.0, check=non_negative, rule="must be >= 0", doc="weight of mean |1 - M|")
-    l2: float = hparam(
-        0.1, check=non_negative, rule="must be >= 0", doc="weight of sum (1 - M)^2, decayed"
-    )
-    l2_decay: float = hparam(1.0, check=non_negative, rule="must be >= 0")
+    iterations: int = hparam(15, check=positive, doc="NAG steps")
+    ig_steps: int = hparam(10, check=positive, doc="integrated-gradient blends per term")
+    lr: float = hparam(10.0, check=positive, doc="NAG step size")
+    momentum: float = hparam(5.0, check=non_negative, doc="NAG: e = i / (i + momentum)")
+    l1: float = hparam(1.0, check=non_negative, doc="weight of mean |1 - M|")
+    l2: float = hparam(0.1, check=non_negative, doc="weight of sum (1 - M)^2, decayed")
+    l2_decay: float = hparam(1.0, check=non_negative)
     tv: float = hparam(
         10.0,
         check=non_negative,
-        rule="must be >= 0",
         doc="weight of the edge-aware total variation",
     )
-    tv_beta: float = hparam(2.0, check=positive, rule="must be > 0", doc="TV exponent")
-    tv_sigma: float = hparam(
-        0.01, check=positive, rule="must be > 0", doc="bilateral weight exp(-d^2 / tv_sigma)"
-    )
-    noise: float = hparam(
-        0.2, check=non_negative, rule="must be >= 0", doc="std of the noise added to each blend"
-    )
+    tv_beta: float = hparam(2.0, check=positive, doc="TV exponent")
+    tv_sigma: float = hparam(0.01, check=positive, doc="bilateral weight exp(-d^2 / tv_sigma)")
+    noise: float = hparam(0.2, check=non_negative, doc="std of the noise added to each blend")
     blur_radius: float | None = hparam(
         None, doc="baseline blur radius in pixels (None: 1/10 of the long side)"
     )
@@ -109,12 +105,8 @@ class IGOS(Attributor, name="igos"):
         "visual", choices=POLICIES, needs=policy_needs, doc="tokens whose log-prob is scored"
     )
     threshold: float = hparam(1.0, doc='"visual": keep t if log p - log p_blur > threshold')
-    init: float = hparam(
-        1.0, check=lambda v: 0.0 <= v <= 1.0, rule="must be in [0, 1]", doc="initial mask value"
-    )
-    batch_size: int = hparam(
-        8, check=positive, rule="must be >= 1", doc="blends per forward/backward call"
-    )
+    init: float = hparam(1.0, check=unit_interval, doc="initial mask value")
+    batch_size: int = hparam(8, check=positive, doc="blends per forward/backward call")
     seed: int = hparam(0, doc="noise seed")
 
     # ------------------------------------------------------------------ main loop
@@ -123,8 +115,6 @@ class IGOS(Attributor, name="igos"):
         """Optimise the mask(s) with NAG for ``iterations`` steps and pool 1 - M onto the token grid."""
         context = model_context(trace, "igos")
         adapter, image, question = context.adapter, context.image, context.question
-        if len(trace.grids) != 1:
-            raise TraceError("igos explains one image; this trace holds several")
         image = load_image(image)
         prepared = adapter.prepare(image, question)
         baseline = adapter.prepare(blur_image(image, self.blur_radius), question)
@@ -139,7 +129,12 @@ class IGOS(Attributor, name="igos"):
         )  # [T]
         weights = selected.float()  # [T]
 
+        # families without the pixel-mask path fail here, with their own message
         height, width = adapter.processed_size(prepared.inputs)
+        if len(trace.grids) != 1:
+            raise TraceError(
+                f"igos pools its mask onto one token grid; this trace holds {len(trace.grids)}"
+            )
         size = (min(self.mask_size, height), min(self.mask_size, width))
         pixels = adapter.pixel_values_to_image(prepared.inputs["pixel_values"], prepared.inputs)
         edges = _edge_weights(pixels.detach().float().cpu(), self.tv_sigma)

@@ -113,6 +113,9 @@ def is_layer_subset(layers: object) -> bool:
     )
 
 
+is_layer_subset.rule = "must be all, a fraction, a count or a list"  # type: ignore[attr-defined]
+
+
 def select_layers(
     num_layers: int,
     layers: str | int | float | Sequence[int] | None = "all",

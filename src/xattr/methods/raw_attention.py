@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from ..explanation import Explanation
 from ..trace import Trace
@@ -25,9 +26,7 @@ def _heads_rule(heads: object) -> bool:
 class RawAttention(Attributor, name="raw_attention"):
     """Attention rows at p_t averaged over (selected) heads and layers, then over tokens."""
 
-    layers: Any = hparam(
-        "all", check=is_layer_subset, rule="must be all, a fraction, a count or a list"
-    )
+    layers: Any = hparam("all", check=is_layer_subset)
     heads: Any = hparam("all", check=_heads_rule, rule="must be all or a list of head indices")
     token_policy: str = hparam("non_punctuation", choices=POLICIES, needs=policy_needs)
     return_token_maps: bool = hparam(False, doc="keep every answer token's own map")
@@ -46,10 +45,17 @@ class RawAttention(Attributor, name="raw_attention"):
         check_attentions(trace, layers)
         dtype = working_dtype(trace)
         home = trace.device
+        index: dict[torch.device, tuple[Tensor, Tensor]] = {}  # heads and p_t, once per device
         per_layer = []  # each layer's mean over heads of A[l,h][p_t, :]: [T, N]
         for layer in layers:
             attn = trace.attentions[layer]
-            rows = attn[heads][:, trace.predicting_positions.to(attn.device), :].to(dtype)
+            if attn.device not in index:
+                index[attn.device] = (
+                    torch.tensor(heads, device=attn.device),
+                    trace.predicting_positions.to(attn.device),
+                )
+            head_index, rows_index = index[attn.device]
+            rows = attn.index_select(0, head_index)[:, rows_index, :].to(dtype)  # [H', T, N]
             per_layer.append(rows.mean(dim=0).to(home))  # [T, N]
         stacked = torch.stack(per_layer, dim=1).cpu() / len(layers)  # [T, K, N] layer shares
         return average_rows(

@@ -31,7 +31,10 @@ def explain_all(
     """
 
     def fail(name: str, err: Exception) -> None:
-        if on_error is None:
+        if isinstance(err, OUT_OF_MEMORY) and not isinstance(err, OutOfMemory):
+            free_accelerator_memory()
+            raise OutOfMemory(trace.seq_len, trace.num_answer_tokens) from err
+        if on_error is None or isinstance(err, OutOfMemory):  # too large: no method can run
             raise err
         on_error(name, err)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from xattr.metrics import agreement, auc, localisation  # noqa: F401  (register metrics)
-from xattr.metrics._base import METRICS, MapMetric, Metric, MetricUndefinedWarning
+from xattr.metrics._base import METRICS, MapMetric, Metric, MetricUndefinedWarning, top_region
 from xattr.metrics.faithfulness import DeletionInsertion, FaithfulnessCurves
 from xattr.metrics.sanity import parameter_randomisation
 from xattr.metrics.stats import (
@@ -55,4 +55,5 @@ __all__ = [
     "results_table",
     "summarize",
     "summary_table",
+    "top_region",
 ]

@@ -63,6 +63,15 @@ def is_constant(x: np.ndarray) -> bool:
     return bool(x.max() == x.min())
 
 
+def top_region(h: np.ndarray, percentile: float = 90.0) -> np.ndarray:
+    """The human map's top region: ``h >= percentile(h, q)`` and above ``h``'s minimum.
+
+    Ties at the minimum never count, so a sparse map (>= q% zeros) gives its nonzero pixels,
+    not the whole image, and a constant map gives an empty region.
+    """
+    return (h >= np.percentile(h, percentile)) & (h > h.min())
+
+
 class Metric:
     """Anything registered in :data:`METRICS`: a name, a better direction and a value range."""
 

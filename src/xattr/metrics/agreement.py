@@ -12,7 +12,7 @@ from typing import ClassVar
 import numpy as np
 from scipy import stats
 
-from xattr.metrics._base import METRICS, MapMetric, is_constant, undefined
+from xattr.metrics._base import METRICS, MapMetric, is_constant, top_region, undefined
 from xattr.metrics._resize import resize_area
 
 KL_EPS = 2.2204e-16
@@ -46,9 +46,10 @@ class NSS(MapMetric):
             raise ValueError(f"percentile must be in [0, 100], got {self.percentile}")
 
     def _score(self, s: np.ndarray, h: np.ndarray) -> float:
-        fixated = h >= np.percentile(h, self.percentile)
         if self.exclude_min:
-            fixated &= h > h.min()
+            fixated = top_region(h, self.percentile)
+        else:
+            fixated = h >= np.percentile(h, self.percentile)
         if not fixated.any():
             return undefined(self.name, "empty fixation set F (constant or all-zero human map)")
         if is_constant(s):

@@ -8,9 +8,10 @@ from torch import Tensor
 from ..layout import Grid, VisualLayout
 from .base import ModelAdapter
 from .geometry import processor_region
+from .pixels import OneImagePixels
 
 
-class LlavaAdapter(ModelAdapter, family="llava"):
+class LlavaAdapter(OneImagePixels, ModelAdapter, family="llava"):
     """LLaVA-1.5-*-hf.
 
     The vision tower sees a square ``image_size`` crop cut into ``patch_size`` patches,
@@ -41,17 +42,3 @@ class LlavaAdapter(ModelAdapter, family="llava"):
         box = processor_region(image_size, self.processor.image_processor)
         grids = [Grid(side, side, image=i, box=box) for i in range(blocks.shape[0])]
         return VisualLayout(blocks.flatten(), grids)
-
-    # ------------------------------------------------ pixel_values layout (mask path)
-    def processed_size(self, inputs: dict[str, Tensor]) -> tuple[int, int]:
-        """(S, S): the CLIP crop the vision tower sees."""
-        h, w = inputs["pixel_values"].shape[-2:]
-        return int(h), int(w)
-
-    def images_to_pixel_values(self, images: Tensor, inputs: dict[str, Tensor]) -> Tensor:
-        """[B, C, S, S] -> [B, 1, C, S, S] (one image's ``pixel_values`` is [1, C, S, S])."""
-        return images[:, None]
-
-    def pixel_values_to_image(self, pixel_values: Tensor, inputs: dict[str, Tensor]) -> Tensor:
-        """[1, C, S, S] -> [C, S, S]."""
-        return pixel_values[0]

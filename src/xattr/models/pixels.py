@@ -40,3 +40,21 @@ class PixelMaskMixin:
     def _no_pixel_path(self) -> str:
         family = getattr(self, "family", type(self).__name__)
         return f"the pixel-mask path (iGOS, pixel-space faithfulness) is not supported for {family}"
+
+
+class OneImagePixels:
+    """The pixel-mask path of processors whose ``pixel_values`` is the image itself,
+    [1, C, H, W] per prompt (a CLIP or SigLIP crop); mix in before `ModelAdapter`."""
+
+    def processed_size(self, inputs: dict[str, Tensor]) -> tuple[int, int]:
+        """(H, W) of the processed image the vision tower sees."""
+        h, w = inputs["pixel_values"].shape[-2:]
+        return int(h), int(w)
+
+    def images_to_pixel_values(self, images: Tensor, inputs: dict[str, Tensor]) -> Tensor:
+        """[B, C, H, W] -> [B, 1, C, H, W] (one image's ``pixel_values`` is [1, C, H, W])."""
+        return images[:, None]
+
+    def pixel_values_to_image(self, pixel_values: Tensor, inputs: dict[str, Tensor]) -> Tensor:
+        """[1, C, H, W] -> [C, H, W]."""
+        return pixel_values[0]

@@ -20,7 +20,31 @@ from transformers import (
 from transformers.utils import is_torchvision_available
 
 
-class _ImageOnlyQwenMixin:
+class ImageOnlyProcessorMixin:
+    """A processor class without its video sub-processor, saved under the real class's name.
+
+    Subclasses put this first in the bases of the real processor class, set ``real_name``
+    and give ``__init__`` no ``video_processor`` (calling ``ProcessorMixin.__init__`` with the
+    image processor and tokenizer only), so the saved folder is an ordinary processor folder.
+    """
+
+    real_name: str = ""
+
+    def to_dict(self) -> dict:
+        """The real class's processor config."""
+        out = super().to_dict()  # type: ignore[misc]
+        out["processor_class"] = self.real_name
+        return out
+
+    def save_pretrained(self, save_directory, **kwargs):
+        """Save like the real class (tokenizer_config's processor_class included)."""
+        files = super().save_pretrained(save_directory, **kwargs)  # type: ignore[misc]
+        self.tokenizer._set_processor_class(self.real_name)  # type: ignore[attr-defined]
+        self.tokenizer.save_pretrained(save_directory)  # type: ignore[attr-defined]
+        return files
+
+
+class _ImageOnlyQwenMixin(ImageOnlyProcessorMixin):
     """Qwen processor without its video sub-processor (which needs torchvision).
 
     transformers 5.23 cannot construct, save or load `Qwen2VLProcessor` / `Qwen2_5_VLProcessor`
@@ -29,27 +53,12 @@ class _ImageOnlyQwenMixin:
     save under the real class name, so the saved folder is an ordinary Qwen processor folder.
     """
 
-    real_name: str = ""
-
     def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
         self.image_token = getattr(tokenizer, "image_token", "<|image_pad|>")
         self.video_token = getattr(tokenizer, "video_token", "<|video_pad|>")
         self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
         self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
         ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
-
-    def to_dict(self) -> dict:
-        """The real class's processor config."""
-        out = super().to_dict()
-        out["processor_class"] = self.real_name
-        return out
-
-    def save_pretrained(self, save_directory, **kwargs):
-        """Save like the real class (tokenizer_config's processor_class included)."""
-        files = super().save_pretrained(save_directory, **kwargs)
-        self.tokenizer._set_processor_class(self.real_name)
-        self.tokenizer.save_pretrained(save_directory)
-        return files
 
 
 class Qwen2VLImageOnlyProcessor(_ImageOnlyQwenMixin, Qwen2VLProcessor):
@@ -85,8 +94,15 @@ image_only_processor("qwen2_5_vl")(Qwen2_5_VLImageOnlyProcessor)
 
 
 def load_processor(model_dir: str | Path) -> ProcessorMixin:
-    """`AutoProcessor.from_pretrained`, or the family's image-only class when torchvision is missing."""
+    """`AutoProcessor.from_pretrained`, or the family's image-only class when torchvision is
+    missing or the real class needs another package it lacks (SmolVLM's ``num2words``)."""
     model_type = AutoConfig.from_pretrained(model_dir).model_type
-    if model_type in IMAGE_ONLY_PROCESSORS and not is_torchvision_available():
-        return IMAGE_ONLY_PROCESSORS[model_type].from_pretrained(model_dir)
-    return AutoProcessor.from_pretrained(model_dir)
+    stand_in = IMAGE_ONLY_PROCESSORS.get(model_type)
+    if stand_in is not None and not is_torchvision_available():
+        return stand_in.from_pretrained(model_dir)
+    try:
+        return AutoProcessor.from_pretrained(model_dir)
+    except ImportError:
+        if stand_in is None:
+            raise
+        return stand_in.from_pretrained(model_dir)

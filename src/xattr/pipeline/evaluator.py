@@ -20,13 +20,16 @@ from ..data.sample import Sample
 from ..explanation import Explanation
 from ..images import FULL_IMAGE
 from ..methods import AttributionWarning, Attributor, explain_all
-from ..metrics import Metric
+from ..metrics import Metric, top_region
 from ..models.base import ModelAdapter
+from ..trace import OUT_OF_MEMORY, OutOfMemory, free_accelerator_memory
 
 log = logging.getLogger(__name__)
 
 # Metrics compared with the continuous human map vs with the binary object mask.
 MASK_METRICS = frozenset({"pointing_game", "iou_topk", "energy_pointing_game"})
+# Without a mask, those metrics use the human map's top region (`xattr.metrics.top_region`).
+HUMAN_MAP_TOP_PERCENTILE = 90.0
 
 # A metric that needs the model: (adapter, image, question, trace, explanation) -> {name: value}
 ModelMetric = Callable[..., dict[str, float]]
@@ -39,6 +42,7 @@ class SampleResult:
     rows: list[dict[str, Any]]
     explanations: dict[str, Explanation] = field(default_factory=dict)
     answer: str = ""
+    failures: dict[str, str] = field(default_factory=dict)  # method -> "ErrorType: message"
 
 
 class SampleEvaluator:
@@ -83,25 +87,43 @@ class SampleEvaluator:
         answer = trace.meta.get("answer_text", "")
         correct = _is_correct(answer, sample)
         result = SampleResult(rows=[], answer=answer)
+
+        def failed(name: str, err: Exception) -> None:  # recorded for that method only
+            if isinstance(err, OUT_OF_MEMORY):  # the sample is too large: skipped as a whole
+                free_accelerator_memory()
+                raise OutOfMemory(trace.seq_len, trace.num_answer_tokens) from err
+            result.failures[name] = f"{type(err).__name__}: {err}"
+
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", AttributionWarning)  # kept per method, logged below
-            explanations = explain_all(trace, chosen, on_method=self.on_method_start)
-        for name, expl in explanations.items():
-            notes = expl.meta.get("warnings", [])
-            self._log_once(name, notes)
-            row: dict[str, Any] = {"sample_id": sample.sample_id, "method": name, "warnings": notes}
-            row.update(self._map_scores(expl, sample))
-            for metric in self.model_metrics.values():
-                row.update(metric(self.adapter, image, sample.question, trace, expl))
-            row.update(
-                answer=answer,
-                correct=correct,
-                attribute_s=expl.timings.get("attribute_s", math.nan),
-                capture_s=capture_s,
+            explanations = explain_all(
+                trace, chosen, on_method=self.on_method_start, on_error=failed
             )
+        for name, expl in explanations.items():
+            try:
+                row = self._method_row(name, expl, sample, image, trace)
+            except Exception as err:
+                failed(name, err)
+                continue
+            row["answer"] = answer
+            if not math.isnan(correct):  # no reference answer: accuracy is not computed
+                row["correct"] = correct
+            row.update(attribute_s=expl.timings.get("attribute_s", math.nan), capture_s=capture_s)
             result.rows.append(row)
             result.explanations[name] = expl
         return result
+
+    def _method_row(
+        self, name: str, expl: Explanation, sample: Sample, image: Any, trace: Any
+    ) -> dict[str, Any]:
+        """One method's row of metric scores for its explanation of the shared trace."""
+        notes = expl.meta.get("warnings", [])
+        self._log_once(name, notes)
+        row: dict[str, Any] = {"sample_id": sample.sample_id, "method": name, "warnings": notes}
+        row.update(self._map_scores(expl, sample))
+        for metric in self.model_metrics.values():
+            row.update(metric(self.adapter, image, sample.question, trace, expl))
+        return row
 
     def _log_once(self, name: str, notes: list[str]) -> None:
         """Log each method warning the first time it is seen (all are counted in summary.json)."""
@@ -121,8 +143,7 @@ class SampleEvaluator:
         scores = {}
         for name, metric in self.map_metrics.items():
             reference = _reference_for(name, sample)
-            if reference is None:
-                scores[name] = math.nan
+            if reference is None:  # nothing to compare with: not computed (no key in the row)
                 continue
             saliency = grid_map if whole_image else expl.visual_pixels(reference.shape[:2]).numpy()
             with warnings.catch_warnings():
@@ -132,12 +153,14 @@ class SampleEvaluator:
 
 
 def _reference_for(metric: str, sample: Sample) -> np.ndarray | None:
+    """The object mask for localisation metrics (else the human map's top region), the human map
+    (else the mask) for agreement metrics; None when the sample has neither."""
     if metric in MASK_METRICS:
         if sample.mask is not None:
             return sample.mask
-        if sample.human_map is not None:  # a human map stands in as its own top region
-            hm = sample.human_map
-            return hm >= np.percentile(hm, 90) if hm.max() > 0 else None
+        if sample.human_map is not None:  # ties at the minimum never count (a sparse map)
+            region = top_region(sample.human_map, HUMAN_MAP_TOP_PERCENTILE)
+            return region if region.any() else None
         return None
     if sample.human_map is not None:
         return sample.human_map

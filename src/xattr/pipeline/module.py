@@ -19,6 +19,8 @@ from .results import (
     ResultStore,
     load_rows,
     load_skipped,
+    skipped_markdown,
+    still_skipped,
     summarize_run,
     warning_counts,
     warnings_markdown,
@@ -37,10 +39,12 @@ class ExplainEvalModule(L.LightningModule):
         run_dir: str | Path,
         overlays: int = 3,
         method_limits: dict[str, int] | None = None,
+        fingerprints: dict[str, str] | None = None,
         save_explanations: bool = False,
     ) -> None:
         super().__init__()
         self.evaluator = evaluator
+        self.fingerprints = fingerprints  # method -> configuration hash stored in its rows
         self.method_limits = dict(method_limits or {})  # method -> first k samples only
         self.run_dir = Path(run_dir)
         self.overlays = overlays
@@ -48,7 +52,15 @@ class ExplainEvalModule(L.LightningModule):
         self.summary: dict[str, Any] = {}
         self.markdown = ""
         self._store: ResultStore | None = None
-        self._counts = {"scored": 0, "resumed": 0, "skipped": 0, "out_of_memory": 0}
+        self._counts = {
+            "scored": 0,
+            "resumed": 0,
+            "skipped": 0,
+            "out_of_memory": 0,
+            "method_failures": 0,
+            "rows_resumed": 0,
+            "rows_recomputed": 0,
+        }
         self._started = time.perf_counter()
 
     # the adapter's model is not a submodule: Lightning must not move or re-mode it
@@ -58,8 +70,16 @@ class ExplainEvalModule(L.LightningModule):
     @property
     def store(self) -> ResultStore:
         if self._store is None:
-            self._store = ResultStore(self.run_dir, rank=self.global_rank)
+            self._store = ResultStore(
+                self.run_dir, rank=self.global_rank, fingerprints=self.fingerprints
+            )
         return self._store
+
+    def setup(self, stage: str) -> None:
+        """Silence library chatter in this process too (a spawned DDP rank starts afresh)."""
+        from .quiet import quiet_libraries
+
+        quiet_libraries()
 
     def on_test_epoch_start(self) -> None:
         self._started = time.perf_counter()
@@ -75,8 +95,10 @@ class ExplainEvalModule(L.LightningModule):
             return
         if self.store.is_done(batch.sample_id, methods):
             self._counts["resumed"] += 1
+            self._counts["rows_resumed"] += len(methods)
             return
         todo = [m for m in methods if not self.store.done(batch.sample_id, m)]
+        self._counts["rows_resumed"] += len(methods) - len(todo)
         try:
             result = self.evaluator.evaluate(batch, todo)
         except OutOfMemory as err:  # too large for this device: recorded, counted, the run goes on
@@ -87,17 +109,25 @@ class ExplainEvalModule(L.LightningModule):
             self._skip(batch.sample_id, f"{type(err).__name__}: {err}")
             return
         for row in result.rows:
+            self._counts["rows_recomputed"] += self.store.stale(batch.sample_id, row["method"])
             self.store.append(row)
-        self._counts["scored"] += 1
-        if batch_idx < self.overlays:
+        for method, reason in result.failures.items():
+            self._skip(batch.sample_id, reason, method=method)
+        self._counts["scored" if result.rows else "skipped"] += 1
+        if batch_idx < self.overlays and result.explanations:
             self._save_overlays(batch, result.explanations)
-        if self.save_explanations:
+        if self.save_explanations and result.explanations:
             keep_explanations(self.run_dir, batch, result, self.evaluator.answer_mode)
 
-    def _skip(self, sample_id: str, reason: str) -> None:
-        log.warning("skipping sample %s: %s", sample_id, reason)
-        self.store.skip(sample_id, reason)
-        self._counts["skipped"] += 1
+    def _skip(self, sample_id: str, reason: str, method: str | None = None) -> None:
+        """Log and record a sample (or one method on it) that could not be evaluated."""
+        if method is None:
+            log.warning("skipping sample %s: %s", sample_id, reason)
+            self._counts["skipped"] += 1
+        else:
+            log.warning("%s failed on sample %s: %s", method, sample_id, reason)
+            self._counts["method_failures"] += 1
+        self.store.skip(sample_id, reason, method=method)
 
     def _save_overlays(self, sample: Sample, explanations: dict[str, Any]) -> None:
         out = self.run_dir / "overlays"
@@ -117,15 +147,29 @@ class ExplainEvalModule(L.LightningModule):
         if self.global_rank != 0:
             return
         rows = load_rows(self.run_dir)
-        metrics = [m for m in self.evaluator.metric_names]
-        metrics += [k for k in ("correct",) if any(k in r for r in rows)]
-        table, markdown = summarize_run(rows, metrics=metrics, methods=list(self.evaluator.methods))
-        if notes := warnings_markdown(rows):
-            markdown = f"{markdown}\n\n{notes}"
-        skipped = load_skipped(self.run_dir)
+        methods = list(self.evaluator.methods)
+        skipped = [
+            s
+            for s in still_skipped(load_skipped(self.run_dir), rows)
+            if s.get("method") in (None, *methods)
+        ]
+        # a method that failed on a sample counts as skipped in its row of the table
+        failed = [
+            {"sample_id": s["sample_id"], "method": s["method"]} for s in skipped if s.get("method")
+        ]
+        # columns: the metrics some row computed (one no sample could compute is left out)
+        metrics = [
+            m for m in [*self.evaluator.metric_names, "correct"] if any(m in r for r in rows)
+        ]
+        table, markdown = summarize_run(rows + failed, metrics=metrics, methods=methods)
+        for notes in (warnings_markdown(rows), skipped_markdown(skipped)):
+            if notes:
+                markdown = f"{markdown}\n\n{notes}"
+        scored = {r["sample_id"] for r in rows}
         extra = {
-            "samples": len({r["sample_id"] for r in rows}),
-            "skipped_samples": len(skipped),
+            "samples": len(scored),
+            "skipped_samples": len({s["sample_id"] for s in skipped} - scored),
+            "method_failures": len(failed),
             "this_session": counts,
             "warnings": warning_counts(rows),
             "seconds": elapsed,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -12,6 +13,9 @@ from ..metrics import stats
 
 SAMPLES_GLOB = "samples*.jsonl"
 SKIPPED_FILE = "skipped.jsonl"
+SKIPPED_SHOWN = 5  # reasons listed under the table (all of them are in skipped.jsonl)
+
+log = logging.getLogger(__name__)
 
 
 class ResultStore:
@@ -22,49 +26,118 @@ class ResultStore:
     same directory skips every (sample, method) pair already present.
     """
 
-    def __init__(self, run_dir: str | Path, rank: int = 0) -> None:
+    def __init__(
+        self, run_dir: str | Path, rank: int = 0, fingerprints: dict[str, str] | None = None
+    ) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.rank = rank
         self.samples_path = self.run_dir / f"samples.rank{rank}.jsonl"
-        self._done = {(r["sample_id"], r["method"]) for r in load_rows(self.run_dir)}
-        self._skipped = {r["sample_id"] for r in _read_jsonl(self.run_dir / SKIPPED_FILE)}
+        self.fingerprints = fingerprints  # method -> the configuration its rows must carry
+        every = {(r["sample_id"], r["method"]) for r in load_rows(self.run_dir, fingerprints={})}
+        self._done = {
+            (r["sample_id"], r["method"]) for r in load_rows(self.run_dir, fingerprints or {})
+        }
+        # pairs whose only rows were written under another configuration: recomputed, not reused
+        self._stale = every - self._done
+        self._skipped = {
+            (r["sample_id"], r.get("method")) for r in _read_jsonl(self.run_dir / SKIPPED_FILE)
+        }
 
     def is_done(self, sample_id: str, methods: Iterable[str]) -> bool:
         """True when every listed method already has a row for this sample."""
         return all((sample_id, m) in self._done for m in methods)
 
     def done(self, sample_id: str, method: str) -> bool:
+        """True when this method has a row for this sample under the current configuration."""
         return (sample_id, method) in self._done
+
+    def stale(self, sample_id: str, method: str) -> bool:
+        """True when the only row for this pair was scored under another configuration."""
+        return (sample_id, method) in self._stale
 
     def append(self, row: dict[str, Any]) -> None:
         """Write one row now (flushed), so nothing scored is lost on interruption."""
+        if self.fingerprints:
+            row = {**row, "config": self.fingerprints[row["method"]]}
         _append_jsonl(self.samples_path, row)
         self._done.add((row["sample_id"], row["method"]))
 
-    def skip(self, sample_id: str, reason: str) -> None:
-        """Record a sample that could not be evaluated, with its reason (once per sample)."""
-        if sample_id in self._skipped:
+    def skip(self, sample_id: str, reason: str, method: str | None = None) -> None:
+        """Record a sample (or one method on it) that could not be evaluated, with its reason."""
+        if (sample_id, method) in self._skipped:
             return
-        self._skipped.add(sample_id)
-        _append_jsonl(
-            self.run_dir / SKIPPED_FILE,
-            {"sample_id": sample_id, "reason": reason, "rank": self.rank},
-        )
+        self._skipped.add((sample_id, method))
+        entry = {"sample_id": sample_id, "reason": reason, "rank": self.rank}
+        if method is not None:
+            entry["method"] = method
+        _append_jsonl(self.run_dir / SKIPPED_FILE, entry)
 
 
-def load_rows(run_dir: str | Path) -> list[dict[str, Any]]:
-    """Every scored row of a run, one per (sample, method): the first written wins."""
+def load_rows(
+    run_dir: str | Path, fingerprints: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """Every valid row of a run, one per (sample, method): the first written wins.
+
+    Valid: scored under the run's current configuration (``fingerprints``, by default the
+    run's ``fingerprints.json``; a run without one keeps every row). ``fingerprints={}``
+    keeps every row, stale ones included.
+    """
+    if fingerprints is None:
+        from .fingerprint import read_fingerprints
+
+        recorded = read_fingerprints(run_dir)
+        fingerprints = {m: r["fingerprint"] for m, r in (recorded or {}).items()}
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     for path in sorted(Path(run_dir).glob(SAMPLES_GLOB)):
         for row in _read_jsonl(path):
-            rows.setdefault((row["sample_id"], row["method"]), row)
+            if _current(row, fingerprints):
+                rows.setdefault((row["sample_id"], row["method"]), row)
     return sorted(rows.values(), key=lambda r: (r["method"], r["sample_id"]))
 
 
+def _current(row: dict[str, Any], fingerprints: dict[str, str] | None) -> bool:
+    """Whether ``row`` was scored under ``fingerprints`` (always, when there are none)."""
+    return not fingerprints or row.get("config") == fingerprints.get(row["method"])
+
+
 def load_skipped(run_dir: str | Path) -> list[dict[str, Any]]:
-    """Samples skipped in a run, with their reasons."""
+    """Samples skipped in a run, with their reasons (``method`` set: that method only)."""
     return _read_jsonl(Path(run_dir) / SKIPPED_FILE)
+
+
+def still_skipped(
+    skipped: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The skipped entries that no row has since made good (a rerun that scored them)."""
+    scored = {(r["sample_id"], r["method"]) for r in rows}
+    sampled = {r["sample_id"] for r in rows}
+    return [
+        s
+        for s in skipped
+        if (
+            (s["sample_id"], s["method"]) not in scored
+            if s.get("method")
+            else s["sample_id"] not in sampled
+        )
+    ]
+
+
+def skipped_markdown(skipped: Sequence[dict[str, Any]]) -> str:
+    """ "Skipped ..." with the counts and the first reasons; empty when nothing was skipped."""
+    if not skipped:
+        return ""
+    whole = [s for s in skipped if not s.get("method")]
+    parts = [f"{len(whole)} sample{'s' * (len(whole) != 1)}"] if whole else []
+    if by_method := len(skipped) - len(whole):
+        parts.append(f"{by_method} (sample, method) pair{'s' * (by_method != 1)}")
+    lines = [f"Skipped {' and '.join(parts)} ({SKIPPED_FILE}):", ""]
+    for s in skipped[:SKIPPED_SHOWN]:
+        who = f"sample {s['sample_id']}" + (f", {s['method']}" if s.get("method") else "")
+        lines.append(f"- {who}: {s['reason']}")
+    if len(skipped) > SKIPPED_SHOWN:
+        lines.append(f"- ... and {len(skipped) - SKIPPED_SHOWN} more")
+    return "\n".join(lines)
 
 
 def summarize_run(
@@ -129,16 +202,24 @@ def _append_jsonl(path: Path, row: dict[str, Any]) -> None:
         fh.flush()
 
 
+_WARNED_LINES: set[tuple[str, int, str]] = set()
+
+
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Rows of a JSONL file; a line cut off by an interruption is ignored."""
+    """Rows of a JSONL file; an invalid line (e.g. cut off by an interruption) is logged, once."""
     if not path.exists():
         return []
     rows = []
-    for line in path.read_text().splitlines():
+    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
         try:
             rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
+        except json.JSONDecodeError as err:
+            key = (str(path), lineno, line)
+            if key not in _WARNED_LINES:
+                _WARNED_LINES.add(key)
+                log.warning("%s:%d: invalid JSON line ignored (%s)", path, lineno, err)
     return rows
 
 

@@ -9,6 +9,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from .searchpath import register_plugin_configs
+
 log = logging.getLogger(__name__)
 
 
@@ -30,8 +32,12 @@ def _wandb_offline() -> bool:
 
 def register_resolvers() -> None:
     """What Hydra needs from xattr before it composes a config: the resolvers
-    ``${xattr.toy:qwen2_5_vl}`` (shipped checkpoint dir) and ``${xattr.wandb_offline:}``, and
-    every registered method's schema (`register_method_schemas`)."""
+    ``${xattr.toy:qwen2_5_vl}`` (shipped checkpoint dir), ``${xattr.wandb_offline:}`` and
+    ``${xattr.cwd:}`` (the launch directory; ``${hydra:runtime.cwd}`` fails in a multirun,
+    whose sweep directory is resolved before Hydra's per-job config exists), and every
+    registered method's schema (`register_method_schemas`)."""
+    if not OmegaConf.has_resolver("xattr.cwd"):
+        OmegaConf.register_new_resolver("xattr.cwd", os.getcwd)
     if not OmegaConf.has_resolver("xattr.toy"):
         OmegaConf.register_new_resolver("xattr.toy", _toy_checkpoint)
     if not OmegaConf.has_resolver("xattr.wandb_offline"):
@@ -86,14 +92,53 @@ def build_metrics(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     return map_metrics, model_metrics
 
 
+def _record_configuration(cfg: DictConfig, run_dir: Path) -> dict[str, str]:
+    """Write fingerprints.json; say which settings changed since an earlier run in ``run_dir``."""
+    from .fingerprint import changes, read_fingerprints, row_configs, write_fingerprints
+    from .results import load_rows
+
+    configs = row_configs(cfg)
+    earlier = read_fingerprints(run_dir)
+    rows = load_rows(run_dir, fingerprints={})
+    if earlier is None and rows:
+        log.warning(
+            "%s holds rows without a configuration record (an older xattr): they are recomputed",
+            run_dir,
+        )
+    for method, config in configs.items():
+        had_rows = earlier and method in earlier and any(r["method"] == method for r in rows)
+        if had_rows and (diff := changes(earlier[method]["config"], config)):
+            log.warning(
+                "%s: configuration changed since its rows in %s were scored, so they are "
+                "recomputed: %s",
+                method,
+                run_dir,
+                "; ".join(diff),
+            )
+    return write_fingerprints(run_dir, configs)
+
+
+def _wandb_location(logger: Any) -> str:
+    """One line saying where the W&B run is (wandb's own banner is silenced)."""
+    run = getattr(logger, "_experiment", None)
+    if run is None:
+        return ""
+    if getattr(run.settings, "_offline", False) or run.settings.mode == "offline":
+        folder = Path(run.dir).parent
+        return f"W&B run (offline): {folder}; upload it with `wandb sync {folder}`"
+    return f"W&B run: {run.url}"
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate the configured methods and metrics; returns the summary (and writes it)."""
     import lightning as L
 
     from .evaluator import SampleEvaluator
     from .module import ExplainEvalModule, XattrProgressBar
+    from .quiet import quiet_libraries, quiet_logger
     from .results import read_summary
 
+    quiet_libraries()
     L.seed_everything(cfg.get("seed", 0), verbose=False)
     if cfg.get("num_threads"):
         import torch
@@ -102,6 +147,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    fingerprints = _record_configuration(cfg, run_dir)
 
     # everything that can fail on a bad path or name fails here, before the model loads
     datamodule = instantiate(cfg.data)
@@ -115,7 +161,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     evaluator = SampleEvaluator(
         adapter, methods, map_metrics, model_metrics, answer=cfg.get("answer", "generated")
     )
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    loggers = [
+        quiet_logger(instantiate(c)) for c in (cfg.get("logger") or {}).values() if c is not None
+    ]
     # limits of methods not selected in this run are ignored
     limits = {k: int(v) for k, v in (cfg.get("method_limits") or {}).items() if k in methods}
     module = ExplainEvalModule(
@@ -123,6 +171,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         run_dir=run_dir,
         overlays=cfg.get("overlays", 3),
         method_limits=limits,
+        fingerprints=fingerprints,
         save_explanations=bool(cfg.get("save_explanations", False)),
     )
     trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[XattrProgressBar()])
@@ -135,9 +184,28 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             if hasattr(logger, "experiment") and type(logger).__name__ == "WandbLogger":
                 import wandb
 
+                where = _wandb_location(logger)
                 wandb.finish()
+                if where and trainer.global_rank == 0:
+                    print(where)
     # read back from disk: with a spawning strategy the module above ran in other processes
     summary = read_summary(run_dir)
     if trainer.global_rank == 0:
         print(f"\nResults ({run_dir}):\n\n{(run_dir / 'results.md').read_text()}")
+        session = summary["this_session"]
+        if session.get("rows_resumed") or session.get("rows_recomputed"):
+            print(
+                f"Resumed {session['rows_resumed']} rows already in {run_dir}; recomputed "
+                f"{session['rows_recomputed']} whose configuration had changed.\n"
+            )
+    if not summary["samples"] and summary["skipped_samples"]:
+        raise RuntimeError(
+            f"every sample failed ({summary['skipped_samples']} skipped): "
+            f"the reasons are under the table and in {run_dir / 'skipped.jsonl'}"
+        )
     return summary
+
+
+# a launcher that unpickles the task in a fresh process (submitit) imports this module first
+register_resolvers()
+register_plugin_configs()  # plugin packages' conf/ folders (entry-point group xattr.conf)

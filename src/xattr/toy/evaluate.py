@@ -33,7 +33,7 @@ from PIL import Image
 from xattr.data.synthetic import PALETTE, generate_synthetic
 from xattr.images import blur_image
 
-# Held-out questions: training streams use seeds >= xattr.toy.train.TRAIN_SEED_BASE.
+# Held-out questions: training streams use seeds >= xattr.toy.task.TRAIN_SEED_BASE.
 HELDOUT_SEED = 2025
 MODES = ("fill", "blur")
 BLUR_GROW = 3  # px added around the bounding box in "blur" mode
@@ -84,9 +84,7 @@ def answer_batch(adapter: Any, images: Sequence[Image.Image], questions: Sequenc
     out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
     model.train(was)
     new = out[:, inputs["input_ids"].shape[1] :].tolist()
-    stops = (
-        adapter.stop_ids() if hasattr(adapter, "_stop_ids") else {adapter.tokenizer.eos_token_id}
-    )
+    stops = adapter.stop_ids() if hasattr(adapter, "stop_ids") else {adapter.tokenizer.eos_token_id}
     answers = []
     for row in new:
         keep = []

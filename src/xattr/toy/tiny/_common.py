@@ -63,6 +63,17 @@ class TinySizes:
     def head_dim(self) -> int:
         return self.text_hidden // self.text_heads
 
+    def text_kwargs(self, vocab_size: int) -> dict[str, int]:
+        """The config entries every tiny language model shares: vocabulary, width, depth, heads."""
+        return {
+            "vocab_size": vocab_size,
+            "hidden_size": self.text_hidden,
+            "intermediate_size": 2 * self.text_hidden,
+            "num_hidden_layers": self.text_layers,
+            "num_attention_heads": self.text_heads,
+            "num_key_value_heads": self.text_kv_heads,
+        }
+
 
 def vocab(specials: Iterable[str], extra_words: Iterable[str] = ()) -> dict[str, int]:
     """Token -> id: specials (``<unk>`` first), then words, punctuation and single digits."""

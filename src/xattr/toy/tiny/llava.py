@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,17 +55,24 @@ def tokenizer(extra_words: Any = ()) -> PreTrainedTokenizerFast:
     )
 
 
-def build(
-    out_dir: Path,
-    sizes: TinySizes,
-    *,
-    seed: int = 0,
-    image_size: int = NATIVE_SIZE,
-    patch_size: int = 14,
-    vision_feature_layer: int = -2,
-    extra_words: Any = (),
-) -> Path:
-    """A tiny LLaVA-1.5: CLIP resize (shortest edge) + centre crop to image_size^2."""
+@dataclass
+class Parts:
+    """What a LLaVA-style tiny model is made of (ViP-LLaVA and kin reuse them)."""
+
+    tokenizer: PreTrainedTokenizerFast
+    vision: CLIPVisionConfig
+    text: LlamaConfig
+    processor: LlavaProcessor
+
+    @property
+    def image_token_id(self) -> int:
+        return self.tokenizer.convert_tokens_to_ids("<image>")
+
+
+def parts(
+    sizes: TinySizes, *, image_size: int = NATIVE_SIZE, patch_size: int = 14, extra_words: Any = ()
+) -> Parts:
+    """A tiny CLIP tower and Llama config, the tokenizer, and a CLIP resize + centre-crop processor."""
     tok = tokenizer(extra_words)
     vision = CLIPVisionConfig(
         hidden_size=sizes.vision_hidden,
@@ -76,26 +84,11 @@ def build(
         projection_dim=sizes.vision_hidden,
     )
     text = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=sizes.text_hidden,
-        intermediate_size=2 * sizes.text_hidden,
-        num_hidden_layers=sizes.text_layers,
-        num_attention_heads=sizes.text_heads,
-        num_key_value_heads=sizes.text_kv_heads,
+        **sizes.text_kwargs(len(tok)),
         max_position_embeddings=2048,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
-    )
-    grid = image_size // patch_size
-    config = LlavaConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_index=tok.convert_tokens_to_ids("<image>"),
-        image_seq_length=grid * grid,
-        vision_feature_select_strategy="default",
-        vision_feature_layer=vision_feature_layer,
-        projector_hidden_act="gelu",
     )
     image_processor = CLIPImageProcessorPil(
         size={"shortest_edge": image_size},
@@ -105,7 +98,7 @@ def build(
         image_mean=OPENAI_CLIP_MEAN,
         image_std=OPENAI_CLIP_STD,
     )
-    proc = LlavaProcessor(
+    processor = LlavaProcessor(
         image_processor=image_processor,
         tokenizer=tok,
         patch_size=patch_size,
@@ -113,4 +106,29 @@ def build(
         num_additional_image_tokens=1,  # CLIP's CLS token, dropped again by strategy "default"
         chat_template=CHAT_TEMPLATE,
     )
-    return _common.save(LlavaForConditionalGeneration, config, proc, out_dir, seed)
+    return Parts(tok, vision, text, processor)
+
+
+def build(
+    out_dir: Path,
+    sizes: TinySizes,
+    *,
+    seed: int = 0,
+    image_size: int = NATIVE_SIZE,
+    patch_size: int = 14,
+    vision_feature_layer: int = -2,
+    extra_words: Any = (),
+) -> Path:
+    """A tiny LLaVA-1.5: CLIP resize (shortest edge) + centre crop to image_size^2."""
+    p = parts(sizes, image_size=image_size, patch_size=patch_size, extra_words=extra_words)
+    grid = image_size // patch_size
+    config = LlavaConfig(
+        vision_config=p.vision,
+        text_config=p.text,
+        image_token_index=p.image_token_id,
+        image_seq_length=grid * grid,
+        vision_feature_select_strategy="default",
+        vision_feature_layer=vision_feature_layer,
+        projector_hidden_act="gelu",
+    )
+    return _common.save(LlavaForConditionalGeneration, config, p.processor, out_dir, seed)

@@ -81,12 +81,7 @@ def text_config(tok: PreTrainedTokenizerFast, sizes: TinySizes) -> dict:
     half = sizes.head_dim // 2  # M-RoPE splits the head_dim/2 rotary frequencies into (t, h, w)
     spatial = (half - half // 4) // 2  # the real 1:1.5:1.5 split, [16, 24, 24] for head_dim 128
     return {
-        "vocab_size": len(tok),
-        "hidden_size": sizes.text_hidden,
-        "intermediate_size": 2 * sizes.text_hidden,
-        "num_hidden_layers": sizes.text_layers,
-        "num_attention_heads": sizes.text_heads,
-        "num_key_value_heads": sizes.text_kv_heads,
+        **sizes.text_kwargs(len(tok)),
         "max_position_embeddings": 2048,
         "rope_parameters": {
             "rope_type": "default",

@@ -1,0 +1,150 @@
+"""InternVL (HF-native `InternVLForConditionalGeneration`: InternVL2.5, 3 and 3.5 "-HF" checkpoints).
+
+Layout. The processor (GOT-OCR2's image processor, ``crop_to_patches`` forced on by
+`InternVLProcessor`) picks the tile canvas ``cols x rows`` (1 to ``max_patches`` tiles) whose
+aspect is closest to the image's, stretches the whole image onto it (no pad, no crop) and
+cuts it into square tiles, row-major; when there is more than one tile it appends a
+thumbnail, the whole image stretched to one tile, last. Each view goes through the ViT
+alone (CLS dropped) and a 2 x 2 pixel shuffle (``downsample_ratio`` 0.5), so a 448 px view
+gives 16 x 16 = 256 tokens in raster order. The prompt holds ``<img>``, then one
+contiguous run of ``<IMG_CONTEXT>`` for all views (no separators between tiles, no
+thumbnail marker), then ``</img>``; the processor returns neither ``num_patches`` nor the
+canvas, so the grids are recomputed from its config (`tiling`) and checked against the
+token count. Grids: ``tile r,c`` covering ``(r/rows, c/cols, (r+1)/rows, (c+1)/cols)`` of
+the image, then ``thumbnail`` covering all of it: every region is seen twice, at two
+resolutions, and `Explanation.visual_pixels` combines the views.
+
+Caveats. The LM attention is plain causal (Qwen2 / Qwen3: 1-D RoPE, image tokens are
+ordinary positions). The LM is whatever ``text_config.model_type`` names: Qwen2 (2.5 / 3),
+Qwen3 (3.5), Llama (InternLM2-based conversions); GPT-OSS (InternVL3.5-GPT-OSS) uses
+attention sinks, which the capture refuses with a CaptureError. No pixel-mask path: the
+views are two separate resamplings of the image (the canvas and the thumbnail), not one
+processed image, so iGOS and pixel-space faithfulness are not supported (image-space
+faithfulness is).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+from torch import Tensor
+from transformers import InternVLProcessor, ProcessorMixin
+from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import get_optimal_tiled_canvas
+
+from ..layout import Grid, VisualLayout
+from .base import ModelAdapter
+from .processors import image_only_processor
+from .prompting import CaptureError
+
+
+@image_only_processor("internvl")
+class InternVLImageOnlyProcessor(InternVLProcessor):
+    """`InternVLProcessor` for images only (its video processor needs torchvision); saves as
+    the real class, so the folder is an ordinary InternVL processor folder."""
+
+    real_name = "InternVLProcessor"
+
+    def __init__(
+        self,
+        image_processor: Any = None,
+        tokenizer: Any = None,
+        image_seq_length: int = 256,
+        chat_template: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+        # what InternVLProcessor.__init__ sets, without the video processor
+        self.image_seq_length = image_seq_length
+        self.start_image_token = tokenizer.start_image_token
+        self.end_image_token = tokenizer.end_image_token
+        self.start_image_token_id = tokenizer.start_image_token_id
+        self.end_image_token_id = tokenizer.end_image_token_id
+        self.image_token = tokenizer.context_image_token
+        self.image_token_id = tokenizer.context_image_token_id
+        self.video_token = tokenizer.video_token
+        self.multimodal_pattern = re.compile(
+            f"(?P<image>{re.escape(self.image_token)})|(?P<video>{re.escape(self.video_token)})"
+        )
+
+    def to_dict(self) -> dict:
+        """The real class's processor config."""
+        out = super().to_dict()
+        out["processor_class"] = self.real_name
+        return out
+
+    def save_pretrained(self, save_directory: Any, **kwargs: Any) -> Any:
+        """Save like the real class (tokenizer_config's processor_class included)."""
+        files = super().save_pretrained(save_directory, **kwargs)
+        self.tokenizer._set_processor_class(self.real_name)
+        self.tokenizer.save_pretrained(save_directory)
+        return files
+
+
+def tiling(image_size: tuple[int, int], image_processor: Any) -> tuple[int, int]:
+    """(cols, rows) of the tile canvas GOT-OCR2's processor picks for a (W, H) image
+    (``crop_to_patches`` on, as `InternVLProcessor` forces it); (1, 1) means no tiling."""
+    width, height = image_size
+    size = image_processor.size
+    max_tiles = int(image_processor.max_patches)
+    if max_tiles <= 1:
+        return 1, 1  # the processor resizes the image to one view
+    cols, rows = get_optimal_tiled_canvas(
+        (height, width),
+        (int(size["height"]), int(size["width"])),
+        int(image_processor.min_patches),
+        max_tiles,
+    )
+    return int(cols), int(rows)
+
+
+def view_grids(image_size: tuple[int, int], image_processor: Any, side: int) -> list[Grid]:
+    """The grids of a (W, H) image, ``side x side`` tokens per view: the tiles row-major, then
+    the thumbnail (whole image) when there is more than one tile."""
+    cols, rows = tiling(image_size, image_processor)
+    if cols * rows == 1:
+        return [Grid(side, side)]
+    tiles = [
+        Grid(
+            side,
+            side,
+            box=(r / rows, c / cols, (r + 1) / rows, (c + 1) / cols),
+            name=f"tile {r},{c}",
+        )
+        for r in range(rows)
+        for c in range(cols)
+    ]
+    return [*tiles, Grid(side, side, name="thumbnail")]
+
+
+class InternVLAdapter(ModelAdapter, family="internvl"):
+    """InternVL*-HF: tiles row-major, then the thumbnail (module docstring)."""
+
+    @property
+    def view_side(self) -> int:
+        """Tokens per side of one view: ``image_size / patch_size * downsample_ratio``."""
+        cfg = self.model.config
+        image, patch = cfg.vision_config.image_size, cfg.vision_config.patch_size
+        image = image[0] if isinstance(image, (list, tuple)) else image
+        patch = patch[0] if isinstance(patch, (list, tuple)) else patch
+        return round(int(image) // int(patch) * float(cfg.downsample_ratio))
+
+    def visual_layout(self, inputs: dict[str, Tensor], image_size: tuple[int, int]) -> VisualLayout:
+        """The ``<IMG_CONTEXT>`` positions, view after view, and each view's grid: the tiles of
+        the canvas recomputed from the processor config, then the thumbnail."""
+        ids = inputs["input_ids"][0]
+        positions = torch.nonzero(ids == self.image_token_id).flatten()
+        starts = int((ids == self.processor.start_image_token_id).sum())
+        if starts > 1:
+            raise CaptureError(f"the prompt holds {starts} images; internvl takes one per prompt")
+        side = self.view_side
+        grids = view_grids(image_size, self.processor.image_processor, side)
+        expected = len(grids) * side * side
+        if positions.numel() != expected:
+            raise CaptureError(
+                f"the prompt holds {positions.numel()} image tokens, but the processor config "
+                f"tiles a {image_size[0]}x{image_size[1]} image into {len(grids)} view(s) of "
+                f"{side} x {side} tokens ({expected}); the processor's tiling differs from its config"
+            )
+        return VisualLayout(positions, grids)

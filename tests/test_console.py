@@ -1,0 +1,60 @@
+"""What one run prints: the progress bar, the table and warnings that matter, no library chatter."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOISE = (
+    "GPU available",  # Lightning's start-up INFO lines (they were printed twice)
+    "TPU available",
+    "litlogger",  # Lightning's LitLogger tip
+    "LeafSpec",  # torch's pytree deprecation inside Lightning
+    "Loading weights",  # transformers' weight-loading bar
+    "anonymous setting",  # wandb's notice about a setting Lightning passes
+    "Find logs at",  # wandb's closing banner (a relative, garbled path)
+    "wandb: ",
+    "DistributedSampler",  # Lightning's advice for trainer.test on several devices
+)
+
+
+def _console(tmp_path: Path, *overrides: str) -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env["WANDB_MODE"] = "offline"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "train_free_eval.py"), "data.limit=2", *overrides],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout + done.stderr
+
+
+def _assert_quiet(out: str) -> None:
+    found = [n for n in NOISE if n in out]
+    assert not found, f"{found} in:\n{out[-4000:]}"
+    assert "Testing DataLoader 0: 100%" in out  # the progress bar
+
+
+def test_default_run_prints_the_table_and_no_library_chatter(tmp_path):
+    out = _console(tmp_path, "logger=many")
+    _assert_quiet(out)
+    for method in ("glimpse", "tmme", "rollout", "raw_attention", "gradcam", "dexar", "igos_fast"):
+        assert f"| {method} |" in out
+    assert "W&B run (offline): " in out and "wandb sync " in out  # one line instead of a banner
+    assert "Method warnings:" in out  # the warnings that matter stay
+
+
+@pytest.mark.slow
+def test_ddp_run_has_no_sampler_advice_or_start_up_lines(tmp_path):
+    out = _console(tmp_path, "trainer=ddp_cpu", "method=[rollout]", "metrics=agreement")
+    _assert_quiet(out)
+    assert "| rollout |" in out
