@@ -23,14 +23,14 @@ def _readme_block(heading: str, lang: str) -> str:
 
 def _plugin(where: Path) -> Path:
     """The package as `pip install` would lay it out: code, its conf/, a dist-info with entry points."""
-    code = _readme_block("## 4. Add a method", "python")
+    code = _readme_block("Add a method\n", "python")
     code = code.replace("from ..", "from xattr.").replace("from .", "from xattr.methods.")
     pkg = where / PKG
     (pkg / "conf" / "method").mkdir(parents=True)
     (pkg / "__init__.py").write_text("")
     (pkg / "gradient_norm.py").write_text(code)
     (pkg / "conf" / "__init__.py").write_text("")
-    yaml = _readme_block("## 4. Add a method", "yaml")
+    yaml = _readme_block("Add a method\n", "yaml")
     (pkg / "conf" / "method" / "gradient_norm.yaml").write_text(yaml)
     info = where / f"{PKG}-0.1.dist-info"
     info.mkdir()
@@ -62,7 +62,7 @@ def test_plugin_method_and_its_config_run_from_train_free_eval(tmp_path):
 
 def test_readme_method_snippet_is_ruff_clean(tmp_path):
     """Pasted into src/xattr/methods/, the snippet passes `make test`'s ruff steps."""
-    code = _readme_block("## 4. Add a method", "python")
+    code = _readme_block("Add a method\n", "python")
     target = "src/xattr/methods/gradient_norm.py"
     ruff = [sys.executable, "-m", "ruff"]
     formatted = subprocess.run(
