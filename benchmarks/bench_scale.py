@@ -34,25 +34,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import QUESTION  # benchmarks/common.py
+from common import answer as make_answer
+
 FIVE = ["glimpse", "tmme", "rollout", "raw_attention", "gradcam"]
-QUESTION = "what color is the circle?"
-WORDS = [
-    "red",
-    "circle",
-    "left",
-    "of",
-    "the",
-    "blue",
-    "square",
-    "and",
-    "green",
-    "star",
-    "near",
-    "a",
-    "small",
-    "yellow",
-    "triangle",
-]
 
 
 def _rss() -> int:
@@ -81,7 +66,7 @@ def measure(spec: dict) -> dict:
     image = Image.fromarray(
         np.random.default_rng(0).integers(0, 255, (size, size, 3), dtype=np.uint8)
     )
-    answer = " ".join((WORDS * 8)[: spec["T"]])
+    answer = make_answer(spec["T"])
     answer_ids = adapter.encode_answer(answer)
 
     def floor() -> None:

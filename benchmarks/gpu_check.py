@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import QUESTION  # benchmarks/common.py
+from common import answer as make_answer
 from PIL import Image
 from scipy.stats import spearmanr
 
@@ -30,24 +32,6 @@ from xattr.toy.build import build_tiny_model
 
 METHODS = ["glimpse", "tmme", "rollout", "raw_attention", "gradcam", "dexar"]
 IGOS = {"igos": {"iterations": 2, "ig_steps": 2, "mask_size": 8, "token_policy": "all"}}
-QUESTION = "what color is the circle?"
-WORDS = [
-    "red",
-    "circle",
-    "left",
-    "of",
-    "the",
-    "blue",
-    "square",
-    "and",
-    "green",
-    "star",
-    "near",
-    "a",
-    "small",
-    "yellow",
-    "triangle",
-]
 
 
 def build(root: Path, image: int, smoke: bool) -> Path:
@@ -64,7 +48,7 @@ def build(root: Path, image: int, smoke: bool) -> Path:
 
 def explain(adapter, image: Image.Image, T: int) -> tuple[dict, float]:
     """Every method (and a reduced iGOS) from one capture; seconds for the whole sample."""
-    answer = " ".join((WORDS * 8)[:T])
+    answer = make_answer(T)
     if adapter.device.type == "cuda":
         torch.cuda.synchronize()
     began = time.perf_counter()

@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 
 import xattr
-from support.families import QUESTION, SPECS
-from xattr.images import blend_images, blur_image
+from support.families import QUESTION, SPECS, check_pixel_blend
 from xattr.toy.build import build_tiny_model
 
 FAMILY = "mistral3"
@@ -117,22 +115,7 @@ def test_batched_scoring_repeats_image_sizes(tiny_adapter):
 def test_blending_pixel_values_equals_processing_the_blended_image(tiny_adapter, size):
     """Pixtral's resize + rescale + normalise is per-pixel affine: exact where the processor
     keeps the size (sides multiples of 28 within longest_edge), up to uint8 rounding."""
-    adapter = tiny_adapter(FAMILY)
-    image = SPECS[FAMILY].image(size, seed=3)
-    blurred = blur_image(image)
-    prepared, baseline = adapter.prepare(image, QUESTION), adapter.prepare(blurred, QUESTION)
-    width, height = size
-    assert adapter.processed_size(prepared.inputs) == (height, width)
-    keep = np.random.default_rng(1).random((height, width)).astype(np.float32)
-    expected = adapter.prepare(blend_images(image, blurred, keep), QUESTION).inputs["pixel_values"]
-    weight = adapter.mask_to_pixel_values(torch.from_numpy(keep)[None], prepared.inputs)[0]
-    blended = (
-        weight * prepared.inputs["pixel_values"] + (1 - weight) * baseline.inputs["pixel_values"]
-    )
     # half a grey level over the smallest CLIP std
-    torch.testing.assert_close(blended, expected, atol=0.5 / 255 / 0.26 + 1e-5, rtol=0)
-    back = adapter.images_to_pixel_values(
-        adapter.pixel_values_to_image(prepared.inputs["pixel_values"], prepared.inputs)[None],
-        prepared.inputs,
-    )[0]
-    assert torch.equal(back, prepared.inputs["pixel_values"])
+    check_pixel_blend(
+        tiny_adapter(FAMILY), SPECS[FAMILY].image(size, seed=3), 0.5 / 255 / 0.26 + 1e-5
+    )

@@ -3,13 +3,11 @@ answer tokens in the causal suffix, and Gemma 2's attention and final logit soft
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
 import xattr
-from support.families import QUESTION, SPECS
-from xattr.images import blend_images, blur_image
+from support.families import QUESTION, SPECS, check_pixel_blend
 from xattr.models.recording import recompute_attention, recording
 from xattr.toy.build import build_tiny_model
 
@@ -151,21 +149,4 @@ def test_softcaps_are_recorded_and_the_logit_lens_reproduces_the_logits(adapter_
 def test_blending_pixel_values_equals_processing_the_blended_image(tiny_adapter):
     """SigLIP's resize + rescale + normalise is per-pixel affine: the iGOS path is exact at
     the native size (up to uint8 rounding)."""
-    adapter = tiny_adapter(FAMILY)
-    size = SPECS[FAMILY].native_size
-    image = SPECS[FAMILY].image(seed=3)
-    blurred = blur_image(image)
-    prepared, baseline = adapter.prepare(image, QUESTION), adapter.prepare(blurred, QUESTION)
-    assert adapter.processed_size(prepared.inputs) == (size, size)
-    keep = np.random.default_rng(1).random((size, size)).astype(np.float32)
-    expected = adapter.prepare(blend_images(image, blurred, keep), QUESTION).inputs["pixel_values"]
-    weight = adapter.mask_to_pixel_values(torch.from_numpy(keep)[None], prepared.inputs)[0]
-    blended = (
-        weight * prepared.inputs["pixel_values"] + (1 - weight) * baseline.inputs["pixel_values"]
-    )
-    torch.testing.assert_close(blended, expected, atol=0.5 / 255 / 0.5 + 1e-5, rtol=0)
-    back = adapter.images_to_pixel_values(
-        adapter.pixel_values_to_image(prepared.inputs["pixel_values"], prepared.inputs)[None],
-        prepared.inputs,
-    )[0]
-    assert torch.equal(back, prepared.inputs["pixel_values"])
+    check_pixel_blend(tiny_adapter(FAMILY), SPECS[FAMILY].image(seed=3), 0.5 / 255 / 0.5 + 1e-5)

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 import xattr
-from support.families import FAMILIES, SPECS
-from xattr.images import blend_images, blur_image, load_image
+from support.families import FAMILIES, SPECS, check_pixel_blend
+from xattr.images import blur_image, load_image
 from xattr.layout import VisualLayout
 from xattr.methods import AttributionWarning
 from xattr.methods.igos import IGOS
@@ -52,23 +52,10 @@ def _noise_image(size: int = 112, seed: int = 0) -> Image.Image:
 def test_blending_pixel_values_equals_processing_the_blended_image(tiny_adapter, family):
     """A per-pixel random mask mapped into the pixel_values layout reproduces the processor."""
     adapter = tiny_adapter(family)
-    size = SPECS[family].native_size
-    image = _noise_image(size)
-    blurred = blur_image(image)
-    prepared, baseline = adapter.prepare(image, QUESTION), adapter.prepare(blurred, QUESTION)
-    assert adapter.processed_size(prepared.inputs) == (size, size)  # no resize: exact comparison
-    keep = np.random.default_rng(1).random((size, size)).astype(np.float32)
-    expected = adapter.prepare(blend_images(image, blurred, keep), QUESTION).inputs["pixel_values"]
-    weight = adapter.mask_to_pixel_values(torch.from_numpy(keep)[None], prepared.inputs)[0]
-    blended = (
-        weight * prepared.inputs["pixel_values"] + (1 - weight) * baseline.inputs["pixel_values"]
-    )
     # uint8 rounding of the PIL blend: half a grey level over the smallest CLIP std
-    torch.testing.assert_close(blended, expected, atol=0.5 / 255 / 0.26 + 1e-5, rtol=0)
-    image_t = adapter.pixel_values_to_image(prepared.inputs["pixel_values"], prepared.inputs)
-    assert image_t.shape == (3, size, size)
-    back = adapter.images_to_pixel_values(image_t[None], prepared.inputs)[0]
-    assert torch.equal(back, prepared.inputs["pixel_values"])
+    check_pixel_blend(
+        adapter, _noise_image(SPECS[family].native_size), atol=0.5 / 255 / 0.26 + 1e-5
+    )
 
 
 @pytest.mark.parametrize("family", PIXEL_PATH)

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 import xattr
-from support.hydra_run import compose_run
+from support.compose import compose_run
 from xattr.data.synthetic import generate_synthetic
 from xattr.pipeline import run
 from xattr.report import build_run_report, write_report

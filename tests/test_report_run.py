@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import xattr
-from support.hydra_run import compose_run
+from support.compose import compose_run
 from support.wandb_log import artifacts, logged
 from xattr.archive import load_sample, saved_samples
 from xattr.pipeline import run

@@ -13,8 +13,11 @@ from xattr.pipeline import register_resolvers
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
 
-def compose_run(tmp: Path, model_dir: Path, *overrides: str) -> DictConfig:
-    """The real config with a tiny model, a few synthetic samples and tmp output folders."""
+def compose_run(
+    tmp: Path, model_dir: Path, *overrides: str, samples: int = 4, overlays: int = 2
+) -> DictConfig:
+    """The real config with a tiny model, ``samples`` synthetic samples and tmp output folders,
+    as ``@hydra.main`` hands it over (the job config only), output in ``tmp/run``."""
     register_resolvers()
     synthetic = not any(o.startswith("data=") for o in overrides)
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
@@ -26,8 +29,8 @@ def compose_run(tmp: Path, model_dir: Path, *overrides: str) -> DictConfig:
                 f"paths.root_dir={tmp}",
                 f"paths.data_dir={tmp / 'data'}",
                 f"paths.output_dir={tmp / 'run'}",
-                *(["data.dataset.n=4"] if synthetic else []),
-                "overlays=2",
+                *([f"data.dataset.n={samples}"] if synthetic else []),
+                f"overlays={overlays}",
                 *overrides,
             ],
         )

@@ -82,3 +82,24 @@ def assert_same_maps(actual: dict, expected: dict, atol: float = 1e-4) -> None:
         for a, b in zip(expl.visual_maps, actual[name].visual_maps, strict=True):
             scale = float(a.abs().max()) or 1.0
             torch.testing.assert_close(b / scale, a / scale, rtol=0, atol=atol, msg=name)
+
+
+def check_pixel_blend(adapter, image: Image.Image, atol: float) -> None:
+    """Blending two processed images with a per-pixel mask (the pixel-mask path) equals
+    processing the blended image, and pixel_values map to an image and back exactly."""
+    import torch
+
+    from xattr.images import blend_images, blur_image
+
+    blurred = blur_image(image)
+    prepared, baseline = adapter.prepare(image, QUESTION), adapter.prepare(blurred, QUESTION)
+    height, width = adapter.processed_size(prepared.inputs)
+    assert (width, height) == image.size, "compare at a size the processor keeps"
+    keep = np.random.default_rng(1).random((height, width)).astype(np.float32)
+    expected = adapter.prepare(blend_images(image, blurred, keep), QUESTION).inputs["pixel_values"]
+    weight = adapter.mask_to_pixel_values(torch.from_numpy(keep)[None], prepared.inputs)[0]
+    pv, pv_base = prepared.inputs["pixel_values"], baseline.inputs["pixel_values"]
+    torch.testing.assert_close(weight * pv + (1 - weight) * pv_base, expected, atol=atol, rtol=0)
+    image_t = adapter.pixel_values_to_image(pv, prepared.inputs)
+    assert image_t.shape == (3, height, width)
+    assert torch.equal(adapter.images_to_pixel_values(image_t[None], prepared.inputs)[0], pv)
