@@ -134,6 +134,47 @@ def tokenizer(
     return tok
 
 
+def qwen_chat_tokenizer(
+    specials: tuple[str, ...],
+    *,
+    chat_template: str,
+    extra_words: Iterable[str] = (),
+    named: Mapping[str, str] | None = None,
+) -> PreTrainedTokenizerFast:
+    """Qwen's chat conventions (Qwen2-VL, LLaVA-OneVision, InternVL): no BOS, ``<|im_end|>``
+    ends a turn, ``<|endoftext|>`` (the first of ``specials``) pads, the others are special."""
+    return tokenizer(
+        specials,
+        chat_template=chat_template,
+        extra_words=extra_words,
+        eos="<|im_end|>",
+        pad="<|endoftext|>",
+        extra_special=specials[1:],
+        named=named,
+    )
+
+
+def llama_tokenizer(
+    specials: Iterable[str],
+    *,
+    chat_template: str,
+    extra_special: Iterable[str],
+    extra_words: Iterable[str] = (),
+) -> PreTrainedTokenizerFast:
+    """Llama's conventions (LLaVA-1.5, LLaVA-NeXT, Mistral 3): ``<s>`` prepended with special
+    tokens, ``</s>`` ends the answer, ``<pad>`` pads."""
+    return tokenizer(
+        specials,
+        chat_template=chat_template,
+        extra_words=extra_words,
+        bos="<s>",
+        prepend_bos=True,
+        eos="</s>",
+        pad="<pad>",
+        extra_special=extra_special,
+    )
+
+
 def generation_config(config: PreTrainedConfig) -> GenerationConfig:
     """Greedy generation that stops at the text model's eos token."""
     text = config.get_text_config()

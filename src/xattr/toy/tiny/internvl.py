@@ -62,14 +62,8 @@ CHAT_TEMPLATE = (
 
 def tokenizer(extra_words: Any = ()) -> PreTrainedTokenizerFast:
     """The Qwen chat tokens plus InternVL's image markers (no BOS; ``<|im_end|>`` ends a turn)."""
-    return _common.tokenizer(
-        SPECIALS,
-        chat_template=CHAT_TEMPLATE,
-        extra_words=extra_words,
-        eos="<|im_end|>",
-        pad="<|endoftext|>",
-        extra_special=SPECIALS[1:],
-        named=NAMED,
+    return _common.qwen_chat_tokenizer(
+        SPECIALS, chat_template=CHAT_TEMPLATE, extra_words=extra_words, named=NAMED
     )
 
 

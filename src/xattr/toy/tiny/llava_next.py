@@ -54,15 +54,8 @@ CHAT_TEMPLATE = (
 
 def tokenizer(extra_words: Any = ()) -> PreTrainedTokenizerFast:
     """Mistral-style: ``<s>`` prepended with special tokens, ``</s>`` ends the answer."""
-    return _common.tokenizer(
-        SPECIALS,
-        chat_template=CHAT_TEMPLATE,
-        extra_words=extra_words,
-        bos="<s>",
-        prepend_bos=True,
-        eos="</s>",
-        pad="<pad>",
-        extra_special=["<image>"],
+    return _common.llama_tokenizer(
+        SPECIALS, chat_template=CHAT_TEMPLATE, extra_words=extra_words, extra_special=["<image>"]
     )
 
 

@@ -53,13 +53,8 @@ CHAT_TEMPLATE = (
 
 def tokenizer(extra_words: Any = ()) -> PreTrainedTokenizerFast:
     """Qwen2 chat tokens (no BOS; ``<|im_end|>`` ends a turn) plus ``<image>`` / ``<video>``."""
-    return _common.tokenizer(
-        SPECIALS,
-        chat_template=CHAT_TEMPLATE,
-        extra_words=extra_words,
-        eos="<|im_end|>",
-        pad="<|endoftext|>",
-        extra_special=SPECIALS[1:],
+    return _common.qwen_chat_tokenizer(
+        SPECIALS, chat_template=CHAT_TEMPLATE, extra_words=extra_words
     )
 
 

@@ -75,14 +75,10 @@ CHAT_TEMPLATE = (
 def tokenizer(extra_words: Any = ()) -> PreTrainedTokenizerFast:
     """Llama-style like the real one: ``<s>`` prepended with special tokens (the processor is
     told not to add it to a rendered prompt that has it), ``</s>`` ends the answer."""
-    return _common.tokenizer(
+    return _common.llama_tokenizer(
         SPECIALS,
         chat_template=CHAT_TEMPLATE,
         extra_words=extra_words,
-        bos="<s>",
-        prepend_bos=True,
-        eos="</s>",
-        pad="<pad>",
         extra_special=[t for t in SPECIALS if t.startswith("[")],
     )
 

@@ -47,13 +47,8 @@ CHAT_TEMPLATE = (
 
 def tokenizer(extra_words: Any = ()) -> PreTrainedTokenizerFast:
     """The Qwen chat tokens (no BOS; ``<|im_end|>`` ends a turn) over the task's words."""
-    return _common.tokenizer(
-        SPECIALS,
-        chat_template=CHAT_TEMPLATE,
-        extra_words=extra_words,
-        eos="<|im_end|>",
-        pad="<|endoftext|>",
-        extra_special=SPECIALS[1:],
+    return _common.qwen_chat_tokenizer(
+        SPECIALS, chat_template=CHAT_TEMPLATE, extra_words=extra_words
     )
 
 
