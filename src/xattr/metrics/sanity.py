@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..api import capture
 from ..images import ImageLike, load_image
 from ._base import METRICS
 
@@ -201,11 +202,8 @@ def _restore(layer: nn.Module, state: dict[str, torch.Tensor]) -> None:
 
 
 def _capture(adapter: Any, image: Any, question: str, answer: Any, method: Any) -> Any:
-    needs = method.needs
-    trace = adapter.trace(
-        image, question, answer, gradients=needs.gradients, hidden_states=needs.hidden_states
-    )
-    return trace
+    """The trace ``method`` needs (the same capture `xattr.explain` makes)."""
+    return capture(adapter, image, question, answer, {method.name: method})[0]
 
 
 def _visual(expl: Any) -> np.ndarray:
