@@ -1,5 +1,5 @@
-"""InternVL's own rules: the tiling recomputed from the processor config against the
-processor's own counts (real 448 px tiles), tile and thumbnail boxes against the pixels the
+"""InternVL's own rules: the tiling recomputed from the processor config against what the
+processor emits (real 448 px tiles), tile and thumbnail boxes against the pixels the
 processor emits, the prompt's single image block, and a Qwen2 language model too."""
 
 from __future__ import annotations
@@ -7,12 +7,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import transformers
 from transformers import GotOcr2ImageProcessorPil
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 import xattr
 from support.families import QUESTION, SPECS, assert_same_maps, explain_quietly
-from xattr.models import CaptureError
+from xattr.layout import LayoutError
+from xattr.models import internvl
 from xattr.models.internvl import view_grids
 from xattr.models.processors import IMAGE_ONLY_PROCESSORS
 from xattr.toy.build import build_tiny_model
@@ -58,19 +60,24 @@ def real_processor(tiny_adapter):
         ((2000, 300), (1, 7)),
     ],
 )
-def test_the_recomputed_tiling_is_the_processors_own_count(real_processor, size, canvas):
+def test_the_recomputed_tiling_is_what_the_processor_emits(real_processor, size, canvas):
     image = SPEC.image(size)
     grids = view_grids(size, real_processor.image_processor, REAL_SIDE)
     rows, cols = canvas
     tiles = [g for g in grids if g.name.startswith("tile")]
     assert len(tiles) == (rows * cols if rows * cols > 1 else 0)
     assert [g.name for g in grids][-1] == ("thumbnail" if rows * cols > 1 else "image")
-    counts = real_processor._get_num_multimodal_tokens(image_sizes=[(size[1], size[0])])
-    assert counts["num_image_patches"][0] == len(grids)
+    # what the processor emits: one pixel_values view per grid, one <IMG_CONTEXT> per cell,
+    # the whole run between one <img> and one </img>
     out = real_processor(images=[image], text=["<IMG_CONTEXT>\n" + QUESTION], return_tensors="pt")
-    assert out["pixel_values"].shape[0] == len(grids)
-    n_tokens = int((out["input_ids"][0] == real_processor.image_token_id).sum())
-    assert n_tokens == sum(g.cells for g in grids) == counts["num_image_tokens"][0] - 2
+    views = rows * cols + 1 if rows * cols > 1 else 1  # the tiles and a thumbnail, or one view
+    assert out["pixel_values"].shape[0] == len(grids) == views
+    ids = out["input_ids"][0]
+    context = torch.nonzero(ids == real_processor.image_token_id).flatten()
+    assert context.numel() == sum(g.cells for g in grids) == len(grids) * REAL_SIDE**2
+    assert torch.equal(context, torch.arange(int(context[0]), int(context[0]) + context.numel()))
+    assert int(ids[context[0] - 1]) == real_processor.start_image_token_id
+    assert int(ids[context[-1] + 1]) == real_processor.end_image_token_id
 
 
 def test_tile_and_thumbnail_boxes_hold_the_pixels_the_processor_emits(real_processor):
@@ -118,11 +125,19 @@ def test_the_views_form_one_block_between_img_markers(tiny_adapter):
     assert int(ids[pos[-1] + 1]) == adapter.processor.end_image_token_id
 
 
-def test_a_layout_the_processor_config_does_not_give_is_named(tiny_adapter):
+def test_a_tiling_rule_the_processor_does_not_follow_is_refused_by_name(tiny_adapter, monkeypatch):
+    """If a transformers release changed the canvas rule the adapter recomputes, prepare
+    refuses the image, naming the family, the version and both counts; no map is made."""
     adapter = tiny_adapter("internvl")
-    prepared = adapter.prepare(SPEC.image(SPEC.geometry_size), QUESTION)
-    with pytest.raises(CaptureError, match="tiling differs from its config"):
-        adapter.visual_layout(prepared.inputs, (SPEC.native_size, SPEC.native_size))
+    image = SPEC.image(SPEC.geometry_size)
+    monkeypatch.setattr(internvl, "get_optimal_tiled_canvas", lambda *args: (2, 2))
+    with pytest.raises(LayoutError) as caught:
+        adapter.prepare(image, QUESTION)
+    message = str(caught.value)
+    assert "internvl adapter" in message and f"transformers {transformers.__version__}" in message
+    assert "emitted 10 view(s) and 160 image tokens" in message and "into 5 view(s)" in message
+    with pytest.raises(LayoutError, match="emitted 10 view"):
+        xattr.explain(adapter, image, QUESTION, answer="red circle", method="raw_attention")
 
 
 @pytest.fixture(scope="module")

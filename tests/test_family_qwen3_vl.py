@@ -62,8 +62,9 @@ def test_the_grid_under_the_real_pixel_budget_is_the_processors_token_count(
     layout = adapter.visual_layout(dict(inputs), image.size)
     assert [g.shape for g in layout.grids] == [grid]
     assert layout.grids[0].box == (0.0, 0.0, 1.0, 1.0)  # stretched whole: no crop, no pad
-    expected = processor._get_num_multimodal_tokens(image_sizes=[(size[1], size[0])])
-    assert layout.positions.numel() == expected["num_image_tokens"][0] == grid[0] * grid[1]
+    (t, h, w), merge = inputs["image_grid_thw"][0].tolist(), processor.image_processor.merge_size
+    assert (t, h // merge, w // merge) == (1, *grid)  # the patch grid the processor emits
+    assert layout.positions.numel() == grid[0] * grid[1]
     ids = inputs["input_ids"][0]
     # one contiguous run between <|vision_start|> and <|vision_end|>, no row separators
     start = int(layout.positions[0])

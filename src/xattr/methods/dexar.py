@@ -15,7 +15,7 @@ multiplied by A), per head:
   ``sum_t delta_t * m_t``. Tokens with ``delta_t = 0`` are "linguistic": they drop out and are
   listed in ``meta["linguistic_tokens"]`` (indices) and left out of ``token_mask``.
 
-Which hidden state is the output of layer l (verified in transformers 5.23 for Qwen2-VL,
+Which hidden state is the output of layer l (verified in transformers 5.23 and 5.25 for Qwen2-VL,
 Qwen2.5-VL and LLaVA/Llama): ``out.hidden_states`` has L+1 entries; entry 0 is the input
 embeddings and entry l (1..L) is the output of decoder layer l, except that the **last entry
 already has the final norm applied** (``capture_outputs`` replaces it with

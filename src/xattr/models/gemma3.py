@@ -40,7 +40,7 @@ from torch import Tensor
 from transformers import Gemma3Processor
 
 from ..images import FULL_IMAGE, Region
-from ..layout import Grid, VisualLayout
+from ..layout import Grid, LayoutError, VisualLayout
 from .base import ModelAdapter
 from .prompting import CaptureError
 
@@ -146,10 +146,16 @@ class Gemma3Adapter(ModelAdapter, family="gemma3"):
             ]
         else:
             grids = [Grid(side, side)]
-        if blocks != len(grids) or positions.numel() != len(grids) * side * side:
-            raise CaptureError(
-                f"the prompt holds {blocks} image block(s) and {positions.numel()} image tokens, "
-                f"but pan-and-scan with {self.image_options()} gives {len(grids)} view(s) of "
+        views = int(inputs["pixel_values"].shape[0])  # [views, C, H, W]
+        if (
+            blocks != len(grids)
+            or views != len(grids)
+            or positions.numel() != len(grids) * side * side
+        ):
+            raise LayoutError(
+                f"the processor emitted {views} view(s), {blocks} image block(s) and "
+                f"{positions.numel()} image tokens, but pan-and-scan with "
+                f"{self.image_options()} gives {len(grids)} view(s) of "
                 f"{side * side} tokens for a {image_size[0]}x{image_size[1]} image"
             )
         return VisualLayout(positions, grids)

@@ -33,14 +33,14 @@ from torch import Tensor
 from transformers import InternVLProcessor, ProcessorMixin
 from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import get_optimal_tiled_canvas
 
-from ..layout import Grid, VisualLayout
+from ..layout import Grid, LayoutError, VisualLayout
 from .base import ModelAdapter
-from .processors import image_only_processor
+from .processors import ImageOnlyProcessorMixin, image_only_processor
 from .prompting import CaptureError
 
 
 @image_only_processor("internvl")
-class InternVLImageOnlyProcessor(InternVLProcessor):
+class InternVLImageOnlyProcessor(ImageOnlyProcessorMixin, InternVLProcessor):
     """`InternVLProcessor` for images only (its video processor needs torchvision); saves as
     the real class, so the folder is an ordinary InternVL processor folder."""
 
@@ -67,19 +67,6 @@ class InternVLImageOnlyProcessor(InternVLProcessor):
         self.multimodal_pattern = re.compile(
             f"(?P<image>{re.escape(self.image_token)})|(?P<video>{re.escape(self.video_token)})"
         )
-
-    def to_dict(self) -> dict:
-        """The real class's processor config."""
-        out = super().to_dict()
-        out["processor_class"] = self.real_name
-        return out
-
-    def save_pretrained(self, save_directory: Any, **kwargs: Any) -> Any:
-        """Save like the real class (tokenizer_config's processor_class included)."""
-        files = super().save_pretrained(save_directory, **kwargs)
-        self.tokenizer._set_processor_class(self.real_name)
-        self.tokenizer.save_pretrained(save_directory)
-        return files
 
 
 def tiling(image_size: tuple[int, int], image_processor: Any) -> tuple[int, int]:
@@ -141,10 +128,11 @@ class InternVLAdapter(ModelAdapter, family="internvl"):
         side = self.view_side
         grids = view_grids(image_size, self.processor.image_processor, side)
         expected = len(grids) * side * side
-        if positions.numel() != expected:
-            raise CaptureError(
-                f"the prompt holds {positions.numel()} image tokens, but the processor config "
-                f"tiles a {image_size[0]}x{image_size[1]} image into {len(grids)} view(s) of "
-                f"{side} x {side} tokens ({expected}); the processor's tiling differs from its config"
+        views = int(inputs["pixel_values"].shape[0])  # [views, C, H, W]
+        if positions.numel() != expected or views != len(grids):
+            raise LayoutError(
+                f"the processor emitted {views} view(s) and {positions.numel()} image tokens, but "
+                f"its config tiles a {image_size[0]}x{image_size[1]} image into {len(grids)} "
+                f"view(s) of {side} x {side} tokens ({expected})"
             )
         return VisualLayout(positions, grids)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..layout import Grid, VisualLayout
+from ..layout import Grid, LayoutError, VisualLayout
 from .base import ModelAdapter
 from .geometry import processor_region
 from .pixels import OneImagePixels
@@ -32,7 +32,7 @@ class LlavaAdapter(OneImagePixels, ModelAdapter, family="llava"):
         with_cls = self.model.config.vision_feature_select_strategy == "full"
         per_image = side * side + int(with_cls)
         if positions.numel() % per_image:
-            raise ValueError(
+            raise LayoutError(
                 f"{positions.numel()} image tokens is not a multiple of the {per_image} per image "
                 f"implied by a {side}x{side} patch grid"
             )

@@ -1,6 +1,6 @@
 """Processor loading that works where torchvision is missing (Qwen's video sub-processor needs it).
 
-transformers 5.23 cannot construct, save or load `Qwen2VLProcessor` / `Qwen2_5_VLProcessor`
+transformers 5.23 to 5.25 cannot construct, save or load `Qwen2VLProcessor` / `Qwen2_5_VLProcessor`
 without torchvision, even for images only: the video processor is a mandatory attribute.
 The image-only subclasses here drop that attribute and keep every image/text code path of
 the real class. `load_processor` uses them only when torchvision is unavailable.
@@ -8,6 +8,7 @@ the real class. `load_processor` uses them only when torchvision is unavailable.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from transformers import (
@@ -37,17 +38,21 @@ class ImageOnlyProcessorMixin:
         return out
 
     def save_pretrained(self, save_directory, **kwargs):
-        """Save like the real class (tokenizer_config's processor_class included)."""
+        """Save like the real class: ``processor_class`` in tokenizer_config.json names it too
+        (rewritten in the saved file, the on-disk format, as the tokenizer writes it)."""
         files = super().save_pretrained(save_directory, **kwargs)  # type: ignore[misc]
-        self.tokenizer._set_processor_class(self.real_name)  # type: ignore[attr-defined]
-        self.tokenizer.save_pretrained(save_directory)  # type: ignore[attr-defined]
+        path = Path(save_directory) / "tokenizer_config.json"
+        config = json.loads(path.read_text(encoding="utf-8"))
+        config["processor_class"] = self.real_name
+        text = json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+        path.write_text(text, encoding="utf-8")
         return files
 
 
 class _ImageOnlyQwenMixin(ImageOnlyProcessorMixin):
     """Qwen processor without its video sub-processor (which needs torchvision).
 
-    transformers 5.23 cannot construct, save or load `Qwen2VLProcessor` / `Qwen2_5_VLProcessor`
+    transformers 5.23 to 5.25 cannot construct, save or load `Qwen2VLProcessor` / `Qwen2_5_VLProcessor`
     without torchvision, even for images only: the video processor is a mandatory attribute.
     These subclasses drop that attribute, keep every image/text code path of the real class, and
     save under the real class name, so the saved folder is an ordinary Qwen processor folder.

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+import transformers
 from torch import Tensor
 
 from ..images import ImageLike, load_image
-from ..layout import VisualLayout
+from ..layout import LayoutError, VisualLayout
 
 # Per-token tensors a processor may return beside input_ids, and the value an appended
 # (answer) token takes in each (text tokens: no image type, attended).
@@ -105,7 +106,15 @@ class PromptingMixin:
                 f"{image.width}x{image.height} image: {err}"
             ) from err
         prompt_ids = inputs["input_ids"][0]
-        layout = self.visual_layout(inputs, image.size)  # type: ignore[attr-defined]
+        try:
+            layout = self.visual_layout(inputs, image.size)  # type: ignore[attr-defined]
+        except LayoutError as err:
+            raise LayoutError(
+                f"the {getattr(self, 'family', '')} adapter's layout disagrees with what the "
+                f"processor of transformers {transformers.__version__} emitted for a "
+                f"{image.width}x{image.height} image: {err}. No map is made from a misplaced "
+                "layout; run the tested versions (make setup installs the lock) or report it"
+            ) from err
         if layout.positions.numel() == 0:
             raise CaptureError(
                 f"the processor produced no visual tokens for this image ({image.width}x{image.height}); "

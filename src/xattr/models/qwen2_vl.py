@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..layout import Grid, VisualLayout
+from ..layout import Grid, LayoutError, VisualLayout
 from .base import ModelAdapter
 
 
@@ -33,7 +33,7 @@ class Qwen2VLAdapter(ModelAdapter, family="qwen2_vl"):
         ]
         cells = sum(g.cells for g in grids)
         if cells != positions.numel():
-            raise ValueError(
+            raise LayoutError(
                 f"image_grid_thw gives {cells} merged cells but the prompt holds {positions.numel()} image tokens"
             )
         return VisualLayout(positions, grids)
