@@ -85,6 +85,9 @@ SKIP = {
     "make run": "creates .venv and installs first; the command it runs (python "
     "train_free_eval.py, no arguments) is tests/test_console.py's default run",
     "make test": "is this test suite (and ruff)",
+    "make test-latest": "is this test suite in a fresh environment of the newest releases "
+    "(minutes of downloads); tests/test_lock.py tests its drift report",
+    "make lock": "rewrites requirements-lock.txt; tests/test_lock.py tests it on a stand-in",
 }
 
 
@@ -105,7 +108,9 @@ def _shell_commands() -> list[str]:
 
 
 def _skip_reason(text: str) -> str | None:
-    return next((why for key, why in SKIP.items() if text.lstrip().startswith(key)), None)
+    """Why a command cannot run here (the longest SKIP key it starts with), or None."""
+    keys = [key for key in SKIP if text.lstrip().startswith(key)]
+    return SKIP[max(keys, key=len)] if keys else None
 
 
 def _substitute(text: str) -> str:

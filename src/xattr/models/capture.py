@@ -8,6 +8,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
+import transformers
 from torch import Tensor, nn
 
 from ..images import ImageLike, load_image
@@ -130,7 +131,8 @@ class CaptureMixin:
         if missing:
             raise CaptureError(
                 f"attention layers {missing} of the language model were not recorded: their "
-                "modules do not dispatch through transformers' AttentionInterface"
+                "modules do not dispatch through the AttentionInterface of transformers "
+                f"{transformers.__version__} (the capture sets config._attn_implementation)"
             )
         with torch.no_grad():
             conf = torch.softmax(logits[predicting.to(logits.device)].float(), dim=-1)
