@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .base import ADAPTERS, ModelAdapter, adapter_for, checkpoint_model_type
+from .base import ADAPTERS, ModelAdapter, adapter_for, checked_family, checkpoint_model_type
 from .prompting import CaptureError, PreparedInputs
 
 for _info in pkgutil.iter_modules(__path__):
@@ -37,21 +37,21 @@ def load(
 ) -> ModelAdapter:
     """Load a checkpoint (hub id or local directory) with its family's adapter.
 
-    ``load(path)`` reads the family from the checkpoint's ``model_type``; ``load(family, path)``
-    (or ``family=``) names it, e.g. to use an adapter for a checkpoint of another type.
-    Eager attention unless ``attn_implementation`` says otherwise.
+    ``load(path)`` and ``load(path=path)`` read the family from the checkpoint's
+    ``model_type``; ``load(family, path)`` (or ``family=``) names it. A named family must
+    match the checkpoint, unless no family claims the checkpoint's type (then the named
+    adapter is tried on it). Eager attention unless ``attn_implementation`` says otherwise.
     """
     if path is None:
         path = family_or_path
-    elif family is None:
+    elif family is None and family_or_path is not None:
         family = str(family_or_path)
     if path is None:
         raise TypeError("load() needs the checkpoint's path or hub id")
     if family is not None:
-        cls = ADAPTERS.get_class(family)
-        checkpoint_model_type(path)  # a missing directory is named before anything loads
-    else:
-        cls = adapter_for(checkpoint_model_type(path))
+        ADAPTERS.get_class(family)  # an unknown family is named first
+    model_type = checkpoint_model_type(path)  # a missing directory is named before anything loads
+    cls = adapter_for(model_type) if family is None else checked_family(family, model_type, path)
     return cls.load(path, dtype=dtype, device=device, **kwargs)
 
 

@@ -139,3 +139,21 @@ def adapter_for(model_type: str) -> type[ModelAdapter]:
         f"no adapter knows checkpoints of model_type {model_type!r}; known families: {known} "
         "(pass family=... to use one of them anyway, or add an adapter)"
     )
+
+
+def checked_family(family: str, model_type: str, path: str | Path) -> type[ModelAdapter]:
+    """The adapter of ``family`` for a checkpoint of ``model_type``, refused where another
+    family's adapter claims that type (a conf naming the wrong family)."""
+    cls = ADAPTERS.get_class(family)
+    if model_type in cls.model_types:
+        return cls
+    owner = next(
+        (name for name, other in ADAPTERS.items() if model_type in other.model_types), None
+    )
+    if owner is not None:
+        raise CaptureError(
+            f"{path} is a {model_type!r} checkpoint, which the {owner!r} family loads, not "
+            f"{family!r}; set family to {owner!r} (model.family={owner} in a config) or leave it "
+            "out to read it from the checkpoint"
+        )
+    return cls

@@ -1,0 +1,52 @@
+"""`xattr.models.load` as users call it: a local checkpoint folder by keyword, positionally,
+with a matching or a mismatching family, and through a model config with ``family: null``."""
+
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+import xattr
+from support.compose import CONF
+from xattr.models import CaptureError
+from xattr.pipeline import register_resolvers
+from xattr.pipeline.run import instantiate
+
+
+@pytest.mark.parametrize("call", ["positional", "keyword"])
+def test_a_checkpoint_folder_loads_with_the_family_read_from_it(tiny_model_dir, call):
+    folder = tiny_model_dir("llava")
+    adapter = xattr.models.load(folder) if call == "positional" else xattr.models.load(path=folder)
+    assert adapter.family == "llava"
+
+
+def test_a_named_family_that_matches_loads(tiny_model_dir):
+    assert xattr.models.load("llava", tiny_model_dir("llava")).family == "llava"
+    assert xattr.models.load(family="llava", path=tiny_model_dir("llava")).family == "llava"
+
+
+def test_a_family_that_another_adapter_owns_is_refused_by_name(tiny_model_dir):
+    """A Qwen2.5-VL config pointed at a LLaVA folder: refused before the weights load."""
+    folder = tiny_model_dir("llava")
+    with pytest.raises(CaptureError) as caught:
+        xattr.models.load(family="qwen2_5_vl", path=folder)
+    message = str(caught.value)
+    assert f"{folder} is a 'llava' checkpoint" in message
+    assert "the 'llava' family loads, not 'qwen2_5_vl'" in message
+
+
+def test_a_model_config_with_a_null_family_reads_it_from_the_folder(tiny_model_dir):
+    register_resolvers()
+    folder = tiny_model_dir("llava")
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(
+            config_name="train_free_eval",
+            overrides=[
+                "model=llava_1_5_7b",
+                "model.family=null",
+                f"model.path={folder}",
+                "model.dtype=float32",
+                "model.device=cpu",
+            ],
+        )
+    assert instantiate(cfg.model).family == "llava"
