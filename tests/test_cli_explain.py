@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import xattr
 from xattr import Explanation
@@ -85,6 +86,13 @@ def test_python_m_with_methods_answer_and_out(shapes, tmp_path):
         # inputs are checked before the model loads: methods first, then the image
         (["missing.png", "q", "--method", "nope", "--model", "x"], "unknown method(s) nope"),
         (["missing.png", "q", "--model", "no_such_model"], "image file not found"),
+        (["{shapes}", "q", "--dtype", "fp33"], "unknown dtype 'fp33': expected one of float32"),
+        (["{shapes}", "q", "--device", "gpu"], "unknown device 'gpu': expected auto"),
+        pytest.param(
+            ["{shapes}", "q", "--device", "cuda"],
+            "device 'cuda': this torch",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a machine without a GPU"),
+        ),
     ],
 )
 def test_bad_inputs_exit_2_with_a_message_naming_them(
@@ -96,6 +104,16 @@ def test_bad_inputs_exit_2_with_a_message_naming_them(
     err = capsys.readouterr().err
     assert err.startswith("xattr explain: ") and message in err
     assert not (tmp_path / "explanations").exists()
+
+
+def test_a_checkpoint_folder_as_model(shapes, tmp_path, capsys):
+    """``--model DIR``: the family is read from the folder (it was 'None')."""
+    folder = xattr.toy.checkpoint("llava")
+    args = ["explain", str(shapes), QUESTION, "--model", str(folder), "--method", "rollout",
+            "--answer", "blue", "--out", str(tmp_path / "out")]  # fmt: skip
+    assert main(args) == 0, capsys.readouterr().err
+    assert (tmp_path / "out" / "rollout.png").is_file()
+    assert capsys.readouterr().out.startswith(f"answer (given, {folder}): blue")
 
 
 def test_a_bad_input_through_the_console_script(tmp_path):

@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_dir
 
 from support.compose import compose_run as _compose
 from support.wandb_log import logged
-from xattr.pipeline import register_resolvers, run
+from xattr.pipeline import ConfigError, register_resolvers, run
 from xattr.pipeline.results import load_rows, load_skipped
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,8 +124,9 @@ def test_missing_dataset_fails_before_the_model_loads(tmp_path, model_dir, monke
         xattr.models, "load", lambda *a, **k: pytest.fail("model loaded before data check")
     )
     cfg = _compose(tmp_path, model_dir, "data=vqahat", f"data.dataset.root={tmp_path / 'nowhere'}")
-    with pytest.raises(FileNotFoundError, match="nowhere"):
+    with pytest.raises(ConfigError, match="nowhere") as caught:
         run(cfg)
+    assert isinstance(caught.value.__cause__, FileNotFoundError)
 
 
 def test_unknown_config_name_is_a_clear_error(tmp_path, model_dir):

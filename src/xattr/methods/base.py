@@ -203,9 +203,7 @@ def _validate(method: str, f: dataclasses.Field, value: Any) -> None:
         raise ValueError(f"{method}: unknown {kind} {value!r}{where}; known: {known}")
     check = f.metadata.get("check")
     if check is not None and not _passes(check, value):
-        raise ValueError(
-            f"{method}: {f.name} {f.metadata.get('rule') or 'is invalid'}, got {value!r}"
-        )
+        raise ValueError(f"{method}: {f.name} {rule_of(f) or 'is invalid'}, got {value!r}")
 
 
 def _passes(check: Callable[[Any], bool], value: Any) -> bool:

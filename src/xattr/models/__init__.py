@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from .base import ADAPTERS, ModelAdapter, adapter_for, checked_family, checkpoint_model_type
+from .placement import check_device, torch_dtype
 from .prompting import CaptureError, PreparedInputs
 
 for _info in pkgutil.iter_modules(__path__):
@@ -50,6 +51,8 @@ def load(
         raise TypeError("load() needs the checkpoint's path or hub id")
     if family is not None:
         ADAPTERS.get_class(family)  # an unknown family is named first
+    check_device(device)  # then a device or dtype this machine cannot give
+    torch_dtype(dtype)
     model_type = checkpoint_model_type(path)  # a missing directory is named before anything loads
     cls = adapter_for(model_type) if family is None else checked_family(family, model_type, path)
     return cls.load(path, dtype=dtype, device=device, **kwargs)

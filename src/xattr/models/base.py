@@ -25,6 +25,7 @@ from ..layout import VisualLayout
 from ..registry import Registry
 from .capture import CaptureMixin
 from .pixels import PixelMaskMixin
+from .placement import check_device, torch_dtype
 from .prompting import CaptureError, PromptingMixin
 from .recording import check_implementation
 from .scoring import ScoringMixin
@@ -98,18 +99,17 @@ class ModelAdapter(PromptingMixin, CaptureMixin, ScoringMixin, PixelMaskMixin, A
         """Load model and processor from a hub id or local directory (eager attention by
         default; ``attn_implementation="sdpa"`` or a per-sub-config dict also work).
 
-        ``device="auto"`` shards a large model over the visible GPUs (``device_map="auto"``).
+        ``device="auto"`` shards a large model over the visible GPUs (``device_map="auto"``),
+        or places it on the CPU where there is none.
         """
         from .processors import load_processor
 
-        torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        dtype, device = torch_dtype(dtype), check_device(device)
         model_kwargs.setdefault("attn_implementation", "eager")
         if str(device) == "auto":
             model_kwargs.setdefault("device_map", "auto")
         model_type = checkpoint_model_type(path)
-        model = cls.model_class(model_type).from_pretrained(
-            str(path), dtype=torch_dtype, **model_kwargs
-        )
+        model = cls.model_class(model_type).from_pretrained(str(path), dtype=dtype, **model_kwargs)
         if str(device) != "auto":
             model.to(device)
         model.eval()

@@ -1,5 +1,5 @@
 """Orchestration: Hydra config -> Lightning test loop -> rows, tables, logs. No method internals."""
 
-from .run import register_resolvers, run
+from .run import ConfigError, register_resolvers, run
 
-__all__ = ["register_resolvers", "run"]
+__all__ = ["ConfigError", "register_resolvers", "run"]

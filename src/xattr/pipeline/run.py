@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +81,46 @@ def instantiate(cfg: Any, **kwargs: Any) -> Any:
         raise
 
 
+class ConfigError(ValueError):
+    """A configured value that cannot run (named, with its rule): one line, nothing written."""
+
+
+@contextlib.contextmanager
+def config_errors() -> Iterator[None]:
+    """Turn the errors a bad configured value raises into one `ConfigError`."""
+    from ..registry import UnknownNameError
+
+    try:
+        yield
+    except ConfigError:
+        raise
+    except (UnknownNameError, FileNotFoundError, ValueError, TypeError) as err:
+        raise ConfigError(str(err)) from err
+
+
+def check_placement(model_cfg: Any) -> None:
+    """The model config's device and dtype, checked before the model loads."""
+    from ..models.placement import check_device, torch_dtype
+
+    check_device(model_cfg.get("device", "cpu"))
+    torch_dtype(model_cfg.get("dtype", "float32"))
+
+
+def check_layer_subsets(methods: dict[str, Any], num_layers: int) -> None:
+    """Each method's layer-subset hyper-parameters resolved against the model's layer count."""
+    from ..methods.propagation import is_layer_subset, select_layers
+
+    for name, method in methods.items():
+        for f in method.hparam_fields():
+            if f.metadata.get("check") is is_layer_subset:
+                try:
+                    select_layers(num_layers, getattr(method, f.name))
+                except ValueError as err:
+                    raise ConfigError(
+                        f"{name}: {f.name} {getattr(method, f.name)!r}: {err}"
+                    ) from None
+
+
 def build_metrics(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Map metrics by name (``cfg.map``) and model-in-the-loop metrics (``cfg.model``)."""
     from .. import metrics
@@ -145,19 +187,22 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
         torch.set_num_threads(int(cfg.num_threads))
     run_dir = Path(cfg.paths.output_dir)
+    # everything that can fail on a bad path, name or value fails here, before the model
+    # loads; the layer subsets are checked against the model; only then is anything written
+    with config_errors():
+        datamodule = instantiate(cfg.data)
+        _ = datamodule.dataset
+        methods = {name: instantiate(mcfg) for name, mcfg in cfg.method.items()}
+        if not methods:
+            raise ValueError("no method selected: pass method=glimpse or method=[glimpse,tmme]")
+        map_metrics, model_metrics = build_metrics(cfg.metrics)
+        check_placement(cfg.model)
+        adapter = instantiate(cfg.model)
+        check_layer_subsets(methods, len(adapter.attention_modules()))
     run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     fingerprints = _record_configuration(cfg, run_dir)
 
-    # everything that can fail on a bad path or name fails here, before the model loads
-    datamodule = instantiate(cfg.data)
-    _ = datamodule.dataset
-    methods = {name: instantiate(mcfg) for name, mcfg in cfg.method.items()}
-    if not methods:
-        raise ValueError("no method selected: pass method=glimpse or method=[glimpse,tmme]")
-    map_metrics, model_metrics = build_metrics(cfg.metrics)
-
-    adapter = instantiate(cfg.model)
     evaluator = SampleEvaluator(
         adapter, methods, map_metrics, model_metrics, answer=cfg.get("answer", "generated")
     )

@@ -1,0 +1,57 @@
+"""Bad configured values as users type them on the command line: one line on stderr naming
+the value and its rule, exit status 2, no traceback, nothing written in the run folder (so
+the next run does not report the bad value as a configuration change)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _refused(tmp_path: Path, *overrides: str) -> str:
+    """Run the entry point with ``overrides`` in ``tmp_path``; it must refuse in one line."""
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "train_free_eval.py"), "data.limit=1", *overrides],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-3000:]
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    assert not list(tmp_path.glob("logs/**/fingerprints.json"))
+    ours = [p for p in tmp_path.glob("logs/**/config.yaml") if ".hydra" not in p.parts]
+    assert not ours  # Hydra's own .hydra/ job record is written before the job starts
+    return lines[0]
+
+
+def test_a_negative_temperature_names_the_rule(tmp_path):
+    line = _refused(tmp_path, "method=[glimpse]", "method.glimpse.tau_head=-1")
+    assert line == "error: glimpse: tau_head must be > 0, got -1"  # the rule `xattr list` prints
+
+
+def test_a_layer_the_model_does_not_have_is_named_with_the_layer_count(tmp_path):
+    line = _refused(tmp_path, "method=[glimpse]", "method.glimpse.layers=[7]")
+    assert line == ("error: glimpse: layers [7]: layer 7 out of range for a model with 4 layers")
+
+
+def test_an_unknown_dtype_names_the_nearest(tmp_path):
+    line = _refused(tmp_path, "method=[rollout]", "model.dtype=fp33")
+    assert line.startswith("error: unknown dtype 'fp33'") and "did you mean 'fp32'?" in line
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without a GPU")
+def test_cuda_on_a_cpu_machine_is_one_line(tmp_path):
+    line = _refused(tmp_path, "method=[rollout]", "model.device=cuda")
+    assert "device 'cuda': this torch" in line and "use device=auto" in line
