@@ -126,7 +126,7 @@ def test_model_specs():
     assert resolve("toy_llava") == {"family": "llava", "path": str(xattr.toy.checkpoint("llava"))}
     conf = resolve("qwen2_5_vl_7b", device="cpu", dtype=None)
     assert conf == {"family": "qwen2_5_vl", "path": "Qwen/Qwen2.5-VL-7B-Instruct",
-                    "dtype": "bfloat16", "device": "cpu"}  # fmt: skip
+                    "dtype": "bfloat16", "device": "cpu", "max_new_tokens": None}  # fmt: skip
     toy_dir = str(xattr.toy.checkpoint("qwen2_5_vl"))
     assert resolve(toy_dir) == {"path": toy_dir}
     assert resolve("llava:org/name") == {"family": "llava", "path": "org/name"}
@@ -137,3 +137,42 @@ def test_model_specs():
 def test_report_of_a_folder_that_is_no_run(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nope")]) == 2
     assert "run directory not found" in capsys.readouterr().err
+
+
+def test_method_settings_generation_length_and_attention_from_the_command_line(
+    shapes, tmp_path, capsys
+):
+    """--set, --max-new-tokens and --attn as a user types them; a cut answer says so."""
+    out = tmp_path / "set"
+    args = ["explain", str(shapes), QUESTION, "--method", "glimpse", "--set", "glimpse.tau_head=0.25",
+            "--set", "glimpse.layers=[2, 3]", "--max-new-tokens", "1", "--attn", "sdpa",
+            "--out", str(out)]  # fmt: skip
+    assert main(args) == 0, capsys.readouterr().err
+    printed = capsys.readouterr()
+    assert printed.out.splitlines()[1] == (
+        "note:     the answer reached 1 new tokens without ending and is cut there; "
+        "--max-new-tokens N reads more"
+    )
+    assert "AnswerCutWarning" not in printed.err  # said once, in the summary
+    glimpse = Explanation.load(out / "glimpse")
+    assert glimpse.hparams["tau_head"] == 0.25 and glimpse.hparams["layers"] == [2, 3]
+    assert len(glimpse.answer_tokens) == 1 and glimpse.meta["answer_cut"]
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        (
+            "glimpse.tau_hed=1",
+            "glimpse has no hyper-parameter 'tau_hed' (did you mean 'tau_head'?)",
+        ),
+        ("glimpse.tau_head=-1", "glimpse: tau_head must be > 0, got -1"),
+        ("tmme.last_k=2", "'tmme' is not among --method glimpse"),
+        ("tau_head=1", "expected METHOD.KEY=VALUE"),
+    ],
+)
+def test_a_bad_setting_is_refused_before_the_model_loads(setting, message, shapes, capsys):
+    args = ["explain", str(shapes), QUESTION, "--method", "glimpse", "--set", setting,
+            "--model", "no_such_model"]  # fmt: skip
+    assert main(args) == 2  # the model name is bad too: the setting is checked first
+    assert message in capsys.readouterr().err

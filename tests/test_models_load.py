@@ -50,3 +50,22 @@ def test_a_model_config_with_a_null_family_reads_it_from_the_folder(tiny_model_d
             ],
         )
     assert instantiate(cfg.model).family == "llava"
+
+
+def test_a_generated_answer_cut_by_max_new_tokens_says_so(tiny_model_dir):
+    from PIL import Image
+
+    from xattr.models import AnswerCutWarning
+
+    image = Image.new("RGB", (64, 64), "gray")
+    short = xattr.models.load(tiny_model_dir("llava"), max_new_tokens=1)
+    with pytest.warns(AnswerCutWarning, match="reached max_new_tokens=1 without an end-of-turn"):
+        expl = xattr.explain(short, image, "What color is the circle?", method="rollout")
+    assert expl.meta["answer_cut"] and len(expl.answer_tokens) == 1
+
+
+def test_max_new_tokens_is_a_model_config_key():
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train_free_eval", overrides=["model.max_new_tokens=5"])
+    assert instantiate(cfg.model).max_new_tokens == 5

@@ -79,6 +79,7 @@ def explain(
         expl.timings["capture_s"] = capture_s
         expl.meta.setdefault("answer", trace.meta.get("answer_text"))
         expl.meta.setdefault("answer_source", trace.answer_source)
+        expl.meta.setdefault("answer_cut", trace.meta.get("answer_cut", False))
     if isinstance(method, (str, Attributor)):
         return next(iter(out.values()))
     return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -37,24 +38,41 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--answer", help="teacher-force this answer (default: the model generates one)")
     p.add_argument("--out", help="output folder (default: explanations/<image stem>)")
-    p.add_argument("--device", help="override the model config's device (cpu, cuda, cuda:1)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="METHOD.KEY=VALUE",
+        help="a method hyper-parameter, e.g. --set glimpse.tau_head=0.25 (repeatable; "
+        "`xattr list --method NAME` lists them)",
+    )
+    p.add_argument("--max-new-tokens", type=int, help="longest generated answer (tokens)")
+    p.add_argument("--attn", help="attention implementation: eager (default) or sdpa")
+    p.add_argument("--device", help="override the model config's device (auto, cpu, cuda, cuda:1)")
     p.add_argument("--dtype", help="override the model config's dtype (float32, bfloat16)")
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """The command's body: validate, load, explain, write; exit code 2 on a bad input."""
+    from ..models import AnswerCutWarning
+
     try:
-        result = explain_to_folder(
-            args.image,
-            args.question,
-            model=args.model,
-            methods=args.method,
-            answer=args.answer,
-            out=args.out,
-            device=args.device,
-            dtype=args.dtype,
-        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", AnswerCutWarning)  # the summary says it instead
+            result = explain_to_folder(
+                args.image,
+                args.question,
+                model=args.model,
+                methods=args.method,
+                answer=args.answer,
+                out=args.out,
+                device=args.device,
+                dtype=args.dtype,
+                settings=args.set,
+                max_new_tokens=args.max_new_tokens,
+                attn=args.attn,
+            )
     except (OSError, ValueError, KeyError) as err:  # OSError: files, the hub
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"xattr explain: {message}", file=sys.stderr)
@@ -72,27 +90,41 @@ def explain_to_folder(
     out: str | Path | None = None,
     device: str | None = None,
     dtype: str | None = None,
+    settings: Sequence[str] = (),
+    max_new_tokens: int | None = None,
+    attn: str | None = None,
 ) -> dict[str, Any]:
     """Explain once with every method and write ``<out>/{<method>.png, <method>/, report.html}``.
 
-    Inputs are checked before the model loads: unknown methods, then the image, then the model.
+    Inputs are checked before the model loads: methods and their settings, then the image,
+    then the model, its device and dtype.
     """
     from .. import explain
     from .. import methods as registry
+    from ..api import build_methods
     from ..images import load_image
     from ..models import load
     from ..report import write_report
 
-    chosen = method_specs(methods, registry.available())
+    specs = method_specs(methods, registry.available())
+    for name, values in parse_settings(settings, specs).items():
+        specs[name].update(values)
+    chosen = build_methods(specs)  # hyper-parameter rules checked here
     picture = load_image(image)
-    kwargs = resolve(model, device=device, dtype=dtype)
+    if max_new_tokens is not None and max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
+    if attn not in (None, "eager", "sdpa"):
+        raise ValueError(f"unknown --attn {attn!r}; expected eager or sdpa")
+    kwargs = resolve(
+        model, device=device, dtype=dtype, max_new_tokens=max_new_tokens, attn_implementation=attn
+    )
     try:
         adapter = load(kwargs.pop("family", None), kwargs.pop("path"), **kwargs)
     except OSError as err:  # e.g. a hub id that is not cached and cannot be downloaded
         if isinstance(err, FileNotFoundError):
             raise
         raise OSError(f"cannot load model {model!r}: {err}") from err
-    explanations = explain(adapter, picture, question, method=chosen, answer=answer)
+    explanations = explain(adapter, picture, question, method=list(chosen.values()), answer=answer)
     folder = Path(out) if out is not None else Path("explanations") / Path(image).stem
     folder.mkdir(parents=True, exist_ok=True)
     files: dict[str, list[Path]] = {"overlays": [], "saved": []}
@@ -106,6 +138,8 @@ def explain_to_folder(
     return {
         "answer": first.meta.get("answer", ""),
         "answer_source": first.meta.get("answer_source", ""),
+        "answer_cut": bool(first.meta.get("answer_cut")),
+        "max_new_tokens": adapter.max_new_tokens,
         "model": model,
         "folder": folder,
         "report": report,
@@ -127,6 +161,36 @@ def method_specs(names: Sequence[str], known: Sequence[str]) -> dict[str, dict[s
     return specs
 
 
+def parse_settings(
+    settings: Sequence[str], specs: dict[str, dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """``["glimpse.tau_head=0.25"]`` -> ``{"glimpse": {"tau_head": 0.25}}`` (YAML values),
+    each naming a chosen method and one of its hyper-parameters."""
+    import difflib
+
+    import yaml
+
+    from ..methods import METHODS
+
+    out: dict[str, dict[str, Any]] = {}
+    for setting in settings:
+        key, sep, text = setting.partition("=")
+        name, dot, field = key.partition(".")
+        if not sep or not dot or not field:
+            raise ValueError(
+                f"--set {setting!r}: expected METHOD.KEY=VALUE (glimpse.tau_head=0.25)"
+            )
+        if name not in specs:
+            raise ValueError(f"--set {setting!r}: {name!r} is not among --method {' '.join(specs)}")
+        fields = [f.name for f in METHODS.get_class(name).hparam_fields()]
+        if field not in fields:
+            close = difflib.get_close_matches(field, fields, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"--set {setting!r}: {name} has no hyper-parameter {field!r}{hint}")
+        out.setdefault(name, {})[field] = yaml.safe_load(text) if text else None
+    return out
+
+
 def summary_text(result: dict[str, Any]) -> str:
     """What the command prints: the answer, then where each file is."""
     lines = [
@@ -135,4 +199,10 @@ def summary_text(result: dict[str, Any]) -> str:
         "overlays: " + ", ".join(str(p) for p in result["overlays"]),
         "saved:    " + ", ".join(f"{p}/" for p in result["saved"]) + "  (xattr.Explanation.load)",
     ]
+    if result.get("answer_cut"):
+        lines.insert(
+            1,
+            f"note:     the answer reached {result['max_new_tokens']} new tokens without ending "
+            "and is cut there; --max-new-tokens N reads more",
+        )
     return "\n".join(lines)

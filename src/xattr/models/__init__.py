@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from .base import ADAPTERS, ModelAdapter, adapter_for, checked_family, checkpoint_model_type
+from .capture import AnswerCutWarning
 from .placement import check_device, torch_dtype
 from .prompting import CaptureError, PreparedInputs
 
@@ -58,4 +59,12 @@ def load(
     return cls.load(path, dtype=dtype, device=device, **kwargs)
 
 
-__all__ = ["ADAPTERS", "CaptureError", "ModelAdapter", "PreparedInputs", "available", "load"]
+__all__ = [
+    "ADAPTERS",
+    "AnswerCutWarning",
+    "CaptureError",
+    "ModelAdapter",
+    "PreparedInputs",
+    "available",
+    "load",
+]

@@ -4,6 +4,7 @@ package the result as a `Trace` whose gradients are streamed (docs/math.md, "Cap
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -15,6 +16,10 @@ from ..images import ImageLike, load_image
 from ..trace import OUT_OF_MEMORY, ModelContext, OutOfMemory, Trace, free_accelerator_memory
 from .prompting import CaptureError, PreparedInputs
 from .recording import CapturedGradients, RecomputedAttentions, language_implementation, recording
+
+
+class AnswerCutWarning(UserWarning):
+    """A generated answer stopped by ``max_new_tokens``, not by the model."""
 
 
 class CaptureMixin:
@@ -31,33 +36,49 @@ class CaptureMixin:
     # ---------------------------------------------------------------- generation
     @torch.no_grad()
     def generate(self, prepared: PreparedInputs, max_new_tokens: int | None = None) -> Tensor:
-        """Greedy answer ids, cut at the first end-of-turn or padding id: [T]."""
+        """Greedy answer ids, cut at the first end-of-turn or padding id: [T].
+
+        An answer that reaches ``max_new_tokens`` without an end-of-turn is cut there, and
+        an `AnswerCutWarning` says so."""
+        return self._generate(prepared, max_new_tokens)[0]
+
+    def _generate(
+        self, prepared: PreparedInputs, max_new_tokens: int | None
+    ) -> tuple[Tensor, bool]:
+        """`generate`'s answer, and whether ``max_new_tokens`` cut it (warned)."""
+        limit = max_new_tokens or self.max_new_tokens  # type: ignore[attr-defined]
         inputs = {k: v.to(self.device) for k, v in prepared.inputs.items()}
-        with eval_mode(self.model):
-            out = self.model.generate(
-                **inputs,
-                max_new_tokens=max_new_tokens or self.max_new_tokens,  # type: ignore[attr-defined]
-                do_sample=False,
-                num_beams=1,
+        with torch.no_grad(), eval_mode(self.model):
+            out = self.model.generate(**inputs, max_new_tokens=limit, do_sample=False, num_beams=1)
+        new = out[0, prepared.prompt_ids.numel() :].tolist()
+        cut = len(new) >= limit and not set(new) & self.stop_ids()  # type: ignore[attr-defined]
+        if cut:
+            warnings.warn(
+                f"the generated answer reached max_new_tokens={limit} without an end-of-turn "
+                "token and is cut there; raise it with load(..., max_new_tokens=N), "
+                "model.max_new_tokens=N or --max-new-tokens N",
+                AnswerCutWarning,
+                stacklevel=3,
             )
-        return self.clean_generated(out[0, prepared.prompt_ids.numel() :].tolist())  # type: ignore[attr-defined]
+        return self.clean_generated(new), cut  # type: ignore[attr-defined]
 
     def answer_ids(
         self, prepared: PreparedInputs, answer: str | Sequence[int] | Tensor | None
-    ) -> tuple[Tensor, str]:
-        """The answer to explain and where it came from ("generated" or "given")."""
+    ) -> tuple[Tensor, str, bool]:
+        """The answer to explain, where it came from ("generated" or "given"), and whether
+        generation cut it at ``max_new_tokens``."""
         if answer is None:
-            ids = self.generate(prepared)
+            ids, cut = self._generate(prepared, None)
             if ids.numel() == 0:
                 raise CaptureError("the model generated an empty answer; nothing to explain")
-            return ids, "generated"
+            return ids, "generated", cut
         if isinstance(answer, str):
-            return self.encode_answer(answer), "given"  # type: ignore[attr-defined]
+            return self.encode_answer(answer), "given", False  # type: ignore[attr-defined]
         ids = torch.as_tensor(answer, dtype=torch.long).reshape(-1)
         if ids.numel() == 0:
             raise CaptureError("the given answer has zero tokens")
         self.check_answer_ids(ids)  # type: ignore[attr-defined]
-        return ids, "given"
+        return ids, "given", False
 
     # ------------------------------------------------------------------- capture
     def trace(
@@ -79,17 +100,19 @@ class CaptureMixin:
         prepared = self.prepare(image, question)  # type: ignore[attr-defined]
         n_prompt = prepared.prompt_ids.numel()
         try:
-            answer_ids, source = self.answer_ids(prepared, answer)
+            answer_ids, source, cut = self.answer_ids(prepared, answer)
         except OUT_OF_MEMORY as err:  # while generating: the answer length is not known yet
             free_accelerator_memory()
             raise OutOfMemory(n_prompt, f"up to {self.max_new_tokens}") from err  # type: ignore[attr-defined]
         try:
-            return self._record(
+            trace = self._record(
                 image, question, prepared, answer_ids, source, gradients, hidden_states
             )
         except OUT_OF_MEMORY as err:
             free_accelerator_memory()
             raise OutOfMemory(n_prompt + answer_ids.numel(), answer_ids.numel()) from err
+        trace.meta["answer_cut"] = cut
+        return trace
 
     def _record(
         self,
