@@ -44,7 +44,10 @@ def copy(tmp_path_factory) -> Path:
     ).stdout.split()
     for name in listed:
         src = ROOT / name
-        if src.is_file():
+        if src.is_symlink():  # src/xattr/conf -> ../../conf, as a clone has it
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
+            (out / name).symlink_to(os.readlink(src))
+        elif src.is_file():
             (out / name).parent.mkdir(parents=True, exist_ok=True)
             (out / name).write_bytes(src.read_bytes())
     for name, text in readme_files().items():

@@ -207,9 +207,17 @@ def describe_method(name: str) -> str:
     return "\n".join(lines)
 
 
+def package_version() -> str:
+    """The installed distribution's version, with the transformers and torch it runs on."""
+    from importlib.metadata import version
+
+    return f"{version('xattr')} (transformers {version('transformers')}, torch {version('torch')})"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``xattr`` console script."""
     parser = argparse.ArgumentParser(prog="xattr", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"xattr {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     p_cmp = sub.add_parser("compare", help="method x metric table across run directories")
     p_cmp.add_argument("runs", nargs="+", help="run directories, multirun jobs or a sweep folder")

@@ -118,12 +118,14 @@ def explain_to_folder(
     kwargs = resolve(
         model, device=device, dtype=dtype, max_new_tokens=max_new_tokens, attn_implementation=attn
     )
+    family, path = kwargs.pop("family", None), kwargs.pop("path")
     try:
-        adapter = load(kwargs.pop("family", None), kwargs.pop("path"), **kwargs)
+        adapter = load(family, path, **kwargs)
     except OSError as err:  # e.g. a hub id that is not cached and cannot be downloaded
         if isinstance(err, FileNotFoundError):
             raise
-        raise OSError(f"cannot load model {model!r}: {err}") from err
+        where = "" if str(path) == model else f" ({path})"
+        raise OSError(f"cannot load model {model!r}{where}: {err}") from err
     explanations = explain(adapter, picture, question, method=list(chosen.values()), answer=answer)
     folder = Path(out) if out is not None else Path("explanations") / Path(image).stem
     folder.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-CONF_MODELS = Path(__file__).resolve().parents[3] / "conf" / "model"  # the repository's configs
+CONF_MODELS = Path(__file__).resolve().parents[1] / "conf" / "model"  # shipped in the package
 DEFAULT_MODEL = "toy_qwen2_5_vl"
 
 
