@@ -35,6 +35,7 @@ def folder(tmp_path: Path) -> Path:
         {"id": "badmap", "image": "img/a.png", "question": "Map?", "human_map": "nope.png"},
         {"id": "a", "image": "img/a.png", "question": "Duplicate?"},
         {"image": "img/a.png", "question": "No id?"},
+        {"id": "blank", "image": "img/a.png", "question": "  "},
     ]
     text = "\n".join(json.dumps(x) for x in lines) + "\n{not json\n\n"
     (tmp_path / "questions.jsonl").write_text(text)
@@ -57,11 +58,13 @@ def test_reads_records_and_optional_maps(folder: Path) -> None:
 
 def test_error_policy(folder: Path) -> None:
     ds = JsonlDataset(folder)
-    reasons = [r for _, r in ds.skipped]
-    assert len(ds.skipped) == 3
-    assert any("duplicate id" in r for r in reasons)
-    assert any("missing required key" in r for r in reasons)
-    assert any("invalid JSON" in r for r in reasons)
+    assert ds.skipped[:3] == [
+        ("a (line 5)", "duplicate id 'a' (first on line 1)"),
+        ("line 6", "missing required key(s) ['id']"),
+        ("line 7", "empty value(s) for ['question']"),  # the key is there, its text is blank
+    ]
+    assert ds.skipped[3][0] == "line 8" and ds.skipped[3][1].startswith("invalid JSON")
+    assert len(ds.skipped) == 4
     with pytest.raises(SampleError, match="image not found"):
         ds[2]
     with pytest.raises(SampleError, match="human_map not found"):

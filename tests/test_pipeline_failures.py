@@ -128,6 +128,23 @@ def test_invalid_jsonl_lines_are_logged_with_file_and_line(tmp_path, caplog):
     assert f"{data / 'questions.jsonl'}:4: missing required key(s) ['question']" in caplog.text
 
 
+def test_lines_the_dataset_left_out_are_in_skipped_jsonl_and_under_the_table(tmp_path, model_dir):
+    """An empty question and a repeated id, as a user's JSONL has them: each is a skipped
+    entry naming its line, listed with the run's other skips."""
+    data = _jsonl_folder(tmp_path / "mine", 2)
+    with (data / "questions.jsonl").open("a") as fh:
+        fh.write(json.dumps({"id": "q5", "image": "0.png", "question": ""}) + "\n")
+        fh.write(json.dumps({"id": "q0", "image": "1.png", "question": "Again?"}) + "\n")
+    run(compose_run(tmp_path, model_dir, "data=jsonl", f"data.dataset.root={data}", *FAST))
+    skipped = {s["sample_id"]: s["reason"] for s in load_skipped(tmp_path / "run")}
+    assert skipped == {
+        "line 3": "empty value(s) for ['question']",
+        "q0 (line 4)": "duplicate id 'q0' (first on line 1)",
+    }
+    assert "Skipped 2 samples" in (tmp_path / "run" / "results.md").read_text()
+    assert {r["sample_id"] for r in load_rows(tmp_path / "run")} == {"q0", "q1"}
+
+
 def test_metrics_no_sample_could_compute_are_not_columns(tmp_path, model_dir):
     """A folder without maps, masks or answers: map metrics and accuracy are not 'skipped'."""
     data = _jsonl_folder(tmp_path / "mine", 2)

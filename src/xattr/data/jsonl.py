@@ -48,7 +48,7 @@ class JsonlDataset(Dataset[Sample]):
     def _read(self, limit: int | None) -> list[dict[str, Any]]:
         """Parse and validate lines; bad ones go to ``skipped``."""
         records: list[dict[str, Any]] = []
-        seen: set[str] = set()
+        first_line: dict[str, int] = {}  # id -> the line that holds it
         with open(self.questions_path, encoding="utf-8") as f:
             for lineno, line in enumerate(f, start=1):
                 if not line.strip():
@@ -62,15 +62,20 @@ class JsonlDataset(Dataset[Sample]):
                 if not isinstance(rec, dict):
                     self._leave_out(where, lineno, "not a JSON object")
                     continue
-                absent = [k for k in REQUIRED if rec.get(k) in (None, "")]
+                absent = [k for k in REQUIRED if k not in rec or rec[k] is None]
                 if absent:
                     self._leave_out(where, lineno, f"missing required key(s) {absent}")
                     continue
-                sid = str(rec["id"])
-                if sid in seen:
-                    self._leave_out(sid, lineno, f"duplicate id ({where})")
+                empty = [k for k in REQUIRED if not str(rec[k]).strip()]
+                if empty:
+                    self._leave_out(where, lineno, f"empty value(s) for {empty}")
                     continue
-                seen.add(sid)
+                sid = str(rec["id"])
+                if sid in first_line:
+                    reason = f"duplicate id {sid!r} (first on line {first_line[sid]})"
+                    self._leave_out(f"{sid} ({where})", lineno, reason)
+                    continue
+                first_line[sid] = lineno
                 records.append(rec)
         return records if limit is None else records[:limit]
 

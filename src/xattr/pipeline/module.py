@@ -83,6 +83,10 @@ class ExplainEvalModule(L.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self._started = time.perf_counter()
+        if self.global_rank == 0:  # lines the dataset left out (bad JSON, empty question, ...)
+            dataset = getattr(getattr(self.trainer, "datamodule", None), "dataset", None)
+            for key, reason in getattr(dataset, "skipped", ()):
+                self.store.skip(key, reason)  # logged once already, by the dataset
 
     def test_step(self, batch: Sample | SampleError, batch_idx: int) -> None:
         # the dataset index (a non-shuffled distributed sampler deals indices round-robin)
