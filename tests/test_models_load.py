@@ -59,9 +59,12 @@ def test_a_generated_answer_cut_by_max_new_tokens_says_so(tiny_model_dir):
 
     image = Image.new("RGB", (64, 64), "gray")
     short = xattr.models.load(tiny_model_dir("llava"), max_new_tokens=1)
-    with pytest.warns(AnswerCutWarning, match="reached max_new_tokens=1 without an end-of-turn"):
+    with pytest.warns(
+        AnswerCutWarning, match="reached max_new_tokens=1 without an end-of-turn"
+    ) as caught:
         expl = xattr.explain(short, image, "What color is the circle?", method="rollout")
     assert expl.meta["answer_cut"] and len(expl.answer_tokens) == 1
+    assert caught[0].filename == __file__  # the warning names the user's line, not xattr's
 
 
 def test_max_new_tokens_is_a_model_config_key():
@@ -69,3 +72,13 @@ def test_max_new_tokens_is_a_model_config_key():
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="train_free_eval", overrides=["model.max_new_tokens=5"])
     assert instantiate(cfg.model).max_new_tokens == 5
+
+
+def test_loading_prints_no_weight_loading_bar(tiny_model_dir, capfd):
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.enable_progress_bar()  # a fresh Python session's default
+    xattr.models.load(tiny_model_dir("llava"))
+    captured = capfd.readouterr()
+    assert "Loading weights" not in captured.err + captured.out
+    assert hf_logging.is_progress_bar_enabled()  # the user's setting is left as it was

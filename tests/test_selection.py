@@ -91,9 +91,10 @@ def test_visual_without_the_model_is_a_clear_error():
 def test_visual_falls_back_to_the_non_special_tokens_with_a_warning():
     stub = ScoringStub([-0.1, -0.1, -0.1], [-0.2, -0.2, -9.0])
     trace = _trace([7, 8, SPECIAL], adapter=stub)
-    with pytest.warns(TokenSelectionWarning, match="but the special ones"):
+    with pytest.warns(TokenSelectionWarning, match="but the special ones") as caught:
         keep = select_tokens(trace, "visual")
     assert keep.tolist() == [True, True, False]
+    assert caught[0].filename == __file__  # printed with this line, not xattr's warn call
 
 
 def test_dexar_policy_is_delta_positive(tiny_adapter):

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import unicodedata
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +30,7 @@ from torch import Tensor
 from ..images import blur_image, load_image
 from ..registry import Registry
 from ..trace import ModelContext, Trace, TraceError
+from ..warn import warn
 from .base import Needs
 
 # Markers tokenizers put in front of words (GPT-2 byte-level, SentencePiece).
@@ -93,11 +93,10 @@ def select_tokens(trace: Trace, policy: str = "non_punctuation", **options: Any)
     keep, special = POLICIES.get_class(policy).select(trace, **options)
     if not bool(keep.any()):
         fallback = ~special if bool((~special).any()) else torch.ones_like(keep)
-        warnings.warn(
+        warn(
             f"token policy {policy!r} kept none of the answer tokens {trace.answer_tokens}; "
             "using all of them" + (" but the special ones" if bool(special.any()) else ""),
             TokenSelectionWarning,
-            stacklevel=2,
         )
         keep = fallback
     return keep

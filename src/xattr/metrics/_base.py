@@ -8,8 +8,6 @@ metric that is undefined for a sample returns NaN and emits :class:`MetricUndefi
 
 from __future__ import annotations
 
-import os
-import sys
 import warnings
 from typing import Any, ClassVar
 
@@ -18,6 +16,7 @@ import torch
 
 from xattr.metrics._resize import resize_bilinear
 from xattr.registry import Registry
+from xattr.warn import outside_stacklevel
 
 METRICS: Registry[type[Metric]] = Registry("metric", "xattr.metrics")
 """All metrics by name; third-party packages add theirs via the ``xattr.metrics`` entry-point group."""
@@ -27,22 +26,11 @@ class MetricUndefinedWarning(UserWarning):
     """A metric was undefined for one sample (NaN returned) or set to a value by convention."""
 
 
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
-
-
-def _caller_stacklevel() -> int:
-    """The ``stacklevel`` of the first frame outside this package, so warnings name user code."""
-    frame, level = sys._getframe(1), 1  # level 1 = undefined(), the caller of warn()
-    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE_DIR):
-        frame, level = frame.f_back, level + 1
-    return level
-
-
 def undefined(metric: str, reason: str, value: float = float("nan")) -> float:
     """Warn that ``metric`` is undefined because of ``reason`` and return ``value`` (NaN by default)."""
     shown = "NaN" if np.isnan(value) else repr(value)
     message = f"{metric}: {reason}; returning {shown}"
-    warnings.warn(message, MetricUndefinedWarning, stacklevel=_caller_stacklevel())
+    warnings.warn(message, MetricUndefinedWarning, stacklevel=outside_stacklevel())
     return value
 
 

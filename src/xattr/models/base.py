@@ -14,7 +14,9 @@ family name unless ``model_types`` says otherwise) is how `xattr.models.load` fi
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -109,11 +111,28 @@ class ModelAdapter(PromptingMixin, CaptureMixin, ScoringMixin, PixelMaskMixin, A
         if str(device) == "auto":
             model_kwargs.setdefault("device_map", "auto")
         model_type = checkpoint_model_type(path)
-        model = cls.model_class(model_type).from_pretrained(str(path), dtype=dtype, **model_kwargs)
+        with no_loading_bar():
+            model = cls.model_class(model_type).from_pretrained(
+                str(path), dtype=dtype, **model_kwargs
+            )
         if str(device) != "auto":
             model.to(device)
         model.eval()
         return cls(model, load_processor(str(path)), max_new_tokens=max_new_tokens)
+
+
+@contextlib.contextmanager
+def no_loading_bar() -> Iterator[None]:
+    """transformers' per-load "Loading weights" bar off for one load (restored after)."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
 
 
 def checkpoint_model_type(path: str | Path) -> str:

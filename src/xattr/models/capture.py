@@ -4,7 +4,6 @@ package the result as a `Trace` whose gradients are streamed (docs/math.md, "Cap
 from __future__ import annotations
 
 import contextlib
-import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -14,6 +13,7 @@ from torch import Tensor, nn
 
 from ..images import ImageLike, load_image
 from ..trace import OUT_OF_MEMORY, ModelContext, OutOfMemory, Trace, free_accelerator_memory
+from ..warn import warn
 from .prompting import CaptureError, PreparedInputs
 from .recording import CapturedGradients, RecomputedAttentions, language_implementation, recording
 
@@ -53,12 +53,11 @@ class CaptureMixin:
         new = out[0, prepared.prompt_ids.numel() :].tolist()
         cut = len(new) >= limit and not set(new) & self.stop_ids()  # type: ignore[attr-defined]
         if cut:
-            warnings.warn(
+            warn(
                 f"the generated answer reached max_new_tokens={limit} without an end-of-turn "
                 "token and is cut there; raise it with load(..., max_new_tokens=N), "
                 "model.max_new_tokens=N or --max-new-tokens N",
                 AnswerCutWarning,
-                stacklevel=3,
             )
         return self.clean_generated(new), cut  # type: ignore[attr-defined]
 
