@@ -204,3 +204,37 @@ def test_xattr_list_prints_a_methods_declared_hyperparameters(capsys):
     assert "tau_head = 0.5  (must be > 0" in out and "adaptive | mean" in out
     assert main(["list", "--method", "nope"]) == 2
     assert "unknown method 'nope'" in capsys.readouterr().err
+
+
+def test_the_shipped_method_variants_answer_everywhere_a_method_does(capsys):
+    """igos_fast and tmme_last12 are rows of the default table: list, get and explain's
+    method specs know them, with the variant's defaults."""
+    from xattr.api import build_methods
+    from xattr.cli import main
+
+    assert {n: (v.base, v.overrides) for n, v in methods.variants().items()} == {
+        "igos_fast": ("igos", {"iterations": 5, "ig_steps": 3, "mask_size": 8}),
+        "tmme_last12": ("tmme", {"last_k": 12}),
+    }
+    assert main(["list", "--method", "igos_fast"]) == 0
+    out = capsys.readouterr().out
+    assert "  a variant of igos (igos_fast.yaml): iterations=5, ig_steps=3, mask_size=8" in out
+    assert "  mask_size = 8  (" in out and "  iterations = 5  (" in out
+    assert methods.get("tmme_last12").last_k == 12
+    assert methods.get("tmme_last12", last_k=3).last_k == 3
+    built = build_methods(["tmme_last12", "tmme"])
+    assert (built["tmme_last12"].last_k, built["tmme"].last_k) == (12, None)
+
+
+def test_xattr_list_names_models_methods_variants_and_metrics(capsys):
+    from xattr.cli import main
+
+    assert main(["list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == "method variants: igos_fast (igos), tmme_last12 (tmme)"
+    assert "qwen2_5_vl_7b" in lines[2] and "toy_llava" in lines[2]  # conf names
+    assert "faithfulness" in lines[4]
+    assert lines[5] == (
+        "  faithfulness writes the columns: deletion_auc, insertion_auc, deletion_ppl, "
+        "faithfulness_passes"
+    )

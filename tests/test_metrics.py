@@ -22,6 +22,7 @@ NAMES = [
     "auc_judd",
     "cc",
     "energy_pointing_game",
+    "faithfulness",  # model-in-the-loop: DeletionInsertion
     "iou_topk",
     "kl",
     "nss",
@@ -29,6 +30,7 @@ NAMES = [
     "sim",
     "spearman",
 ]
+MAP_NAMES = [n for n in NAMES if n != "faithfulness"]  # (saliency, reference) -> float
 S4 = np.array([[1.0, 2.0], [3.0, 4.0]])
 
 
@@ -48,7 +50,18 @@ def test_available_names_exact():
     assert metrics.available() == NAMES
 
 
-@pytest.mark.parametrize("name", NAMES)
+def test_the_faithfulness_metric_and_its_columns_answer_by_name():
+    from xattr.metrics.faithfulness import DeletionInsertion
+
+    assert isinstance(metrics.get("faithfulness", curves=["insertion"]), DeletionInsertion)
+    assert metrics.model_metric_columns() == {
+        "faithfulness": ["deletion_auc", "insertion_auc", "deletion_ppl", "faithfulness_passes"]
+    }
+    with pytest.raises(KeyError, match="'deletion_auc' is a column of the 'faithfulness' metric"):
+        metrics.get("deletion_auc")
+
+
+@pytest.mark.parametrize("name", MAP_NAMES)
 def test_metric_class_attributes(name):
     metric = metrics.get(name)
     cls = type(metric)
@@ -62,7 +75,7 @@ def test_metric_class_attributes(name):
 
 def test_directions():
     assert not m("kl").higher_is_better
-    assert all(m(n).higher_is_better for n in NAMES if n != "kl")
+    assert all(m(n).higher_is_better for n in MAP_NAMES if n != "kl")
 
 
 def test_get_options_and_errors():
@@ -109,7 +122,7 @@ def test_resize_area_by_hand():
     assert resize_area(y, (14, 14)).mean() == pytest.approx(y.mean())
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if n != "spearman"])
+@pytest.mark.parametrize("name", [n for n in MAP_NAMES if n != "spearman"])
 def test_resize_rule_saliency_to_reference(name):
     # The saliency map (7x9) is upsampled bilinearly to the reference's size (14x18);
     # the reference is never resized.
@@ -162,7 +175,7 @@ def test_torch_and_numpy_agree():
 # --------------------------------------------------------------------------- NaN / inf
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", MAP_NAMES)
 @pytest.mark.parametrize("where", ["saliency", "reference"])
 @pytest.mark.parametrize("bad", [math.nan, math.inf])
 def test_non_finite_input_gives_nan_with_warning(name, where, bad):

@@ -16,6 +16,7 @@ from support.compose import compose_run as _compose
 from support.wandb_log import logged
 from xattr.pipeline import ConfigError, register_resolvers, run
 from xattr.pipeline.results import load_rows, load_skipped
+from xattr.pipeline.run import instantiate
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -295,3 +296,24 @@ def test_a_sample_that_runs_out_of_memory_is_skipped_and_counted(
     assert re.fullmatch(r"out of memory \(\d+ tokens, \d+ answer tokens\)", skipped[0]["reason"])
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["this_session"]["out_of_memory"] == 1 and summary["samples"] == 3
+
+
+def test_metrics_picked_one_by_one(tmp_path, model_dir):
+    """``metrics=[nss,faithfulness]``: each registered metric is a choice of the metrics
+    group beside the presets, with its class defaults."""
+    cfg = _compose(tmp_path, model_dir, "method=[rollout]", "metrics=[nss,faithfulness]")
+    assert dict(cfg.metrics.map) == {"nss": {}}
+    assert cfg.metrics.model.faithfulness._target_.endswith("DeletionInsertion")
+    run(cfg)
+    header = (tmp_path / "run" / "results.md").read_text().splitlines()[0]
+    assert header.startswith("| method | nss ↑ | deletion_auc |")
+
+
+def test_the_synthetic_set_is_logged_by_its_name(tmp_path, model_dir, caplog):
+    import logging
+
+    cfg = _compose(tmp_path, model_dir)
+    with caplog.at_level(logging.INFO, logger="xattr.data.vqahat"):
+        dataset = instantiate(cfg.data).dataset
+    assert "synthetic (VQA-HAT layout) val: 4 samples" in caplog.text
+    assert "VQA-HAT val:" not in caplog.text and len(dataset) == 4

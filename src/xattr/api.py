@@ -39,11 +39,13 @@ def build_methods(method: MethodSpec, **hparams: Any) -> dict[str, Attributor]:
         if isinstance(spec, Attributor):
             built[name] = spec
             continue
-        cls = methods.METHODS.get_class(name)
+        variant = methods.variants().get(name) if name not in methods.METHODS else None
+        cls = methods.METHODS.get_class(variant.base if variant else name)
         fields = {f.name for f in cls.hparam_fields()}
         shared = {k: v for k, v in hparams.items() if k in fields}
         used |= set(shared)
-        built[name] = cls(**{**shared, **dict(spec)})
+        own = variant.overrides if variant else {}
+        built[name] = cls(**{**own, **shared, **dict(spec)})
     unknown = sorted(set(hparams) - used)
     if unknown:
         raise TypeError(f"no selected method takes the hyper-parameter(s) {unknown}")

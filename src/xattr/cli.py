@@ -190,9 +190,14 @@ def describe_method(name: str) -> str:
     from . import methods
     from .methods.base import rule_of
 
-    cls = methods.METHODS.get_class(name)
+    variant = methods.variants().get(name) if name not in methods.METHODS else None
+    cls = methods.METHODS.get_class(variant.base if variant else name)
     lines = [f"{name} ({cls.__module__}.{cls.__qualname__}): {(cls.__doc__ or '').strip()}"]
     defaults = cls.defaults()
+    if variant is not None:
+        changed = ", ".join(f"{k}={v!r}" for k, v in variant.overrides.items())
+        lines.append(f"  a variant of {variant.base} ({variant.source.name}): {changed}")
+        defaults.update(variant.overrides)
     for f in cls.hparam_fields():
         default = defaults[f.name]
         choices = f.metadata.get("choices")
@@ -204,6 +209,25 @@ def describe_method(name: str) -> str:
         doc = f.metadata.get("doc") or ""
         detail = "; ".join(x for x in (known, rule, doc) if x)
         lines.append(f"  {f.name} = {default!r}" + (f"  ({detail})" if detail else ""))
+    return "\n".join(lines)
+
+
+def catalogue() -> str:
+    """What ``xattr list`` prints: methods and their variants, model configs and families,
+    metrics (a model-in-the-loop metric with the columns it writes)."""
+    from . import methods, metrics, models
+    from .commands.model_spec import conf_names
+
+    variants = [f"{v.name} ({v.base})" for v in methods.variants().values()]
+    lines = [
+        "methods:         " + ", ".join(methods.available()),
+        "method variants: " + ", ".join(variants),
+        "model configs:   " + ", ".join(conf_names()),
+        "model families:  " + ", ".join(models.available()),
+        "metrics:         " + ", ".join(metrics.available()),
+    ]
+    for name, columns in metrics.model_metric_columns().items():
+        lines.append(f"  {name} writes the columns: {', '.join(columns)}")
     return "\n".join(lines)
 
 
@@ -250,11 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"xattr list: {err}", file=sys.stderr)
             return 2
     elif args.command == "list":
-        from . import methods, metrics, models
-
-        print("methods:", ", ".join(methods.available()))
-        print("models: ", ", ".join(models.available()))
-        print("metrics:", ", ".join(metrics.available()))
+        print(catalogue())
     return 0
 
 

@@ -106,7 +106,7 @@ def explain_to_folder(
     from ..models import load
     from ..report import write_report
 
-    specs = method_specs(methods, registry.available())
+    specs = method_specs(methods, [*registry.available(), *registry.variants()])
     for name, values in parse_settings(settings, specs).items():
         specs[name].update(values)
     chosen = build_methods(specs)  # hyper-parameter rules checked here
@@ -151,16 +151,22 @@ def explain_to_folder(
 
 def method_specs(names: Sequence[str], known: Sequence[str]) -> dict[str, dict[str, bool]]:
     """``{method: {return_token_maps: True, ...}}`` for the extras each method declares."""
-    from ..methods import METHODS
-
     unknown = [n for n in names if n not in known]
     if unknown:
         raise ValueError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(known)}")
     specs = {}
     for name in dict.fromkeys(names):
-        fields = {f.name for f in METHODS.get_class(name).hparam_fields()}
+        fields = {f.name for f in method_class(name).hparam_fields()}
         specs[name] = {k: True for k in EXTRAS if k in fields}
     return specs
+
+
+def method_class(name: str) -> type:
+    """The class of a registered method, or of a variant's method."""
+    from ..methods import METHODS, variants
+
+    variant = variants().get(name) if name not in METHODS else None
+    return METHODS.get_class(variant.base if variant else name)
 
 
 def parse_settings(
@@ -172,8 +178,6 @@ def parse_settings(
 
     import yaml
 
-    from ..methods import METHODS
-
     out: dict[str, dict[str, Any]] = {}
     for setting in settings:
         key, sep, text = setting.partition("=")
@@ -184,7 +188,7 @@ def parse_settings(
             )
         if name not in specs:
             raise ValueError(f"--set {setting!r}: {name!r} is not among --method {' '.join(specs)}")
-        fields = [f.name for f in METHODS.get_class(name).hparam_fields()]
+        fields = [f.name for f in method_class(name).hparam_fields()]
         if field not in fields:
             close = difflib.get_close_matches(field, fields, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""

@@ -49,6 +49,7 @@ def synthetic_dataset(
         mask_threshold=mask_threshold,
         limit=limit,
         extra_meta=read_synthetic_meta(root, split),
+        label="synthetic (VQA-HAT layout)",
     )
 
 

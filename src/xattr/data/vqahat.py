@@ -96,8 +96,10 @@ class VQAHATDataset(Dataset[Sample]):
         answer_types: Sequence[str] = ("other",),
         mask_threshold: float | None = None,
         extra_meta: Mapping[str, Mapping[str, Any]] | None = None,
+        label: str = "VQA-HAT",
     ) -> None:
         self.root = Path(root)
+        self.label = label  # what the log calls this set (the synthetic set shares the layout)
         self.extra_meta = dict(extra_meta or {})
         self.split = split
         self.images_dir = Path(images_dir) if images_dir is not None else None
@@ -116,7 +118,7 @@ class VQAHATDataset(Dataset[Sample]):
             for a in read_json_list(annotations_path, "annotations"):
                 annotations[int(a["question_id"])] = a
         self._entries = self._index(by_qid, questions, annotations, limit)
-        log.info("VQA-HAT %s: %s", split, self.summary())
+        log.info("%s %s: %s", self.label, split, self.summary())
 
     def _check_paths(self) -> tuple[Path, Path, Path]:
         """Fail fast, naming the first missing path; return the maps, questions, annotations paths."""

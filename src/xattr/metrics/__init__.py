@@ -27,15 +27,34 @@ from xattr.metrics.stats import (
     summarize,
     summary_table,
 )
+from xattr.registry import UnknownNameError
+
+METRICS.register("faithfulness")(DeletionInsertion)  # the model-in-the-loop metric
 
 
 def available() -> list[str]:
-    """Sorted names of every registered metric."""
+    """Sorted names of every registered metric (map metrics and model-in-the-loop ones)."""
     return METRICS.available()
 
 
+def model_metric_columns() -> dict[str, list[str]]:
+    """``{metric: [column, ...]}`` for the registered metrics that write several columns."""
+    return {
+        name: list(cls.higher_is_better)
+        for name, cls in METRICS.items()
+        if isinstance(getattr(cls, "higher_is_better", None), dict)
+    }
+
+
 def get(name: str, **options: Any) -> Metric:
-    """An instance of the metric registered as ``name``, configured with ``options``."""
+    """An instance of the metric registered as ``name``, configured with ``options``; a
+    column name (``deletion_auc``) names the metric that writes it."""
+    owner = next((m for m, cols in model_metric_columns().items() if name in cols), None)
+    if owner is not None and name not in METRICS:
+        raise UnknownNameError(
+            f"{name!r} is a column of the {owner!r} metric: "
+            f"xattr.metrics.get({owner!r}, ...) (metrics=[{owner}] in a run)"
+        )
     return METRICS.get_class(name)(**options)
 
 
@@ -50,6 +69,7 @@ __all__ = [
     "Summary",
     "available",
     "get",
+    "model_metric_columns",
     "paired_comparison",
     "parameter_randomisation",
     "results_table",

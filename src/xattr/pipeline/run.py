@@ -45,6 +45,26 @@ def register_resolvers() -> None:
     if not OmegaConf.has_resolver("xattr.wandb_offline"):
         OmegaConf.register_new_resolver("xattr.wandb_offline", _wandb_offline)
     register_method_schemas()
+    register_metric_configs()
+
+
+def register_metric_configs() -> None:
+    """Store ``metrics/<name>`` for every registered metric, so ``metrics=[nss,faithfulness]``
+    picks metrics one by one (with their class defaults) beside the presets in conf/metrics/
+    (``default``, ``agreement``, ``all``); a map metric lands in ``metrics.map``, a
+    model-in-the-loop one in ``metrics.model``."""
+    from hydra.core.config_store import ConfigStore
+
+    from .. import metrics
+
+    store = ConfigStore.instance()
+    in_the_loop = metrics.model_metric_columns()
+    for name, cls in metrics.METRICS.items():
+        if name in in_the_loop:
+            node, package = {"_target_": f"{cls.__module__}.{cls.__qualname__}"}, "model"
+        else:
+            node, package = {}, "map"
+        store.store(group="metrics", name=name, node=node, package=f"metrics.{package}.{name}")
 
 
 def method_schema(cls: type) -> DictConfig:
