@@ -111,3 +111,22 @@ def test_paired_shows_the_metrics_both_runs_computed(tmp_path, capsys):
     assert main(["compare", str(a), str(b), "--paired"]) == 0
     metrics = [line.split("|")[2].strip() for line in capsys.readouterr().out.splitlines()[2:]]
     assert metrics == ["nss"]  # cc exists in run a only: no pairs, no row
+
+
+def test_accuracy_and_costs_are_compared_apart_and_not_tested_by_default(tmp_path, capsys):
+    rows = [
+        {"sample_id": str(i), "method": "m", "nss": float(i), "correct": i % 2,
+         "faithfulness_passes": 11}
+        for i in range(4)
+    ]  # fmt: skip
+    a = _write_run(tmp_path / "a", rows)
+    b = _write_run(tmp_path / "b", [{**r, "nss": r["nss"] + 1} for r in rows])
+    assert main(["compare", str(a), str(b)]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == "| method | nss ↑ |"
+    assert "Accuracy and costs (not scores of the maps):" in out
+    assert main(["compare", str(a), str(b), "--paired"]) == 0
+    metrics = [line.split("|")[2].strip() for line in capsys.readouterr().out.splitlines()[2:]]
+    assert metrics == ["nss"]  # accuracy and a cost are no score to test
+    assert main(["compare", str(a), str(b), "--paired", "--metrics", "correct"]) == 0
+    assert "| correct |" in capsys.readouterr().out  # named, it is shown

@@ -161,3 +161,20 @@ def test_summary_table_infers_only_numeric_columns():
     table = summary_table(rows, n_boot=0)
     assert list(table["m"]) == ["nss"]
     assert table["m"]["nss"].mean == 2.0 and table["m"]["nss"].n == 2
+
+
+def test_accuracy_and_costs_are_tabled_apart_from_the_scores():
+    from xattr.metrics.stats import results_tables, split_columns
+
+    columns = ["nss", "faithfulness_passes", "deletion_auc", "correct"]
+    assert split_columns(columns) == (["nss", "deletion_auc"], ["faithfulness_passes", "correct"])
+    rows = [
+        {"method": "m", "nss": 1.0, "deletion_auc": 0.2, "faithfulness_passes": 11, "correct": 1},
+        {"method": "m", "nss": 3.0, "deletion_auc": 0.4, "faithfulness_passes": 11, "correct": 0},
+    ]
+    lines = results_tables(rows, columns).splitlines()
+    assert lines[0] == "| method | nss ↑ | deletion_auc ↓ |"
+    assert lines[2] == "| m | 2.000 ± 1.000 (n=2) | 0.300 ± 0.100 (n=2) |"
+    assert lines[4] == "Accuracy and costs (not scores of the maps):"
+    assert lines[6] == "| method | faithfulness_passes | correct |"
+    assert lines[8] == "| m | 11.000 ± 0.000 (n=2) | 0.500 ± 0.500 (n=2) |"

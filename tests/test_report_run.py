@@ -32,12 +32,21 @@ def saved_run(tmp_path_factory, tiny_model_dir):
     return tmp / "run", model_dir, cfg
 
 
-def test_the_default_run_saves_no_explanations(tmp_path, tiny_model_dir):
+def test_the_default_run_saves_no_explanations(tmp_path, tiny_model_dir, capsys):
+    """...and `xattr report` on it says how to get per-sample pages, on stdout and the page."""
+    from xattr.cli import main
+
     cfg = compose_run(tmp_path, tiny_model_dir("qwen2_5_vl"), "method=[rollout]",
                       "metrics=agreement", samples=1)  # fmt: skip
     assert cfg.save_explanations is False
     run(cfg)
     assert not (tmp_path / "run" / "explanations").exists()
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "run"), "--no-progress"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].startswith("note:   no per-sample pages: this run kept no explanations")
+    assert "save_explanations=true" in lines[1]
+    assert "save_explanations=true" in (tmp_path / "run" / "report" / "index.html").read_text()
 
 
 def test_every_sample_is_saved_with_the_maps_the_run_computed(saved_run):

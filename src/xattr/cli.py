@@ -83,7 +83,7 @@ def compare(paths: Sequence[str | Path], metrics: Sequence[str] | None = None) -
     from .metrics import stats
 
     rows = compare_rows(paths)
-    return stats.results_table(rows, metrics=_check_metrics(rows, metrics))
+    return stats.results_tables(rows, metrics=_check_metrics(rows, metrics))
 
 
 def _check_metrics(rows: list[dict], metrics: Sequence[str] | None) -> list[str]:
@@ -123,7 +123,7 @@ def paired(
     One run and two methods: method a vs method b. Two runs: each method both hold (or,
     with two methods given, run 1's first vs run 2's second).
     """
-    from .metrics import paired_comparison
+    from .metrics import paired_comparison, stats
 
     dirs = run_dirs(paths)
     rows = {d: load_rows(d) for d in dirs}
@@ -137,9 +137,11 @@ def paired(
     for (label_a, a), (label_b, b) in sides:
         by_id = {r["sample_id"]: r for r in b}
         shared = [(r, by_id[r["sample_id"]]) for r in a if r["sample_id"] in by_id]
-        # by default the metrics both sides computed; named ones are shown either way
+        # by default the scores both sides computed (not accuracy or costs); named columns
+        # are shown either way
         both = set(_metric_columns(a)) & set(_metric_columns(b))
-        for metric in requested if metrics else [m for m in requested if m in both]:
+        default = [m for m in stats.split_columns(requested)[0] if m in both]
+        for metric in requested if metrics else default:
             res = paired_comparison(
                 [ra.get(metric, math.nan) for ra, _ in shared],
                 [rb.get(metric, math.nan) for _, rb in shared],

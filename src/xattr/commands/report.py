@@ -22,6 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Build the report; exit code 2 when the run directory holds nothing to show."""
     from ..report import build_run_report
+    from ..report.run import NO_PAGES
 
     try:
         index = build_run_report(args.run, args.out, progress=not args.no_progress)
@@ -29,4 +30,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"xattr report: {err}", file=sys.stderr)
         return 2
     print(f"report: {index}")
+    if not any((index.parent / "samples").glob("*.html")):
+        print(f"note:   {NO_PAGES}")
     return 0

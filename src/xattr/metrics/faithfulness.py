@@ -111,6 +111,7 @@ class DeletionInsertion:
     and a map directly; ``curves`` returns the raw curves for plotting.
     """
 
+    costs: ClassVar[tuple[str, ...]] = ("faithfulness_passes",)  # columns that are not scores
     higher_is_better: ClassVar[dict[str, bool]] = {
         "deletion_auc": False,
         "insertion_auc": True,

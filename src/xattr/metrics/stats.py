@@ -192,10 +192,45 @@ def summary_table(
     return table
 
 
-def _header(metric: str) -> str:
+ACCURACY = "correct"  # the column the evaluation writes: 1 when the model's answer is right
+
+
+def split_columns(columns: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``columns`` as (scores of the maps, accuracy and costs): the second are facts about the
+    model's answer or the price of a metric, tabled and tested apart from the scores."""
+    costs = {c for _, cls in METRICS.items() for c in getattr(cls, "costs", ())}
+    other = {ACCURACY, *costs}
+    return [c for c in columns if c not in other], [c for c in columns if c in other]
+
+
+def results_tables(
+    records: Sequence[Mapping[str, Any]],
+    metrics: Sequence[str] | None = None,
+    methods: Sequence[str] | None = None,
+) -> str:
+    """`results_table` of the scores, then (when there are some) one of accuracy and costs."""
+    cols = list(metrics) if metrics is not None else _order(records)[1]
+    scores, other = split_columns(cols)
+    text = results_table(records, scores, methods)
+    if other:
+        text += "\n\nAccuracy and costs (not scores of the maps):\n\n"
+        text += results_table(records, other, methods)
+    return text
+
+
+def column_header(metric: str) -> str:
+    """A column's name with its better direction (↑ / ↓) where a registered metric states it
+    (a model metric's columns included); costs and accuracy carry none."""
+    higher = None
     if metric in METRICS:
-        return f"{metric} {'↑' if METRICS.get_class(metric).higher_is_better else '↓'}"
-    return metric
+        higher = METRICS.get_class(metric).higher_is_better
+    for _, cls in METRICS.items():
+        by_column = getattr(cls, "higher_is_better", None)
+        if isinstance(by_column, dict) and metric in by_column:
+            higher = by_column[metric]
+    if not isinstance(higher, bool) or metric in split_columns([metric])[1]:
+        return metric
+    return f"{metric} {'↑' if higher else '↓'}"
 
 
 def results_table(
@@ -213,7 +248,7 @@ def results_table(
     table = summary_table(records, metrics, methods, n_boot=0)
     cols = metrics if metrics is not None else _order(records)[1]
     lines = [
-        "| method | " + " | ".join(_header(m) for m in cols) + " |",
+        "| method | " + " | ".join(column_header(m) for m in cols) + " |",
         "|---|" + "---|" * len(cols),
     ]
     for method, row in table.items():

@@ -21,6 +21,7 @@ from ..explanation import Explanation
 from ..images import FULL_IMAGE
 from ..methods import AttributionWarning, Attributor, explain_all
 from ..metrics import Metric, top_region
+from ..metrics.stats import ACCURACY
 from ..models.base import ModelAdapter
 from ..trace import OUT_OF_MEMORY, OutOfMemory, free_accelerator_memory
 
@@ -107,7 +108,7 @@ class SampleEvaluator:
                 continue
             row["answer"] = answer
             if not math.isnan(correct):  # no reference answer: accuracy is not computed
-                row["correct"] = correct
+                row[ACCURACY] = correct
             row.update(attribute_s=expl.timings.get("attribute_s", math.nan), capture_s=capture_s)
             result.rows.append(row)
             result.explanations[name] = expl

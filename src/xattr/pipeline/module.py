@@ -13,6 +13,7 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 
 from ..archive import RUN_SUBDIR, sample_path, save_sample
 from ..data.sample import Sample, SampleError
+from ..metrics.stats import ACCURACY
 from ..trace import OutOfMemory
 from .evaluator import SampleEvaluator, SampleResult
 from .results import (
@@ -162,9 +163,7 @@ class ExplainEvalModule(L.LightningModule):
             {"sample_id": s["sample_id"], "method": s["method"]} for s in skipped if s.get("method")
         ]
         # columns: the metrics some row computed (one no sample could compute is left out)
-        metrics = [
-            m for m in [*self.evaluator.metric_names, "correct"] if any(m in r for r in rows)
-        ]
+        metrics = [m for m in [*self.evaluator.metric_names, ACCURACY] if any(m in r for r in rows)]
         table, markdown = summarize_run(rows + failed, metrics=metrics, methods=methods)
         for notes in (warnings_markdown(rows), skipped_markdown(skipped)):
             if notes:

@@ -147,7 +147,7 @@ def summarize_run(
 ) -> tuple[dict[str, dict[str, stats.Summary]], str]:
     """Method x metric summaries and the markdown table for a run's rows."""
     table = stats.summary_table(rows, metrics=metrics, methods=methods)
-    return table, stats.results_table(rows, metrics=metrics, methods=methods)
+    return table, stats.results_tables(rows, metrics=metrics, methods=methods)
 
 
 def warning_counts(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, int]]:

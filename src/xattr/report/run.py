@@ -16,6 +16,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ..archive import RUN_SUBDIR, SavedSample, load_sample, saved_samples
+from ..metrics.stats import column_header, split_columns
 from ..pipeline.results import load_rows, load_skipped, read_summary, summarize_run
 from .data import page_data
 from .html import Table, render_index, render_page
@@ -67,12 +68,20 @@ def build_run_report(
             f"xattr run {run.name}",
             results_table(run, rows),
             samples_table(by_sample, questions, links),
-            notes=run_notes(run) + [f"unreadable saved sample {u}" for u in unreadable],
+            notes=run_notes(run)
+            + [f"unreadable saved sample {u}" for u in unreadable]
+            + ([NO_PAGES] if not saved else []),
             subtitle=f"{run.resolve()} · {len(by_sample)} samples · {len(saved)} report pages",
         ),
         encoding="utf-8",
     )
     return index
+
+
+NO_PAGES = (
+    "no per-sample pages: this run kept no explanations; run it again into a new run "
+    "directory with save_explanations=true to get one page per sample"
+)
 
 
 def sample_page(
@@ -106,14 +115,16 @@ def results_table(run: Path, rows: Sequence[dict[str, Any]]) -> Table:
         table = read_summary(run)["table"]
     else:
         table, _ = summarize_run(rows, metrics=metric_columns(rows))
-    metrics: dict[str, None] = {}
+    found: dict[str, None] = {}
     for by_metric in table.values():
-        metrics.update(dict.fromkeys(by_metric))
+        found.update(dict.fromkeys(by_metric))
+    scores, other = split_columns(list(found))
+    metrics = [*scores, *other]  # the scores first, then accuracy and costs
     body = [
         [method, *(by[m].format() if m in by else "" for m in metrics)]
         for method, by in table.items()
     ]
-    return ["method", *(_header(m) for m in metrics)], body
+    return ["method", *(column_header(m) for m in metrics)], body
 
 
 def samples_table(
@@ -133,14 +144,14 @@ def samples_table(
         cells += [_number(scored.get(m, {}).get(metric)) for m in methods] if metric else []
         body.append(cells)
     columns = ["sample", "question", "answer", "correct"]
-    columns += [f"{m}: {_header(metric)}" for m in methods] if metric else []
+    columns += [f"{m}: {column_header(metric)}" for m in methods] if metric else []
     return columns, body
 
 
 def scores_table(rows: Sequence[dict[str, Any]]) -> Table:
     """One sample's rows: method x every metric."""
     metrics = metric_columns(rows)
-    return ["method", *map(_header, metrics)], [
+    return ["method", *map(column_header, metrics)], [
         [r["method"], *(_number(r.get(m)) for m in metrics)] for r in rows
     ]
 
@@ -174,14 +185,6 @@ def _rows_by_sample(rows: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, 
     for row in rows:
         out.setdefault(str(row["sample_id"]), []).append(row)
     return out
-
-
-def _header(metric: str) -> str:
-    from ..metrics import METRICS
-
-    if metric in METRICS:
-        return f"{metric} {'↑' if METRICS.get_class(metric).higher_is_better else '↓'}"
-    return metric
 
 
 def _number(value: Any) -> Any:
