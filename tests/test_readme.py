@@ -74,6 +74,8 @@ assert all(m.visual.shape == expl.visual.shape for m in maps.values())
 """,
     "xattr.Trace.from_tensors(": """
 assert xattr.methods.get("glimpse").explain(trace).visual.shape == (2, 2)
+assert expl.hparams["tau_head"] == 0.25 and set(maps) == {"glimpse", "tmme", "rollout"}
+assert all(m.visual.shape == (2, 2) for m in maps.values())
 """,
     "class GradientNorm": """
 import xattr

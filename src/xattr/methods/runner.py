@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from ..explanation import Explanation
 from ..trace import OUT_OF_MEMORY, OutOfMemory, Trace, free_accelerator_memory
@@ -14,7 +14,7 @@ from .sweep import GradientConsumer, StreamingAttributor, SweepReport, consumers
 
 def explain_all(
     trace: Trace,
-    methods: Mapping[str, Attributor],
+    methods: Mapping[str, Attributor] | Sequence[str | Attributor],
     *,
     on_method: Callable[[str], None] | None = None,
     on_error: Callable[[str, Exception], None] | None = None,
@@ -27,8 +27,18 @@ def explain_all(
     method's result is built (e.g. to label a progress bar). Without ``on_error`` the first
     failure is raised; with it, a failed method is reported there and left out of the
     result while the others go on. The texts of a method's `AttributionWarning`s are kept
-    in its ``meta["warnings"]`` (and shown as usual).
+    in its ``meta["warnings"]`` (and shown as usual). ``methods`` is ``{name: method}`` or a
+    list of names (registered methods or variants, at their defaults) and instances.
     """
+    if not isinstance(methods, Mapping):
+        from . import get
+
+        methods = {
+            (m.name if isinstance(m, Attributor) else m): (
+                m if isinstance(m, Attributor) else get(m)
+            )
+            for m in methods
+        }
 
     def fail(name: str, err: Exception) -> None:
         if isinstance(err, OUT_OF_MEMORY) and not isinstance(err, OutOfMemory):
