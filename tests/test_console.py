@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -51,6 +52,11 @@ def test_default_run_prints_the_table_and_no_library_chatter(tmp_path):
         assert f"| {method} |" in out
     assert "W&B run (offline): " in out and "wandb sync " in out  # one line instead of a banner
     assert "Method warnings:" in out  # the warnings that matter stay
+    # one bar, redrawn about once per sample (not once per method), and log lines never
+    # inside a bar's line: 2 samples, 7 methods
+    draws = [piece for piece in re.split(r"[\r\n]", out) if "Testing DataLoader" in piece]
+    assert len(draws) <= 12, len(draws)
+    assert not [piece for piece in draws if "WARNING" in piece or "INFO" in piece]
 
 
 @pytest.mark.slow

@@ -231,14 +231,23 @@ class XattrProgressBar(TQDMProgressBar):
         if evaluator is not None:
             evaluator.on_method_start = self.show_method
 
+    REDRAW_S = 1.0  # a method label alone redraws the bar at most this often
+
     def show_method(self, name: str) -> None:
-        """Label the bar with the method that is starting."""
+        """Label the bar with the method that is starting; the label is drawn now only when
+        the bar has not been drawn for a while (a slow method shows; fast ones do not make
+        the bar redraw several times per sample)."""
         try:
             bar = self.test_progress_bar
         except TypeError:  # no test bar (yet)
             return
-        if not bar.disable:
-            bar.set_postfix(method=name, refresh=True)
+        if bar.disable:
+            return
+        now = time.monotonic()
+        stale = now - getattr(self, "_drawn_at", 0.0) >= self.REDRAW_S
+        bar.set_postfix(method=name, refresh=stale)
+        if stale:
+            self._drawn_at = now
 
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         metrics = dict(super().get_metrics(trainer, pl_module))

@@ -194,6 +194,7 @@ def _wandb_location(logger: Any) -> str:
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate the configured methods and metrics; returns the summary (and writes it)."""
     import lightning as L
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
     from .evaluator import SampleEvaluator
     from .module import ExplainEvalModule, XattrProgressBar
@@ -243,7 +244,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     try:
         for logger in loggers:
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-        trainer.test(module, datamodule=datamodule, verbose=False)
+        with logging_redirect_tqdm():  # log lines above the bar, never inside its line
+            trainer.test(module, datamodule=datamodule, verbose=False)
     finally:
         for logger in loggers:
             if hasattr(logger, "experiment") and type(logger).__name__ == "WandbLogger":
