@@ -113,12 +113,14 @@ def test_an_unreadable_saved_sample_is_noted_not_fatal(saved_run, tmp_path):
     assert len(list((run_dir / "report" / "samples").glob("*.html"))) == 4
 
 
-def test_wandb_gets_the_report_pages(tmp_path, tiny_model_dir, monkeypatch):
+def test_wandb_gets_the_report_pages(tmp_path, tiny_model_dir, monkeypatch, capfd):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     cfg = compose_run(tmp_path, tiny_model_dir("qwen2_5_vl"), "method=[rollout]",
                       "metrics=agreement", "logger=wandb", "save_explanations=true", samples=2)  # fmt: skip
     run(cfg)
+    printed = capfd.readouterr()
+    assert "\x1b[A" not in printed.out + printed.err  # no second bar nested under the run's
     (offline,) = (tmp_path / "run" / "wandb").glob("offline-run-*")
     summary = logged(offline)
     assert summary["reports/_type"] == "table-file" and summary["reports/nrows"] == 2

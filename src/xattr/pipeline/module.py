@@ -201,10 +201,13 @@ def keep_explanations(run_dir: Path, sample: Sample, result: SampleResult, sourc
 
 
 def _log_report_pages(logger: Any, run_dir: Path) -> None:
-    """W&B: each saved sample's report page (``xattr.report``), as HTML."""
+    """W&B: each saved sample's report page (``xattr.report``), as HTML. No bar of its own:
+    the test loop's bar is still open, and a second one under it leaves cursor-up codes
+    (``[A``) in logs."""
     from ..report.wandb_pages import log_report_pages
 
-    log_report_pages(logger, run_dir, progress=True)
+    if log_report_pages(logger, run_dir, progress=False):
+        log.info("W&B: logged the report pages of the saved samples")
 
 
 def _log_rich(logger: Any, rows: list[dict[str, Any]], overlay_dir: Path) -> None:
