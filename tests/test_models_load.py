@@ -3,6 +3,8 @@ with a matching or a mismatching family, and through a model config with ``famil
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 from hydra import compose, initialize_config_dir
 
@@ -82,3 +84,17 @@ def test_loading_prints_no_weight_loading_bar(tiny_model_dir, capfd):
     captured = capfd.readouterr()
     assert "Loading weights" not in captured.err + captured.out
     assert hf_logging.is_progress_bar_enabled()  # the user's setting is left as it was
+
+
+def test_a_huge_image_gets_a_word_about_its_cost(tiny_model_dir):
+    from PIL import Image
+
+    from xattr.models.prompting import LARGE_IMAGE_PIXELS, LargeImageWarning
+
+    adapter = xattr.models.load(tiny_model_dir("llava"))
+    with pytest.warns(LargeImageWarning, match=r"a 5000x4000 image \(20 MP\): the processor"):
+        adapter.prepare(Image.new("RGB", (5000, 4000), "gray"), "What color is it?")
+    assert 5000 * 4000 > LARGE_IMAGE_PIXELS > 640 * 480
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LargeImageWarning)
+        adapter.prepare(Image.new("RGB", (640, 480), "gray"), "What color is it?")
