@@ -91,3 +91,20 @@ def test_sample_paths_are_safe_file_names(tmp_path):
 def test_a_missing_file_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing.npz"):
         load_sample(tmp_path / "nothing.npz")
+
+
+def test_the_reference_maps_travel_with_the_sample_and_survive_a_merge(tmp_path):
+    """A method named like the reference key cannot clash with it; a later save without
+    references keeps them."""
+    human = np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 4)
+    mask = np.zeros((6, 8), dtype=bool)
+    mask[1:3, 2:5] = True
+    path = save_sample(tmp_path / "s.npz", {"reference": _expl()}, None, {"id": 1},
+                       references={"human_map": human, "mask": mask, "none": None})  # fmt: skip
+    back = load_sample(path)
+    assert set(back.explanations) == {"reference"} and set(back.references) == {"human_map", "mask"}
+    np.testing.assert_array_equal(back.references["human_map"], human)
+    assert back.references["mask"].dtype == bool
+    np.testing.assert_array_equal(back.references["mask"], mask)
+    save_sample(path, {"glimpse": _expl()})
+    assert set(load_sample(path).references) == {"human_map", "mask"}

@@ -99,6 +99,7 @@ def test_report_loads_cleanly_and_clicking_a_token_shows_its_own_map(browser, to
     holistic = _canvas(page)
     tokens = page.locator("#answer .token")
     assert tokens.count() == len(expls["glimpse"].answer_tokens) == 5
+    assert page.locator("#references-box").is_hidden()  # xattr.explain had no reference
 
     tokens.nth(1).click()
     assert heat.get_attribute("data-view") == "glimpse/token/1"
@@ -182,6 +183,16 @@ def test_run_index_filters_and_links_to_sample_pages(browser, tmp_path, tiny_mod
     page.wait_for_selector("body[data-ready='1']")
     assert page.url.endswith(".html") and "/samples/" in page.url
     assert page.locator("#methods button").count() == 2
+    # what the scores were computed against: the human map and the mask, shown on the image
+    refs = page.locator("#references .thumb")
+    assert refs.count() == 2 and page.locator("#references-box").is_visible()
+    holistic = _canvas(page)
+    refs.nth(1).click()
+    assert page.locator("#heat").get_attribute("data-view") == "reference/1"
+    assert "object mask (what the scores were computed against)" in page.inner_text("#caption")
+    assert _canvas(page) != holistic
+    page.click("button[data-method='rollout']")
+    assert page.locator("#heat").get_attribute("data-view") == "rollout/holistic/"
     page.locator("nav.pager a", has_text="index").click()
     page.wait_for_selector("#samples")
     assert troubles == []

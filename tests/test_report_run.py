@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -63,6 +65,10 @@ def test_every_sample_is_saved_with_the_maps_the_run_computed(saved_run):
         s for s in instantiate(cfg.data).dataset if s.sample_id == sample.info["sample_id"]
     ]
     assert sample.info["question"] == original.question
+    # ...with what its scores were computed against, as the dataset gave it
+    assert set(sample.references) == {"human_map", "mask"}
+    np.testing.assert_allclose(sample.references["human_map"], original.human_map)
+    np.testing.assert_array_equal(sample.references["mask"], original.mask)
     again = xattr.explain(
         xattr.models.load(model_dir), original.load_image(), original.question,
         method="glimpse", answer=sample.info["model_answer"], return_token_maps=True,
@@ -83,6 +89,9 @@ def test_report_builds_an_index_and_a_page_per_saved_sample(saved_run, tmp_path)
     assert "<td>glimpse</td>" in html and "nss ↑" in html and "±" in html
     page = pages[0].read_text()
     assert 'id="xattr-data"' in page and "Scores of this sample" in page
+    data = json.loads(re.search(r'id="xattr-data">(.*?)</script>', page, re.S).group(1))
+    names = [r["name"] for r in data["references"]]
+    assert names == ["human attention map", "object mask"]  # what the scores used
     assert "http://" not in page.replace("http://www.w3.org/2000/svg", "")
 
 

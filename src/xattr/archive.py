@@ -36,6 +36,11 @@ class SavedSample:
     explanations: dict[str, Explanation]
     image: Image.Image | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    # what the scores were computed against: "human_map" (float, [0, 1]), "mask" (bool)
+    references: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+REFERENCE = "@reference/"  # key prefix of the reference maps ('@' starts no method name)
 
 
 def sample_path(directory: str | Path, sample_id: str) -> Path:
@@ -50,8 +55,10 @@ def save_sample(
     image: Image.Image | None = None,
     info: Mapping[str, Any] | None = None,
     merge: bool = True,
+    references: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write one sample's explanations (and image, description) to ``path``, compressed.
+    """Write one sample's explanations (and image, description, the reference maps its scores
+    were computed against) to ``path``, compressed.
 
     With ``merge`` the methods already in an existing file are kept unless written anew
     (a resumed run that evaluates a sample's missing methods adds them).
@@ -60,12 +67,16 @@ def save_sample(
     out.parent.mkdir(parents=True, exist_ok=True)
     expls = dict(explanations)
     meta = dict(info or {})
+    refs = {k: np.asarray(v) for k, v in (references or {}).items() if v is not None}
     if merge and out.exists():
         old = load_sample(out)
         expls = {**old.explanations, **expls}
         meta = {**old.info, **meta}
         image = image if image is not None else old.image
+        refs = {**old.references, **refs}
     arrays: dict[str, np.ndarray] = {"sample": _text(json.dumps(jsonable(meta)))}
+    for name, ref in refs.items():
+        arrays[REFERENCE + name] = ref if ref.dtype == bool else ref.astype(np.float32)
     for name, expl in expls.items():
         if "/" in name:
             raise ValueError(f"method name {name!r} cannot contain '/'")
@@ -92,6 +103,9 @@ def load_sample(path: str | Path) -> SavedSample:
     image = None
     if "image" in arrays:
         image = Image.open(io.BytesIO(arrays.pop("image").tobytes())).convert("RGB")
+    references = {
+        k.removeprefix(REFERENCE): arrays.pop(k) for k in list(arrays) if k.startswith(REFERENCE)
+    }
     by_method: dict[str, dict[str, np.ndarray]] = {}
     for key, value in arrays.items():
         method, _, name = key.partition("/")
@@ -101,7 +115,7 @@ def load_sample(path: str | Path) -> SavedSample:
         meta = json.loads(str(parts.pop("info")))
         tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in parts.items()}
         explanations[method] = Explanation.from_parts(meta, tensors)
-    return SavedSample(explanations, image, info)
+    return SavedSample(explanations, image, info, references)
 
 
 def saved_samples(directory: str | Path) -> list[Path]:

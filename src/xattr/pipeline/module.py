@@ -197,7 +197,8 @@ def keep_explanations(run_dir: Path, sample: Sample, result: SampleResult, sourc
     info = {"sample_id": sample.sample_id, "question": sample.question, "answer": sample.answer,
             "model_answer": result.answer, "answer_source": source}  # fmt: skip
     path = sample_path(run_dir / RUN_SUBDIR, sample.sample_id)
-    return save_sample(path, result.explanations, sample.load_image(), info)
+    references = {"human_map": sample.human_map, "mask": sample.mask}  # what it was scored on
+    return save_sample(path, result.explanations, sample.load_image(), info, references=references)
 
 
 def _log_report_pages(logger: Any, run_dir: Path) -> None:

@@ -38,8 +38,10 @@ def page_data(
     answer: str | None = None,
     answer_source: str | None = None,
     extra: Mapping[str, Any] | None = None,
+    references: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """Everything one report page shows for one image, question and answer."""
+    """Everything one report page shows for one image, question and answer (and the
+    reference maps the sample's scores were computed against, when there are some)."""
     if not explanations:
         raise ValueError("a report needs at least one explanation")
     first = next(iter(explanations.values()))
@@ -55,8 +57,24 @@ def page_data(
         "image": image_data(rgb),
         "colormap": colormap_data(),
         "methods": [method_view(name, e, rgb.size) for name, e in explanations.items()],
+        "references": [
+            {"name": REFERENCE_NAMES.get(name, name), "map": map_data(reference_pixels(ref))}
+            for name, ref in (references or {}).items()
+        ],
         **dict(extra or {}),
     }
+
+
+REFERENCE_NAMES = {"human_map": "human attention map", "mask": "object mask"}
+
+
+def reference_pixels(reference: np.ndarray) -> np.ndarray:
+    """A reference map (human map or mask, at its own resolution) for display: float, its
+    long side at most `COMPOSED_SIDE` (area-averaged, so a thin mask stays visible)."""
+    arr = np.asarray(reference, dtype=np.float32)
+    scale = min(1.0, COMPOSED_SIDE / max(arr.shape))
+    size = (max(1, round(arr.shape[1] * scale)), max(1, round(arr.shape[0] * scale)))
+    return np.asarray(Image.fromarray(arr).resize(size, Image.Resampling.BOX))
 
 
 def method_view(name: str, expl: Explanation, image_size: tuple[int, int]) -> dict[str, Any]:

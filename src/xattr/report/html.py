@@ -65,6 +65,7 @@ def render_page(
       <canvas id="heat"></canvas>
     </div>
     <div id="caption"></div>
+    <div id="references-box" hidden><h2>Scored against</h2><div class="strip" id="references"></div></div>
   </section>
   <section class="panel side">
     <h2>Question</h2>

@@ -104,6 +104,7 @@ def sample_page(
         model=info.get("model"),
         answer=info.get("model_answer"),
         answer_source=info.get("answer_source"),
+        references=sample.references,
     )
     tables = [("Scores of this sample", scores_table(rows))] if rows else []
     return render_page(page, nav=nav, tables=tables)

@@ -51,6 +51,8 @@
 
   function currentMap() {
     const m = method();
+    const refs = data.references || [];
+    if (state.kind === "reference" && refs[state.index]) return refs[state.index].map;
     if (state.kind === "token" && m.tokens[state.index] && m.tokens[state.index].map) return m.tokens[state.index].map;
     if (state.kind === "layer" && m.layers[state.index]) return m.layers[state.index].map;
     state.kind = "holistic";
@@ -59,6 +61,7 @@
 
   function describe() {
     const m = method();
+    if (state.kind === "reference") return `reference · ${data.references[state.index].name} (what the scores were computed against)`;
     if (state.kind === "token") return `${m.name} · token “${m.tokens[state.index].text.trim()}” (its own map)`;
     if (state.kind === "layer") {
       const l = m.layers[state.index];
@@ -71,7 +74,7 @@
     const map = currentMap();
     const heat = $("heat");
     paint(heat, map);
-    heat.dataset.view = `${method().name}/${state.kind}/${state.kind === "holistic" ? "" : state.index}`;
+    heat.dataset.view = state.kind === "reference" ? `reference/${state.index}` : `${method().name}/${state.kind}/${state.kind === "holistic" ? "" : state.index}`;
     $("caption").textContent = `${describe()} · values ${fmt(map.lo)} … ${fmt(map.hi)}`;
   }
 
@@ -82,7 +85,7 @@
     box.replaceChildren();
     data.methods.forEach((m, i) => {
       const b = el("button", { type: "button", "data-method": m.name, class: i === state.method ? "active" : "" }, m.name);
-      b.addEventListener("click", () => { state.method = i; render(); });
+      b.addEventListener("click", () => { state.method = i; if (state.kind === "reference") state.kind = "holistic"; render(); });
       box.appendChild(b);
     });
   }
@@ -135,6 +138,24 @@
       b.appendChild(el("div", {}, `L${l.layer} · ${(100 * l.share).toFixed(0)}%`));
       if (state.kind === "layer" && state.index === i) b.classList.add("active");
       b.addEventListener("click", () => { state.kind = "layer"; state.index = i; render(); });
+      strip.appendChild(b);
+    });
+  }
+
+  // the maps the sample's scores were computed against (human attention map, object mask)
+  function drawReferences() {
+    const refs = data.references || [];
+    const strip = $("references");
+    strip.replaceChildren();
+    $("references-box").hidden = !refs.length;
+    refs.forEach((r, i) => {
+      const b = el("button", { type: "button", class: "thumb", "data-reference": r.name, title: `show the ${r.name} on the image` });
+      const c = el("canvas", { width: "64", height: "64" });
+      paint(c, r.map);
+      b.appendChild(c);
+      b.appendChild(el("div", {}, r.name));
+      if (state.kind === "reference" && state.index === i) b.classList.add("active");
+      b.addEventListener("click", () => { state.kind = "reference"; state.index = i; render(); });
       strip.appendChild(b);
     });
   }
@@ -218,6 +239,7 @@
   function render() {
     drawMethods();
     drawMap();
+    drawReferences();
     drawWords();
     drawTokens();
     drawLayers();
