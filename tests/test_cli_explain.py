@@ -123,7 +123,8 @@ def test_a_bad_input_through_the_console_script(tmp_path):
 
 
 def test_model_specs():
-    assert resolve("toy_llava") == {"family": "llava", "path": str(xattr.toy.checkpoint("llava"))}
+    assert resolve("toy_llava") == {"family": "llava", "path": str(xattr.toy.checkpoint("llava")),
+                                    "dtype": "float32", "device": "cpu", "max_new_tokens": None}  # fmt: skip
     conf = resolve("qwen2_5_vl_7b", device="cpu", dtype=None)
     assert conf == {"family": "qwen2_5_vl", "path": "Qwen/Qwen2.5-VL-7B-Instruct",
                     "dtype": "bfloat16", "device": "cpu", "max_new_tokens": None}  # fmt: skip

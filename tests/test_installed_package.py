@@ -63,6 +63,7 @@ def test_the_installed_package_runs_outside_the_repository(installed, tmp_path):
     assert conf.returncode == 2 and "unknown model" not in conf.stderr
     assert "Qwen/Qwen2.5-VL-7B-Instruct" in conf.stderr  # it went on to load the conf's hub id
 
+    # a conf/model name that loads here: the shipped toy's config, read from the package
     done = _run(installed, ["xattr", "explain", str(image), QUESTION, "--model", "toy_llava",
                             "--method", "rollout"], tmp_path)  # fmt: skip
     assert done.returncode == 0, done.stderr

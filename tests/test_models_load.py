@@ -98,3 +98,8 @@ def test_a_huge_image_gets_a_word_about_its_cost(tiny_model_dir):
     with warnings.catch_warnings():
         warnings.simplefilter("error", LargeImageWarning)
         adapter.prepare(Image.new("RGB", (640, 480), "gray"), "What color is it?")
+
+
+def test_an_unknown_family_names_the_nearest(tiny_model_dir):
+    with pytest.raises(KeyError, match=r"unknown model family 'lava' \(did you mean 'llava'\?\)"):
+        xattr.models.load("lava", tiny_model_dir("llava"))

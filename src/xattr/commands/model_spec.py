@@ -23,13 +23,11 @@ def resolve(spec: str, **overrides: Any) -> dict[str, Any]:
 
     ``overrides`` that are not None (e.g. ``device="cpu"``) replace the config's values.
     """
-    from .. import models, toy
+    from .. import models
 
     kwargs: dict[str, Any]
     family, sep, rest = spec.partition(":")
-    if spec.startswith("toy_") and spec[4:] in toy.SHIPPED:  # shipped with the package
-        kwargs = {"family": spec[4:], "path": str(toy.checkpoint(spec[4:]))}
-    elif spec in conf_names():
+    if spec in conf_names():  # shipped with the package, the toys' configs included
         kwargs = _conf(CONF_MODELS / f"{spec}.yaml")
     elif Path(spec).expanduser().is_dir():
         kwargs = {"path": str(Path(spec).expanduser())}
