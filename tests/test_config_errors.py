@@ -4,28 +4,17 @@ the next run does not report the bad value as a configuration change)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from support.entry import run_entry_point
 
 
 def _refused(tmp_path: Path, *overrides: str) -> str:
     """Run the entry point with ``overrides`` in ``tmp_path``; it must refuse in one line."""
-    env = {**os.environ, "WANDB_MODE": "offline"}
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "train_free_eval.py"), "data.limit=1", *overrides],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    done = run_entry_point(tmp_path, "data.limit=1", *overrides)
     assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-3000:]
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from support.entry import run_entry_point
+
 NOISE = (
     "GPU available",  # Lightning's start-up INFO lines (they were printed twice)
     "TPU available",
@@ -25,16 +23,7 @@ NOISE = (
 
 
 def _console(tmp_path: Path, *overrides: str) -> str:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env["WANDB_MODE"] = "offline"
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "train_free_eval.py"), "data.limit=2", *overrides],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
+    done = run_entry_point(tmp_path, "data.limit=2", *overrides)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout + done.stderr
 

@@ -4,33 +4,23 @@ sweeps, `-m experiment=glimpse_ablation` and the 27-job one, run in tests/test_r
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
+from support.entry import run_entry_point
 from support.wandb_log import run_info
 from xattr.pipeline.results import load_rows
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = str(ROOT / "train_free_eval.py")
 # appended to every command: few samples (a small synthetic set, written under ./data)
 SMALL = ["data.dataset.n=2", "data.limit=1"]
 
 
 def _run(cwd: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "offline", **(env or {})}
-    done = subprocess.run(
-        [sys.executable, SCRIPT, *args, *SMALL],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
+    done = run_entry_point(cwd, *args, *SMALL, env=env)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     return done
 
