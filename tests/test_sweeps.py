@@ -14,7 +14,6 @@ from support.entry import run_entry_point
 from support.wandb_log import run_info
 from xattr.pipeline.results import load_rows
 
-ROOT = Path(__file__).resolve().parents[1]
 # appended to every command: few samples (a small synthetic set, written under ./data)
 SMALL = ["data.dataset.n=2", "data.limit=1"]
 
