@@ -44,3 +44,8 @@ def test_an_unknown_dtype_names_the_nearest(tmp_path):
 def test_cuda_on_a_cpu_machine_is_one_line(tmp_path):
     line = _refused(tmp_path, "method=[rollout]", "model.device=cuda")
     assert "device 'cuda': this torch" in line and "use device=auto" in line
+
+
+def test_an_unknown_metric_names_the_nearest(tmp_path):
+    line = _refused(tmp_path, "method=[rollout]", "+metrics.map.nsss={}")
+    assert line.startswith("error: unknown metric 'nsss' (did you mean 'nss'?); known: auc_judd")
