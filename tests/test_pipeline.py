@@ -306,7 +306,7 @@ def test_metrics_picked_one_by_one(tmp_path, model_dir):
     assert cfg.metrics.model.faithfulness._target_.endswith("DeletionInsertion")
     run(cfg)
     header = (tmp_path / "run" / "results.md").read_text().splitlines()[0]
-    assert header.startswith("| method | nss ↑ | deletion_auc |")
+    assert header.startswith("| method | nss ↑ | deletion_auc ↓ |")
 
 
 def test_the_synthetic_set_is_logged_by_its_name(tmp_path, model_dir, caplog):

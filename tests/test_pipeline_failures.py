@@ -154,6 +154,6 @@ def test_metrics_no_sample_could_compute_are_not_columns(tmp_path, model_dir):
         )
     )
     header = (tmp_path / "run" / "results.md").read_text().splitlines()[0]
-    assert header.startswith("| method | deletion_auc |")
+    assert header.startswith("| method | deletion_auc ↓ |")
     for never in ("nss", "spearman", "pointing_game", "correct"):
         assert never not in header
