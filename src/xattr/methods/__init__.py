@@ -14,7 +14,7 @@ from typing import Any
 from .base import METHODS, AttributionWarning, Attributor, Needs, hparam
 from .runner import explain_all
 from .sweep import GradientConsumer, LayerStep, StreamingAttributor
-from .variants import Variant, variants
+from .variants import Variant, instantiate, variants
 
 for _info in pkgutil.iter_modules(__path__):
     if not _info.name.startswith("_"):
@@ -29,10 +29,7 @@ def available() -> list[str]:
 def get(name: str, **hparams: Any) -> Attributor:
     """An instance of the method registered as ``name``, or of a variant's method with the
     variant's defaults (``igos_fast``), with the given hyper-parameters."""
-    variant = variants().get(name) if name not in METHODS else None
-    if variant is not None:
-        return METHODS.get_class(variant.base)(**{**variant.overrides, **hparams})
-    return METHODS.get_class(name)(**hparams)
+    return instantiate(name, **hparams)
 
 
 def builtin() -> list[str]:

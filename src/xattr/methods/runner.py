@@ -10,6 +10,7 @@ from ..explanation import Explanation
 from ..trace import OUT_OF_MEMORY, OutOfMemory, Trace, free_accelerator_memory
 from .base import AttributionWarning, Attributor
 from .sweep import GradientConsumer, StreamingAttributor, SweepReport, consumers_of, run_sweep
+from .variants import instantiate
 
 
 def explain_all(
@@ -31,11 +32,9 @@ def explain_all(
     list of names (registered methods or variants, at their defaults) and instances.
     """
     if not isinstance(methods, Mapping):
-        from . import get
-
         methods = {
             (m.name if isinstance(m, Attributor) else m): (
-                m if isinstance(m, Attributor) else get(m)
+                m if isinstance(m, Attributor) else instantiate(m)
             )
             for m in methods
         }

@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from .base import METHODS, Attributor
+
 CONF_METHODS = Path(__file__).resolve().parents[1] / "conf" / "method"
 SCHEMA = "/xattr/method/"  # the defaults-list prefix of a method's schema
 
@@ -43,3 +45,12 @@ def variants() -> dict[str, Variant]:
             overrides = {k: v for k, v in config.items() if k != "defaults"}
             found[path.stem] = Variant(path.stem, bases[0], overrides, path)
     return found
+
+
+def instantiate(name: str, **hparams: Any) -> Attributor:
+    """An instance of the method registered as ``name``, or of a variant's method with the
+    variant's defaults (``igos_fast``), with the given hyper-parameters."""
+    variant = variants().get(name) if name not in METHODS else None
+    if variant is not None:
+        return METHODS.get_class(variant.base)(**{**variant.overrides, **hparams})
+    return METHODS.get_class(name)(**hparams)
