@@ -57,6 +57,8 @@ test-latest:
 	$(LATEST_PY) -m pip install --quiet --upgrade pip
 	$(LATEST_PY) -m pip install --quiet "$(TORCH_SPEC)" -e ".[dev]"
 	$(LATEST_PY) tools/lock.py diff $(LATEST_VENV)
+	$(LATEST_PY) -m ruff check $(LINTED)
+	$(LATEST_PY) -m ruff format --check $(LINTED)
 	$(LATEST_PY) -m pytest $(PYTEST_ARGS)
 	touch $(LATEST_VENV)/$(PASSED)
 

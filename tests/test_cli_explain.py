@@ -177,3 +177,21 @@ def test_a_bad_setting_is_refused_before_the_model_loads(setting, message, shape
             "--model", "no_such_model"]  # fmt: skip
     assert main(args) == 2  # the model name is bad too: the setting is checked first
     assert message in capsys.readouterr().err
+
+
+def test_a_variant_beside_its_method_keeps_both_under_their_names(shapes, tmp_path, capsys):
+    out = tmp_path / "both"
+    args = ["explain", str(shapes), QUESTION, "--method", "tmme", "tmme_last12",
+            "--answer", "blue", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0, capsys.readouterr().err
+    assert (out / "tmme.png").is_file() and (out / "tmme_last12.png").is_file()
+    assert Explanation.load(out / "tmme").hparams["last_k"] is None
+    assert Explanation.load(out / "tmme_last12").hparams["last_k"] == 12
+
+
+def test_a_set_value_is_read_as_hydra_reads_it():
+    from xattr.commands.explain import setting_value
+
+    assert setting_value("1e-3") == 0.001 and setting_value("0.25") == 0.25
+    assert setting_value("[20, 27]") == [20, 27] and setting_value("last") == "last"
+    assert setting_value("true") is True and setting_value("") is None

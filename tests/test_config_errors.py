@@ -49,3 +49,27 @@ def test_cuda_on_a_cpu_machine_is_one_line(tmp_path):
 def test_an_unknown_metric_names_the_nearest(tmp_path):
     line = _refused(tmp_path, "method=[rollout]", "+metrics.map.nsss={}")
     assert line.startswith("error: unknown metric 'nsss' (did you mean 'nss'?); known: auc_judd")
+
+
+def test_a_model_metric_listed_as_a_map_metric_says_where_it_goes(tmp_path):
+    line = _refused(tmp_path, "method=[rollout]", "+metrics.map.faithfulness={}")
+    assert line == (
+        "error: faithfulness puts the model in the loop: list it under metrics.model "
+        "(metrics=[faithfulness] adds it there), not metrics.map"
+    )
+
+
+def test_a_model_that_fails_to_load_for_another_reason_keeps_its_traceback(tmp_path):
+    """Only bad configured values are one line: a checkpoint whose weights are broken is not
+    a configuration error, and its traceback is what the user needs."""
+    import shutil
+
+    import xattr
+
+    broken = tmp_path / "broken"
+    shutil.copytree(xattr.toy.checkpoint("llava"), broken)
+    (broken / "model.safetensors").write_bytes(b"not safetensors")
+    done = run_entry_point(tmp_path, "data.limit=1", "method=[rollout]", "model=toy_llava",
+                           f"model.path={broken}", env={"HYDRA_FULL_ERROR": "1"})  # fmt: skip
+    assert done.returncode == 1 and "Traceback" in done.stderr
+    assert not done.stderr.startswith("error: ")

@@ -67,6 +67,10 @@ def test_a_generated_answer_cut_by_max_new_tokens_says_so(tiny_model_dir):
         expl = xattr.explain(short, image, "What color is the circle?", method="rollout")
     assert expl.meta["answer_cut"] and len(expl.answer_tokens) == 1
     assert caught[0].filename == __file__  # the warning names the user's line, not xattr's
+    prepared = short.prepare(image, "What color is the circle?")
+    with pytest.warns(AnswerCutWarning) as caught:
+        short.generate(prepared)  # through torch.no_grad()'s wrapper: still the user's line
+    assert caught[0].filename == __file__
 
 
 def test_max_new_tokens_is_a_model_config_key():

@@ -143,6 +143,15 @@ def test_lines_the_dataset_left_out_are_in_skipped_jsonl_and_under_the_table(tmp
     }
     assert "Skipped 2 samples" in (tmp_path / "run" / "results.md").read_text()
     assert {r["sample_id"] for r in load_rows(tmp_path / "run")} == {"q0", "q1"}
+    # the user fixes line 3 and runs again into the same folder: it is no longer listed
+    lines = (data / "questions.jsonl").read_text().splitlines()
+    lines[2] = json.dumps({"id": "q5", "image": "0.png", "question": "Fixed?"})
+    (data / "questions.jsonl").write_text("\n".join(lines) + "\n")
+    summary = run(
+        compose_run(tmp_path, model_dir, "data=jsonl", f"data.dataset.root={data}", *FAST)
+    )
+    assert summary["skipped_samples"] == 1
+    assert "Skipped 1 sample" in (tmp_path / "run" / "results.md").read_text()
 
 
 def test_metrics_no_sample_could_compute_are_not_columns(tmp_path, model_dir):

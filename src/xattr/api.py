@@ -31,6 +31,11 @@ def build_methods(method: MethodSpec, **hparams: Any) -> dict[str, Attributor]:
         items = list(method.items())
     else:
         items = [(m.name, m) if isinstance(m, Attributor) else (m, {}) for m in method]
+        if len({name for name, _ in items}) < len(items):
+            names = [name for name, _ in items]
+            raise ValueError(
+                f"two methods would be named alike in {names}; pass {{name: method}} to keep both"
+            )
     if not items:
         raise ValueError("no method given: pass method='glimpse' or method=['glimpse', 'tmme']")
     used: set[str] = set()

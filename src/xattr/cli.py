@@ -234,10 +234,12 @@ def catalogue() -> str:
 
 
 def package_version() -> str:
-    """The installed distribution's version, with the transformers and torch it runs on."""
+    """xattr's version, with the transformers and torch it runs on."""
     from importlib.metadata import version
 
-    return f"{version('xattr')} (transformers {version('transformers')}, torch {version('torch')})"
+    from . import __version__
+
+    return f"{__version__} (transformers {version('transformers')}, torch {version('torch')})"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

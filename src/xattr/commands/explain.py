@@ -126,7 +126,7 @@ def explain_to_folder(
             raise
         where = "" if str(path) == model else f" ({path})"
         raise OSError(f"cannot load model {model!r}{where}: {err}") from err
-    explanations = explain(adapter, picture, question, method=list(chosen.values()), answer=answer)
+    explanations = explain(adapter, picture, question, method=chosen, answer=answer)
     folder = Path(out) if out is not None else Path("explanations") / Path(image).stem
     folder.mkdir(parents=True, exist_ok=True)
     files: dict[str, list[Path]] = {"overlays": [], "saved": []}
@@ -176,8 +176,6 @@ def parse_settings(
     each naming a chosen method and one of its hyper-parameters."""
     import difflib
 
-    import yaml
-
     out: dict[str, dict[str, Any]] = {}
     for setting in settings:
         key, sep, text = setting.partition("=")
@@ -193,8 +191,21 @@ def parse_settings(
             close = difflib.get_close_matches(field, fields, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ValueError(f"--set {setting!r}: {name} has no hyper-parameter {field!r}{hint}")
-        out.setdefault(name, {})[field] = yaml.safe_load(text) if text else None
+        out.setdefault(name, {})[field] = setting_value(text)
     return out
+
+
+def setting_value(text: str) -> Any:
+    """A ``--set`` value as Hydra would read it: YAML, with ``1e-3`` a number."""
+    import yaml
+
+    value = yaml.safe_load(text) if text else None
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def summary_text(result: dict[str, Any]) -> str:

@@ -32,11 +32,14 @@ def explain_all(
     list of names (registered methods or variants, at their defaults) and instances.
     """
     if not isinstance(methods, Mapping):
-        methods = {
-            (m.name if isinstance(m, Attributor) else m): (
-                m if isinstance(m, Attributor) else instantiate(m)
+        names = [m.name if isinstance(m, Attributor) else m for m in methods]
+        if len(set(names)) < len(names):
+            raise ValueError(
+                f"two methods would be named alike in {names}; pass {{name: method}} to keep both"
             )
-            for m in methods
+        methods = {
+            name: m if isinstance(m, Attributor) else instantiate(m)
+            for name, m in zip(names, methods, strict=True)
         }
 
     def fail(name: str, err: Exception) -> None:

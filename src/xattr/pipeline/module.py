@@ -53,6 +53,7 @@ class ExplainEvalModule(L.LightningModule):
         self.summary: dict[str, Any] = {}
         self.markdown = ""
         self._store: ResultStore | None = None
+        self._left_out: set[str] = set()  # the dataset's left-out lines, this run
         self._counts = {
             "scored": 0,
             "resumed": 0,
@@ -84,10 +85,13 @@ class ExplainEvalModule(L.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self._started = time.perf_counter()
-        if self.global_rank == 0:  # lines the dataset left out (bad JSON, empty question, ...)
-            dataset = getattr(getattr(self.trainer, "datamodule", None), "dataset", None)
+        # lines the dataset left out (bad JSON, empty question, ...): this run's list only, so
+        # a line fixed since an earlier run into the same folder is no longer listed
+        dataset = getattr(getattr(self.trainer, "datamodule", None), "dataset", None)
+        self._left_out = {key for key, _ in getattr(dataset, "skipped", ())}
+        if self.global_rank == 0:
             for key, reason in getattr(dataset, "skipped", ()):
-                self.store.skip(key, reason)  # logged once already, by the dataset
+                self.store.skip(key, reason, source="dataset")  # the dataset logged it
 
     def test_step(self, batch: Sample | SampleError, batch_idx: int) -> None:
         # the dataset index (a non-shuffled distributed sampler deals indices round-robin)
@@ -153,10 +157,12 @@ class ExplainEvalModule(L.LightningModule):
             return
         rows = load_rows(self.run_dir)
         methods = list(self.evaluator.methods)
+        left_out = self._left_out
         skipped = [
             s
             for s in still_skipped(load_skipped(self.run_dir), rows)
             if s.get("method") in (None, *methods)
+            and (s.get("source") != "dataset" or s["sample_id"] in left_out)
         ]
         # a method that failed on a sample counts as skipped in its row of the table
         failed = [

@@ -63,14 +63,19 @@ class ResultStore:
         _append_jsonl(self.samples_path, row)
         self._done.add((row["sample_id"], row["method"]))
 
-    def skip(self, sample_id: str, reason: str, method: str | None = None) -> None:
-        """Record a sample (or one method on it) that could not be evaluated, with its reason."""
+    def skip(
+        self, sample_id: str, reason: str, method: str | None = None, source: str | None = None
+    ) -> None:
+        """Record a sample (or one method on it) that could not be evaluated, with its reason
+        (``source="dataset"``: a line the dataset left out, never a sample)."""
         if (sample_id, method) in self._skipped:
             return
         self._skipped.add((sample_id, method))
         entry = {"sample_id": sample_id, "reason": reason, "rank": self.rank}
         if method is not None:
             entry["method"] = method
+        if source is not None:
+            entry["source"] = source
         _append_jsonl(self.run_dir / SKIPPED_FILE, entry)
 
 

@@ -106,16 +106,28 @@ class ConfigError(ValueError):
 
 
 @contextlib.contextmanager
-def config_errors() -> Iterator[None]:
-    """Turn the errors a bad configured value raises into one `ConfigError`."""
+def config_errors(*kinds: type[Exception]) -> Iterator[None]:
+    """Turn the errors a bad configured value raises (``kinds``; by default those of our own
+    validation of data, methods and metrics) into one `ConfigError`."""
     from ..registry import UnknownNameError
 
+    caught = kinds or (UnknownNameError, FileNotFoundError, ValueError, TypeError)
     try:
         yield
     except ConfigError:
         raise
-    except (UnknownNameError, FileNotFoundError, ValueError, TypeError) as err:
+    except caught as err:
         raise ConfigError(str(err)) from err
+
+
+def model_config_errors() -> tuple[type[Exception], ...]:
+    """What loading a model raises for a bad configured value (anything else, from deep in
+    transformers, keeps its traceback)."""
+    from ..models import CaptureError
+    from ..models.placement import PlacementError
+    from ..registry import UnknownNameError
+
+    return (UnknownNameError, FileNotFoundError, PlacementError, CaptureError)
 
 
 def check_placement(model_cfg: Any) -> None:
@@ -145,6 +157,13 @@ def build_metrics(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Map metrics by name (``cfg.map``) and model-in-the-loop metrics (``cfg.model``)."""
     from .. import metrics
 
+    in_the_loop = metrics.model_metric_columns()
+    for name in cfg.get("map") or {}:
+        if name in in_the_loop:
+            raise ValueError(
+                f"{name} puts the model in the loop: list it under metrics.model "
+                f"(metrics=[{name}] adds it there), not metrics.map"
+            )
     map_metrics = {
         name: metrics.get(name, **(opts or {})) for name, opts in (cfg.get("map") or {}).items()
     }
@@ -218,8 +237,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             raise ValueError("no method selected: pass method=glimpse or method=[glimpse,tmme]")
         map_metrics, model_metrics = build_metrics(cfg.metrics)
         check_placement(cfg.model)
+    with config_errors(*model_config_errors()):
         adapter = instantiate(cfg.model)
-        check_layer_subsets(methods, len(adapter.attention_modules()))
+    check_layer_subsets(methods, len(adapter.attention_modules()))
     run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     fingerprints = _record_configuration(cfg, run_dir)
