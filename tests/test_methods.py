@@ -238,3 +238,17 @@ def test_xattr_list_names_models_methods_variants_and_metrics(capsys):
         "  faithfulness writes the columns: deletion_auc, insertion_auc, deletion_ppl, "
         "faithfulness_passes"
     )
+
+
+def test_a_list_whose_methods_share_a_name_is_refused_not_collapsed():
+    from xattr.api import build_methods
+
+    twins = [methods.get("tmme"), methods.get("tmme_last12")]  # both are named "tmme"
+    with pytest.raises(ValueError, match="two methods would be named alike"):
+        build_methods(twins)
+    with pytest.raises(ValueError, match="two methods would be named alike"):
+        methods.explain_all(None, twins)  # refused before the trace is read
+    assert set(build_methods({"tmme": twins[0], "tmme_last12": twins[1]})) == {
+        "tmme",
+        "tmme_last12",
+    }
