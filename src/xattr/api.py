@@ -31,11 +31,7 @@ def build_methods(method: MethodSpec, **hparams: Any) -> dict[str, Attributor]:
         items = list(method.items())
     else:
         items = [(m.name, m) if isinstance(m, Attributor) else (m, {}) for m in method]
-        if len({name for name, _ in items}) < len(items):
-            names = [name for name, _ in items]
-            raise ValueError(
-                f"two methods would be named alike in {names}; pass {{name: method}} to keep both"
-            )
+        methods.refuse_twins([name for name, _ in items])
     if not items:
         raise ValueError("no method given: pass method='glimpse' or method=['glimpse', 'tmme']")
     used: set[str] = set()
@@ -44,8 +40,7 @@ def build_methods(method: MethodSpec, **hparams: Any) -> dict[str, Attributor]:
         if isinstance(spec, Attributor):
             built[name] = spec
             continue
-        variant = methods.variants().get(name) if name not in methods.METHODS else None
-        cls = methods.METHODS.get_class(variant.base if variant else name)
+        cls, variant = methods.resolve(name)
         fields = {f.name for f in cls.hparam_fields()}
         shared = {k: v for k, v in hparams.items() if k in fields}
         used |= set(shared)

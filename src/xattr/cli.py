@@ -192,8 +192,7 @@ def describe_method(name: str) -> str:
     from . import methods
     from .methods.base import rule_of
 
-    variant = methods.variants().get(name) if name not in methods.METHODS else None
-    cls = methods.METHODS.get_class(variant.base if variant else name)
+    cls, variant = methods.resolve(name)
     lines = [f"{name} ({cls.__module__}.{cls.__qualname__}): {(cls.__doc__ or '').strip()}"]
     defaults = cls.defaults()
     if variant is not None:

@@ -8,11 +8,17 @@ whose entries point at the registered class.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+
+
+def did_you_mean(value: str, names: Sequence[str]) -> str:
+    """`` (did you mean 'x'?)`` for the name nearest ``value``, or "" when none is near."""
+    close = difflib.get_close_matches(value, list(names), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 class UnknownNameError(KeyError):
@@ -74,8 +80,7 @@ class Registry(Generic[T]):
             return self._items[name]
         except KeyError:
             known = ", ".join(self.available()) or "(none)"
-            close = difflib.get_close_matches(str(name), self.available(), n=1, cutoff=0.6)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            hint = did_you_mean(str(name), self.available())
             raise UnknownNameError(f"unknown {self.kind} {name!r}{hint}; known: {known}") from None
 
     def __contains__(self, name: str) -> bool:

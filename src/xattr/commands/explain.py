@@ -151,22 +151,16 @@ def explain_to_folder(
 
 def method_specs(names: Sequence[str], known: Sequence[str]) -> dict[str, dict[str, bool]]:
     """``{method: {return_token_maps: True, ...}}`` for the extras each method declares."""
+    from ..methods import resolve as resolve_method
+
     unknown = [n for n in names if n not in known]
     if unknown:
         raise ValueError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(known)}")
     specs = {}
     for name in dict.fromkeys(names):
-        fields = {f.name for f in method_class(name).hparam_fields()}
+        fields = {f.name for f in resolve_method(name)[0].hparam_fields()}
         specs[name] = {k: True for k in EXTRAS if k in fields}
     return specs
-
-
-def method_class(name: str) -> type:
-    """The class of a registered method, or of a variant's method."""
-    from ..methods import METHODS, variants
-
-    variant = variants().get(name) if name not in METHODS else None
-    return METHODS.get_class(variant.base if variant else name)
 
 
 def parse_settings(
@@ -174,7 +168,8 @@ def parse_settings(
 ) -> dict[str, dict[str, Any]]:
     """``["glimpse.tau_head=0.25"]`` -> ``{"glimpse": {"tau_head": 0.25}}`` (YAML values),
     each naming a chosen method and one of its hyper-parameters."""
-    import difflib
+    from ..methods import resolve as resolve_method
+    from ..registry import did_you_mean
 
     out: dict[str, dict[str, Any]] = {}
     for setting in settings:
@@ -186,10 +181,9 @@ def parse_settings(
             )
         if name not in specs:
             raise ValueError(f"--set {setting!r}: {name!r} is not among --method {' '.join(specs)}")
-        fields = [f.name for f in method_class(name).hparam_fields()]
+        fields = [f.name for f in resolve_method(name)[0].hparam_fields()]
         if field not in fields:
-            close = difflib.get_close_matches(field, fields, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            hint = did_you_mean(field, fields)
             raise ValueError(f"--set {setting!r}: {name} has no hyper-parameter {field!r}{hint}")
         out.setdefault(name, {})[field] = setting_value(text)
     return out

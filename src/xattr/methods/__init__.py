@@ -12,9 +12,9 @@ from importlib import import_module
 from typing import Any
 
 from .base import METHODS, AttributionWarning, Attributor, Needs, hparam
-from .runner import explain_all
+from .runner import explain_all, refuse_twins
 from .sweep import GradientConsumer, LayerStep, StreamingAttributor
-from .variants import Variant, instantiate, variants
+from .variants import Variant, instantiate, resolve, variants
 
 for _info in pkgutil.iter_modules(__path__):
     if not _info.name.startswith("_"):
@@ -51,5 +51,7 @@ __all__ = [
     "explain_all",
     "get",
     "hparam",
+    "refuse_twins",
+    "resolve",
     "variants",
 ]

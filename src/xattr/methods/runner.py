@@ -13,6 +13,14 @@ from .sweep import GradientConsumer, StreamingAttributor, SweepReport, consumers
 from .variants import instantiate
 
 
+def refuse_twins(names: Sequence[str]) -> None:
+    """A list of methods is keyed by name: two of one name would silently become one."""
+    if len(set(names)) < len(names):
+        raise ValueError(
+            f"two methods would be named alike in {list(names)}; pass {{name: method}} to keep both"
+        )
+
+
 def explain_all(
     trace: Trace,
     methods: Mapping[str, Attributor] | Sequence[str | Attributor],
@@ -33,10 +41,7 @@ def explain_all(
     """
     if not isinstance(methods, Mapping):
         names = [m.name if isinstance(m, Attributor) else m for m in methods]
-        if len(set(names)) < len(names):
-            raise ValueError(
-                f"two methods would be named alike in {names}; pass {{name: method}} to keep both"
-            )
+        refuse_twins(names)
         methods = {
             name: m if isinstance(m, Attributor) else instantiate(m)
             for name, m in zip(names, methods, strict=True)

@@ -47,10 +47,15 @@ def variants() -> dict[str, Variant]:
     return found
 
 
+def resolve(name: str) -> tuple[type[Attributor], Variant | None]:
+    """The class of the method registered as ``name``, or of the variant ``name``'s method
+    with the variant (an unknown name is the registry's error)."""
+    variant = variants().get(name) if name not in METHODS else None
+    return METHODS.get_class(variant.base if variant else name), variant
+
+
 def instantiate(name: str, **hparams: Any) -> Attributor:
     """An instance of the method registered as ``name``, or of a variant's method with the
     variant's defaults (``igos_fast``), with the given hyper-parameters."""
-    variant = variants().get(name) if name not in METHODS else None
-    if variant is not None:
-        return METHODS.get_class(variant.base)(**{**variant.overrides, **hparams})
-    return METHODS.get_class(name)(**hparams)
+    cls, variant = resolve(name)
+    return cls(**{**(variant.overrides if variant else {}), **hparams})

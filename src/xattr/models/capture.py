@@ -34,7 +34,6 @@ class CaptureMixin:
         return self.model.get_input_embeddings().weight.device
 
     # ---------------------------------------------------------------- generation
-    @torch.no_grad()
     def generate(self, prepared: PreparedInputs, max_new_tokens: int | None = None) -> Tensor:
         """Greedy answer ids, cut at the first end-of-turn or padding id: [T].
 

@@ -7,10 +7,11 @@ accepted values and the nearest one: a CPU-only machine asked for ``cuda`` says 
 
 from __future__ import annotations
 
-import difflib
 import re
 
 import torch
+
+from ..registry import did_you_mean
 
 DTYPES = {
     "float32": torch.float32,
@@ -27,11 +28,6 @@ class PlacementError(ValueError):
     """A device or dtype this machine or torch cannot give (named in the message)."""
 
 
-def _nearest(value: str, names: list[str]) -> str:
-    close = difflib.get_close_matches(value, names, n=1, cutoff=0.5)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 def torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
     """The torch dtype of a name (``bfloat16``, ``bf16``, ...) or a dtype."""
     if isinstance(dtype, torch.dtype):
@@ -40,7 +36,7 @@ def torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
     if name not in DTYPES:
         names = [*DTYPES, *DTYPE_ALIASES]
         raise PlacementError(
-            f"unknown dtype {dtype!r}: expected one of {', '.join(names)}{_nearest(str(dtype), names)}"
+            f"unknown dtype {dtype!r}: expected one of {', '.join(names)}{did_you_mean(str(dtype), names)}"
         )
     return DTYPES[name]
 
@@ -53,7 +49,9 @@ def check_device(device: str | torch.device) -> str:
     match = _DEVICE.fullmatch(text)
     if match is None:
         names = ["auto", "cpu", "cuda", "mps"]
-        raise PlacementError(f"unknown device {text!r}: expected {DEVICES}{_nearest(text, names)}")
+        raise PlacementError(
+            f"unknown device {text!r}: expected {DEVICES}{did_you_mean(text, names)}"
+        )
     kind, index = match.group(1), match.group(2)
     if kind == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0

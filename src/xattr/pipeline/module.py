@@ -157,12 +157,11 @@ class ExplainEvalModule(L.LightningModule):
             return
         rows = load_rows(self.run_dir)
         methods = list(self.evaluator.methods)
-        left_out = self._left_out
         skipped = [
             s
             for s in still_skipped(load_skipped(self.run_dir), rows)
             if s.get("method") in (None, *methods)
-            and (s.get("source") != "dataset" or s["sample_id"] in left_out)
+            and (s.get("source") != "dataset" or s["sample_id"] in self._left_out)
         ]
         # a method that failed on a sample counts as skipped in its row of the table
         failed = [
