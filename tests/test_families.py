@@ -55,7 +55,7 @@ def test_every_method_runs_from_one_capture(tiny_adapter, family):
     for name, expl in out.items():
         assert [m.shape for m in expl.visual_maps] == [g.shape for g in layout.grids], name
         assert all(torch.isfinite(m).all() for m in expl.visual_maps), name
-        assert expl.answer_tokens == ["red", "circle"], name
+        assert expl.answer_tokens == ["red", " circle"], name  # display texts
         pixels = expl.visual_pixels((image.height, image.width))
         assert pixels.shape == (image.height, image.width) and torch.isfinite(pixels).all()
 

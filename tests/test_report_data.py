@@ -16,7 +16,6 @@ from xattr.layout import Grid
 from xattr.report import report_html
 from xattr.report.data import (
     COMPOSED_SIDE,
-    clean_token,
     levels,
     map_data,
     method_view,
@@ -35,9 +34,10 @@ def _expl(**kw) -> Explanation:
     args = dict(
         method="glimpse",
         visual=torch.rand(3, 4, generator=g),
-        answer_tokens=["Ġa", "Ġred", "Ġball", "."],
+        answer_tokens=[" a", " red", " ball", "."],
+        answer_pieces=["Ġa", "Ġred", "Ġball", "."],
         token_relevance=torch.tensor([0.1, 0.8, 0.4, -0.2]),
-        prompt_tokens=["What", "Ġcol", "our", "Ġis", "Ġit", "?"],
+        prompt_tokens=["What", " col", "our", " is", " it", "?"],
         prompt_relevance=torch.tensor([0.1, 0.2, 0.3, 0.0, 0.5, 0.1]),
         token_maps=torch.rand(4, 3, 4, generator=g),
         token_mask=torch.tensor([True, True, True, False]),
@@ -85,6 +85,7 @@ def test_tokens_carry_relevance_their_own_map_and_whether_they_counted():
     view = method_view("glimpse", _expl(), (40, 30))
     tokens = view["tokens"]
     assert [t["text"] for t in tokens] == [" a", " red", " ball", "."]
+    assert [t["raw"] for t in tokens] == ["Ġa", "Ġred", "Ġball", "."]
     assert [t["level"] for t in tokens] == pytest.approx([0.125, 1.0, 0.5, 0.0])
     assert [t["kept"] for t in tokens] == [True, True, True, False]
     assert tokens[1]["map"] != tokens[2]["map"] and tokens[1]["map"]["w"] == 4
@@ -92,21 +93,25 @@ def test_tokens_carry_relevance_their_own_map_and_whether_they_counted():
 
 
 def test_question_tokens_become_words_with_summed_saliency():
-    words = prompt_words(
-        ["What", "Ġcol", "our", "Ġis", "?"], torch.tensor([0.1, 0.2, 0.3, 0.0, 0.4])
+    words = prompt_words(  # display texts of byte-level pieces What Ġcol our Ġis ?
+        ["What", " col", "our", " is", "?"], torch.tensor([0.1, 0.2, 0.3, 0.0, 0.4])
     )
     assert [w["text"] for w in words] == ["What", "colour", "is?"]
     assert [w["saliency"] for w in words] == pytest.approx([0.1, 0.5, 0.4])
     assert [w["level"] for w in words] == pytest.approx([0.2, 1.0, 0.8])
-    plain = prompt_words(["what", "color", "?"], None)  # a word-level tokenizer, no saliency
+    plain = prompt_words(["what", " color", " ?"], None)  # a word-level tokenizer, no saliency
     assert [w["text"] for w in plain] == ["what", "color", "?"]
     assert [w["level"] for w in plain] == [0.0, 0.0, 0.0]
+    # no spaces (Chinese): each token a word; the byte pieces of 红 (no text of their own)
+    # join the token that completes the character
+    cjk = prompt_words(["这是", "什么", "", "", "红", "？"], torch.tensor([1.0, 2, 0.5, 0.5, 1, 0]))
+    assert [w["text"] for w in cjk] == ["这是", "什么", "红", "？"]
+    assert [w["saliency"] for w in cjk] == pytest.approx([1.0, 2.0, 2.0, 0.0])
 
 
-def test_levels_and_token_text():
+def test_levels():
     assert levels([2.0, -1.0, float("nan"), 4.0]) == [0.5, 0.0, 0.0, 1.0]
     assert levels([0.0, 0.0]) == [0.0, 0.0]
-    assert clean_token("▁hello") == " hello" and clean_token("ĊĠx") == "\n x"
 
 
 def test_layer_views_and_glimpse_weights():

@@ -34,9 +34,9 @@ class Explanation:
 
     method: str
     visual: Tensor  # [h, w] map on the first token grid
-    answer_tokens: list[str]
+    answer_tokens: list[str]  # each token's display text: "".join(answer_tokens) is the answer
     token_relevance: Tensor  # [T] per-answer-token score (method-specific meaning)
-    prompt_tokens: list[str] = field(default_factory=list)
+    prompt_tokens: list[str] = field(default_factory=list)  # the question's tokens' texts
     prompt_relevance: Tensor | None = None  # [|P|]
     token_maps: Tensor | None = None  # [T, h, w] per-token maps on the first grid, when asked for
     token_mask: Tensor | None = None  # [T] bool: tokens that entered the aggregate
@@ -48,6 +48,9 @@ class Explanation:
     more_token_maps: list[Tensor] | None = None  # [T, h_g, w_g] of grids 2..k
     layer_maps: Tensor | None = None  # [K, h, w] each layer's share of the map, when asked for
     more_layer_maps: list[Tensor] | None = None  # [K, h_g, w_g] of grids 2..k
+    # the same tokens as the tokenizer stores them ("Ġred", "▁red", byte pieces)
+    answer_pieces: list[str] = field(default_factory=list)
+    prompt_pieces: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.grids:
@@ -116,6 +119,8 @@ class Explanation:
             "method": self.method,
             "answer_tokens": self.answer_tokens,
             "prompt_tokens": self.prompt_tokens,
+            "answer_pieces": self.answer_pieces,
+            "prompt_pieces": self.prompt_pieces,
             "hparams": jsonable(self.hparams),
             "timings": self.timings,
             "meta": jsonable(self.meta),

@@ -125,6 +125,13 @@ class ModelContext:
 
 
 # --------------------------------------------------------------------------- trace
+def _at(strings: list[str] | None, positions: Tensor) -> list[str]:
+    """The strings at ``positions`` (``<p>`` placeholders when a trace has no token strings)."""
+    if strings is None:
+        return [f"<{int(p)}>" for p in positions]
+    return [strings[int(p)] for p in positions]
+
+
 @dataclass
 class Trace:
     """Attentions, index sets, confidences and per-answer-token gradients of one answer."""
@@ -136,7 +143,8 @@ class Trace:
     grids: Sequence[Grid | tuple[int, int]] = ()  # the token grids; afterwards their (rows, cols)
     confidences: Tensor = field(default_factory=lambda: torch.zeros(0))  # [T] at p_t
     input_ids: Tensor | None = None  # [N]
-    tokens: list[str] | None = None  # N token strings
+    tokens: list[str] | None = None  # N token pieces, as the tokenizer stores them ("Ġred")
+    texts: list[str] | None = None  # N display texts (" red"; `models.token_text`), else tokens
     answer_source: str = "given"  # "given" (teacher-forced) or "generated" (greedy)
     hidden_states: list[Tensor] | None = None  # L+1 x [N, D] (embeddings, then each layer)
     readout: Callable[[Tensor], Tensor] | None = None  # hidden [.., D] -> logits
@@ -164,6 +172,8 @@ class Trace:
                 raise TraceError(str(err)) from None
         self.visual_index = self.layout.positions
         self.grids = [g.shape for g in self.layout.grids]  # (rows, cols) each; boxes: `layout`
+        if self.texts is None:
+            self.texts = self.tokens
         if self.gradient_source is None and self.gradient_fn is not None:
             self.gradient_source = FunctionGradients(self.gradient_fn)
         self._validate()
@@ -181,12 +191,14 @@ class Trace:
         grid: tuple[int, int] | Sequence[tuple[int, int] | Grid],
         confidences: Tensor | Sequence[float] | None = None,
         tokens: list[str] | None = None,
+        texts: list[str] | None = None,
         support: Tensor | Sequence[Tensor | None] | None = None,
     ) -> Trace:
         """A trace from plain tensors: attentions L x [H, N, N], gradients [T, L, H, N, N].
 
         ``support`` is where rows may attend (bool [N, N] for every layer, or one per layer);
-        the default is causal (j <= i).
+        the default is causal (j <= i). ``tokens`` are the pieces, ``texts`` what each shows
+        (default: the pieces).
         """
         attn = [a.detach() for a in attentions]
         answer_positions = torch.as_tensor(answer_positions, dtype=torch.long)
@@ -216,6 +228,7 @@ class Trace:
             grids=as_grids(grid),  # type: ignore[arg-type]
             confidences=torch.as_tensor(confidences, dtype=torch.float32),
             tokens=tokens,
+            texts=texts,
             gradient_source=source,
             supports=supports,
         )
@@ -250,6 +263,9 @@ class Trace:
                 raise TraceError(f"{name} has positions outside the sequence of length {n}")
         if int(self.answer_positions.min()) < 1:
             raise TraceError("an answer token at position 0 has no predicting position")
+        for name, strings in (("tokens", self.tokens), ("texts", self.texts)):
+            if strings is not None and len(strings) != n:
+                raise TraceError(f"{len(strings)} {name} for a sequence of {n} tokens")
         if self.supports is not None and len(self.supports) != len(self.attentions):
             raise TraceError(
                 f"{len(self.supports)} support masks for {len(self.attentions)} layers"
@@ -295,16 +311,22 @@ class Trace:
 
     @property
     def answer_tokens(self) -> list[str]:
-        return self._tokens_at(self.answer_positions)
+        """Each answer token's display text: joined, they are the answer."""
+        return _at(self.texts, self.answer_positions)
+
+    @property
+    def answer_pieces(self) -> list[str]:
+        """Each answer token as the tokenizer stores it (``Ġred``, ``▁red``, byte pieces)."""
+        return _at(self.tokens, self.answer_positions)
 
     @property
     def prompt_tokens(self) -> list[str]:
-        return self._tokens_at(self.prompt_index)
+        """The question's tokens' display texts."""
+        return _at(self.texts, self.prompt_index)
 
-    def _tokens_at(self, positions: Tensor) -> list[str]:
-        if self.tokens is None:
-            return [f"<{int(p)}>" for p in positions]
-        return [self.tokens[int(p)] for p in positions]
+    @property
+    def prompt_pieces(self) -> list[str]:
+        return _at(self.tokens, self.prompt_index)
 
     def attention_stack(self) -> Tensor:
         """All attentions as one detached tensor [L, H, N, N] (memory: one all-layer copy)."""

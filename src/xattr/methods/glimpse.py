@@ -36,7 +36,7 @@ from .base import AttributionWarning, hparam, non_negative, positive, unit_inter
 from .packaging import make_explanation, pad_row
 from .propagation import is_layer_subset, row_normalize_, select_layers
 from .sweep import POSITIVE_SUM, WEIGHTED, GradientConsumer, LayerStep, StreamingAttributor
-from .tokens import POLICIES, clean_token, is_punctuation, policy_needs, select_tokens
+from .tokens import POLICIES, clean_token, policy_needs, punctuation_mask, select_tokens
 
 # Step 8 ablations (paper Table 3): token_weighting -> (use alignment, use confidence).
 TOKEN_WEIGHTINGS = {
@@ -304,7 +304,10 @@ def content_links(tokens: list[str]) -> list[int | None]:
     """For each answer token: the content word a function word links to (next answer token
     that is neither a function word nor punctuation), or None (content word, or no such token)."""
     function = [clean_token(tok).lower() in FUNCTION_WORDS for tok in tokens]
-    content = [not f and not is_punctuation(tok) for f, tok in zip(function, tokens)]
+    content = [
+        not f and not p and bool(clean_token(tok))
+        for f, p, tok in zip(function, punctuation_mask(tokens), tokens)
+    ]
     links: list[int | None] = []
     for j, is_function in enumerate(function):
         target = next((k for k in range(j + 1, len(tokens)) if content[k]), None)

@@ -81,6 +81,19 @@ def is_punctuation(token: str) -> bool:
     return all(unicodedata.category(ch)[0] in "PSZ" for ch in text)
 
 
+def punctuation_mask(texts: list[str]) -> list[bool]:
+    """Which tokens are punctuation, by display text (`Trace.answer_tokens`). A token with no
+    text of its own holds part of a character a later token completes (a CJK character in
+    byte-level pieces) and is classed with that token; one at the very end is kept as text."""
+    out = [False] * len(texts)
+    pending: bool | None = False  # the class of the next token that shows text
+    for i in range(len(texts) - 1, -1, -1):
+        if texts[i]:
+            pending = is_punctuation(texts[i])
+        out[i] = bool(pending)
+    return out
+
+
 def select_tokens(trace: Trace, policy: str = "non_punctuation", **options: Any) -> Tensor:
     """Boolean mask [T] of the answer tokens that count under ``policy`` (module docstring).
 
@@ -115,7 +128,7 @@ def _all(trace: Trace, **_: Any) -> tuple[Tensor, Tensor]:
 def _non_punctuation(trace: Trace, **_: Any) -> tuple[Tensor, Tensor]:
     if trace.tokens is None:
         return _all(trace)
-    keep = torch.tensor([not is_punctuation(tok) for tok in trace.answer_tokens], dtype=torch.bool)
+    keep = ~torch.tensor(punctuation_mask(trace.answer_tokens), dtype=torch.bool)
     return keep, _none(trace)
 
 

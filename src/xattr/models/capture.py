@@ -16,6 +16,7 @@ from ..trace import OUT_OF_MEMORY, ModelContext, OutOfMemory, Trace, free_accele
 from ..warn import warn
 from .prompting import CaptureError, PreparedInputs
 from .recording import CapturedGradients, RecomputedAttentions, language_implementation, recording
+from .token_text import sequence_texts
 
 
 class AnswerCutWarning(UserWarning):
@@ -163,6 +164,7 @@ class CaptureMixin:
             [r.weights for r in records] if eager else RecomputedAttentions(records, work)  # type: ignore[misc]
         )
         ids = inputs["input_ids"][0].cpu()
+        texts = sequence_texts(self.tokenizer, ids.tolist(), int(positions[0]))  # type: ignore[attr-defined]
         hidden = list(out.hidden_states) if hidden_states else []
         return Trace(
             attentions=attentions,  # type: ignore[arg-type]
@@ -172,6 +174,7 @@ class CaptureMixin:
             confidences=conf.detach().cpu(),
             input_ids=ids,
             tokens=self.tokenizer.convert_ids_to_tokens(ids.tolist()),  # type: ignore[attr-defined]
+            texts=texts,
             answer_source=source,
             hidden_states=[h.detach()[0] for h in hidden] if hidden_states else None,
             readout=self.readout if hidden_states else None,
@@ -191,7 +194,7 @@ class CaptureMixin:
             meta={
                 "family": self.family,
                 "prompt_text": prepared.text,
-                "answer_text": self.tokenizer.decode(answer_ids.tolist()),  # type: ignore[attr-defined]
+                "answer_text": "".join(texts[int(positions[0]) :]),
                 "logits": z.detach().float().cpu(),
                 "attn_implementation": "eager"
                 if eager

@@ -25,7 +25,6 @@ from ..images import FULL_IMAGE
 
 IMAGE_SIDE = 512  # the page's copy of the image: long side at most this many px
 COMPOSED_SIDE = 160  # multi-grid maps are composed at this long side before upsampling
-_SPACE_MARKS = ("Ġ", "▁", " ")  # byte-level BPE / SentencePiece word starts
 
 
 def page_data(
@@ -49,9 +48,7 @@ def page_data(
     return {
         "title": title or question,
         "question": question,
-        "answer": answer
-        or first.meta.get("answer")
-        or "".join(map(clean_token, first.answer_tokens)),
+        "answer": answer or first.meta.get("answer") or "".join(first.answer_tokens).strip(),
         "answer_source": answer_source or first.meta.get("answer_source"),
         "model": model,
         "image": image_data(rgb),
@@ -98,14 +95,16 @@ def token_views(expl: Explanation, pixels: Callable) -> list[dict[str, Any]]:
     mask = expl.token_mask
     kept = [True] * len(relevance) if mask is None else [bool(k) for k in mask]
     views = []
-    for t, (tok, rel, level) in enumerate(zip(expl.answer_tokens, relevance, levels(relevance))):
+    pieces = expl.answer_pieces or expl.answer_tokens
+    rows = zip(expl.answer_tokens, pieces, relevance, levels(relevance))
+    for t, (text, piece, rel, level) in enumerate(rows):
         own = None
         if expl.token_maps is not None:
             own = map_data(pixels(lambda size, t=t: expl.token_pixels(t, size)))
         views.append(
             {
-                "text": clean_token(tok),
-                "raw": tok,
+                "text": text,
+                "raw": piece,
                 "relevance": rel,
                 "level": level,
                 "kept": kept[t],
@@ -150,30 +149,30 @@ def glimpse_weights(expl: Explanation) -> dict[str, Any] | None:
 
 
 def prompt_words(tokens: Sequence[str], relevance: Tensor | None) -> list[dict[str, Any]]:
-    """The question's tokens joined into words (a word starts at a space mark), saliency summed."""
+    """The question's tokens (display texts) joined into words, saliency summed.
+
+    In a text with spaces a word starts at a token that begins with white space; in one
+    without (Chinese, Japanese) each token is a word. A token with no text of its own (part
+    of a character) joins the token that completes it.
+    """
     if not tokens:
         return []
     values = _floats(relevance) if relevance is not None else [math.nan] * len(tokens)
-    marked = any(t.startswith(_SPACE_MARKS) for t in tokens)
+    spaced = any(t[:1].isspace() for t in tokens[1:])
     words: list[dict[str, Any]] = []
     for tok, value in zip(tokens, values):
-        starts = not marked or tok.startswith(_SPACE_MARKS) or not words
-        if starts:
-            words.append({"text": clean_token(tok).strip(), "tokens": [tok], "saliency": value})
-        else:
-            words[-1]["text"] += clean_token(tok)
+        joins = words and (not words[-1]["text"] or (spaced and not tok[:1].isspace()))
+        if joins:
+            words[-1]["text"] += tok
             words[-1]["tokens"].append(tok)
             words[-1]["saliency"] += value
+        else:
+            words.append({"text": tok, "tokens": [tok], "saliency": value})
+    for word in words:
+        word["text"] = word["text"].strip()
     for word, level in zip(words, levels([w["saliency"] for w in words])):
         word["level"] = level
     return words
-
-
-def clean_token(token: str) -> str:
-    """A tokenizer's token as text: byte-level and SentencePiece space marks made spaces."""
-    for mark in _SPACE_MARKS[:2]:
-        token = token.replace(mark, " ")
-    return token.replace("Ċ", "\n")
 
 
 def levels(values: Sequence[float]) -> list[float]:

@@ -108,7 +108,7 @@ def processor(
     return Gemma3Processor(
         image_processor=image_processor,
         tokenizer=tok,
-        chat_template=CHAT_TEMPLATE,
+        chat_template=tok.chat_template,
         image_seq_length=tokens,
     )
 
@@ -124,11 +124,12 @@ def build(
     sliding_window: int = 8,
     pan_and_scan: bool = False,
     extra_words: Any = (),
+    with_tokenizer: PreTrainedTokenizerFast | None = None,
 ) -> Path:
     """A tiny Gemma 3: ``(image_size / patch_size)^2`` SigLIP patches avg-pooled to
     ``tokens_per_side^2`` tokens per view; the first text layer slides over
     ``sliding_window`` tokens (fewer than a view's), the last attends fully."""
-    tok = tokenizer(extra_words)
+    tok = with_tokenizer or tokenizer(extra_words)
     ids = tok.convert_tokens_to_ids
     layer_types = ["sliding_attention"] * (sizes.text_layers - 1) + ["full_attention"]
     text = {

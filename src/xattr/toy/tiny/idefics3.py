@@ -107,9 +107,10 @@ def build(
     scale_factor: int = 2,
     longest_edge_tiles: int = 4,
     extra_words: Any = (),
+    with_tokenizer: PreTrainedTokenizerFast | None = None,
 ) -> Path:
     """A tiny Idefics3: ``image_size`` px frames, ``(image_size // patch_size) // scale`` tokens a side."""
-    tok = tokenizer(extra_words)
+    tok = with_tokenizer or tokenizer(extra_words)
     config = Idefics3Config(
         vision_config=Idefics3VisionConfig(**vision_kwargs(sizes, image_size, patch_size)),
         text_config=text_config(tok, sizes),
@@ -124,6 +125,6 @@ def build(
         image_processor=image_processor,
         tokenizer=tok,
         image_seq_len=side * side,
-        chat_template=CHAT_TEMPLATE,
+        chat_template=tok.chat_template,
     )
     return _common.save(Idefics3ForConditionalGeneration, config, proc, out_dir, seed)

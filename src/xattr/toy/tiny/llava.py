@@ -63,10 +63,15 @@ class Parts:
 
 
 def parts(
-    sizes: TinySizes, *, image_size: int = NATIVE_SIZE, patch_size: int = 14, extra_words: Any = ()
+    sizes: TinySizes,
+    *,
+    image_size: int = NATIVE_SIZE,
+    patch_size: int = 14,
+    extra_words: Any = (),
+    with_tokenizer: PreTrainedTokenizerFast | None = None,
 ) -> Parts:
     """A tiny CLIP tower and Llama config, the tokenizer, and a CLIP resize + centre-crop processor."""
-    tok = tokenizer(extra_words)
+    tok = with_tokenizer or tokenizer(extra_words)
     vision = CLIPVisionConfig(
         hidden_size=sizes.vision_hidden,
         intermediate_size=2 * sizes.vision_hidden,
@@ -97,7 +102,7 @@ def parts(
         patch_size=patch_size,
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,  # CLIP's CLS token, dropped again by strategy "default"
-        chat_template=CHAT_TEMPLATE,
+        chat_template=tok.chat_template,
     )
     return Parts(tok, vision, text, processor)
 
@@ -111,9 +116,16 @@ def build(
     patch_size: int = 14,
     vision_feature_layer: int = -2,
     extra_words: Any = (),
+    with_tokenizer: PreTrainedTokenizerFast | None = None,
 ) -> Path:
     """A tiny LLaVA-1.5: CLIP resize (shortest edge) + centre crop to image_size^2."""
-    p = parts(sizes, image_size=image_size, patch_size=patch_size, extra_words=extra_words)
+    p = parts(
+        sizes,
+        image_size=image_size,
+        patch_size=patch_size,
+        extra_words=extra_words,
+        with_tokenizer=with_tokenizer,
+    )
     grid = image_size // patch_size
     config = LlavaConfig(
         vision_config=p.vision,

@@ -5,7 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+from transformers import (
+    PreTrainedTokenizerFast,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+)
 
 from . import _common
 from ._common import TinySizes
@@ -23,9 +27,10 @@ def build(
     patch_size: int = 14,
     merge_size: int = 2,
     extra_words: Any = (),
+    with_tokenizer: PreTrainedTokenizerFast | None = None,
 ) -> Path:
     """A tiny Qwen2.5-VL; windowed vision attention except in the last block."""
-    tok = tokenizer(extra_words)
+    tok = with_tokenizer or tokenizer(extra_words)
     vision = {
         "depth": sizes.vision_layers,
         "hidden_size": sizes.vision_hidden,

@@ -67,7 +67,7 @@ def processor(
         image_std=OPENAI_CLIP_STD,
     )
     return IMAGE_ONLY_PROCESSORS[family](
-        image_processor=image_processor, tokenizer=tok, chat_template=CHAT_TEMPLATE
+        image_processor=image_processor, tokenizer=tok, chat_template=tok.chat_template
     )
 
 
@@ -109,9 +109,10 @@ def build(
     patch_size: int = 14,
     merge_size: int = 2,
     extra_words: Any = (),
+    with_tokenizer: PreTrainedTokenizerFast | None = None,
 ) -> Path:
     """A tiny Qwen2-VL (vision ``embed_dim`` is the ViT width, ``hidden_size`` the LM width)."""
-    tok = tokenizer(extra_words)
+    tok = with_tokenizer or tokenizer(extra_words)
     vision = {
         "depth": sizes.vision_layers,
         "embed_dim": sizes.vision_hidden,

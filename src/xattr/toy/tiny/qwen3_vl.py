@@ -20,7 +20,7 @@ from xattr.models.processors import IMAGE_ONLY_PROCESSORS
 
 from . import _common, qwen2_vl
 from ._common import TinySizes
-from .qwen2_vl import CHAT_TEMPLATE, token_ids, tokenizer
+from .qwen2_vl import token_ids, tokenizer
 
 __all__ = ["GEOMETRY_SIZE", "NATIVE_SIZE", "build", "tokenizer"]
 
@@ -44,7 +44,7 @@ def processor(
         image_std=[0.5, 0.5, 0.5],
     )
     return IMAGE_ONLY_PROCESSORS["qwen3_vl"](
-        image_processor=image_processor, tokenizer=tok, chat_template=CHAT_TEMPLATE
+        image_processor=image_processor, tokenizer=tok, chat_template=tok.chat_template
     )
 
 
@@ -80,10 +80,11 @@ def build(
     merge_size: int = 2,
     moe: bool = False,
     extra_words: Any = (),
+    with_tokenizer: PreTrainedTokenizerFast | None = None,
 ) -> Path:
     """A tiny Qwen3-VL (``moe=True``: Qwen3-VL-MoE); the features after the first vision
     block are the one deepstack level, added to the image positions after LM layer 0."""
-    tok = tokenizer(extra_words)
+    tok = with_tokenizer or tokenizer(extra_words)
     grid = image_size // patch_size
     vision = {
         "depth": sizes.vision_layers,

@@ -1,0 +1,164 @@
+"""Tiny models of the real classes with the real tokenizers and official chat templates.
+
+Each family whose tokenizer files are published (`support.real_tokenizers`: the Qwen
+vocabulary for Qwen2-VL, Qwen2.5-VL and Qwen3-VL, Gemma 3's, Llama 2's for LLaVA-1.5,
+Llama 3's for Idefics3) gets a random tiny model carrying that tokenizer, and is checked
+the way a researcher meets it: the prompt is the official template, the question is found
+in it, given answers in English, Chinese and French round-trip, each token shows its text
+(no ``Ġ``, ``▁``, ``Ċ`` or U+FFFD), the punctuation policy drops exactly the punctuation, and a
+generated answer ends where the model stops.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+import jinja2
+import pytest
+import torch
+
+import xattr
+from support.families import SPECS
+from support.real_tokenizers import FAMILIES, family_tokenizer
+from xattr.methods.tokens import select_tokens
+from xattr.toy.build import build_tiny_model
+
+MARKS = ("Ġ", "▁", "Ċ", "\ufffd")
+# (question, answer) pairs: punctuation, an apostrophe and numbers; Chinese, whose
+# characters byte-level BPE splits over several tokens; accents
+TEXTS = [
+    ("What colour is the circle, and how wide is it?", "It's a red circle, about 3.5 cm wide."),
+    ("这是什么颜色？", "红色的圆，直径约3厘米。"),
+    ("De quelle couleur est le cercle ?", "Rouge, légèrement orangé."),
+]
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory):
+    """Factory: family -> adapter of a tiny random model carrying the real tokenizer."""
+    loaded = {}
+
+    def get(family: str):
+        if family not in loaded:
+            out = tmp_path_factory.mktemp(f"real_{family}")
+            options = {**SPECS[family].build_options, "with_tokenizer": family_tokenizer(family)}
+            build_tiny_model(family, out, seed=0, **options)
+            loaded[family] = xattr.models.load(out)
+        return loaded[family]
+
+    return get
+
+
+def _image(family: str):
+    return SPECS[family].image()
+
+
+def _official_prompt(adapter, question: str) -> str:
+    """The family's official template rendered by plain jinja2 (not the processor's code)."""
+    env = jinja2.Environment(extensions=["jinja2.ext.loopcontrols"])
+    env.globals["raise_exception"] = lambda msg: (_ for _ in ()).throw(ValueError(msg))
+    template = env.from_string(adapter.tokenizer.chat_template)
+    messages = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}
+    ]
+    return template.render(
+        messages=messages,
+        add_generation_prompt=True,
+        bos_token=adapter.tokenizer.bos_token or "",
+        eos_token=adapter.tokenizer.eos_token,
+    )
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_prompt_is_the_official_template_run_through_the_processor(real, family):
+    adapter = real(family)
+    question = TEXTS[0][0]
+    prepared = adapter.prepare(_image(family), question)
+    text = _official_prompt(adapter, question)
+    bos = adapter.tokenizer.bos_token
+    written = bos is not None and text.startswith(bos)  # then the tokenizer adds none (as
+    # transformers' own chat-template path does): one BOS either way
+    expected = adapter.processor(
+        images=[_image(family)], text=[text], return_tensors="pt", add_special_tokens=not written
+    )
+    assert prepared.prompt_ids.tolist() == expected["input_ids"][0].tolist()
+    if family in ("qwen2_vl", "qwen2_5_vl"):  # the default system prompt is there
+        assert "<|im_start|>system\nYou are a helpful assistant.<|im_end|>" in prepared.text
+    bos_id = adapter.tokenizer.bos_token_id
+    if bos_id is not None:  # one BOS, first (none added twice)
+        ids = prepared.prompt_ids.tolist()
+        assert ids.count(bos_id) == 1 and ids[0] == bos_id
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize(("question", "answer"), TEXTS)
+def test_question_found_answer_round_trips_and_tokens_show_text(real, family, question, answer):
+    adapter = real(family)
+    trace = adapter.trace(_image(family), question, answer=answer, gradients=False)
+    ids = adapter.tokenizer(answer, add_special_tokens=False)["input_ids"]
+    assert trace.input_ids[trace.answer_positions].tolist() == ids
+    assert trace.answer_pieces == adapter.tokenizer.convert_ids_to_tokens(ids)
+    assert "".join(trace.answer_tokens) == answer  # the tokens' texts are the answer
+    assert trace.meta["answer_text"] == answer
+    assert "".join(trace.prompt_tokens).strip() == question  # the question, located
+    shown = trace.answer_tokens + trace.prompt_tokens
+    assert not [t for t in shown if any(m in t for m in MARKS)]
+    split = [t for t, i in enumerate(ids) if "\ufffd" in adapter.tokenizer.decode([i])]
+    if split:  # a character over several byte tokens (厘 in Llama 2 and 3): shown once, last
+        assert all(trace.answer_tokens[t] == "" for t in split[:-1])
+    if family in ("llava", "idefics3") and answer == TEXTS[1][1]:
+        assert split  # the case above is exercised
+
+
+def _letters(text: str) -> bool:
+    return any(unicodedata.category(ch)[0] in "LN" for ch in text)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize(("question", "answer"), TEXTS)
+def test_punctuation_policy_drops_exactly_the_punctuation(real, family, question, answer):
+    adapter = real(family)
+    trace = adapter.trace(_image(family), question, answer=answer, gradients=False)
+    keep = select_tokens(trace, "non_punctuation").tolist()
+    texts = trace.answer_tokens
+    for t, (text, kept) in enumerate(zip(texts, keep)):
+        # a token with no text of its own is part of the character the next one completes
+        owner = next(x for x in [*texts[t:], "x"] if x)
+        assert kept == _letters(owner), (t, trace.answer_pieces[t], text)
+    dropped = "".join(text for text, kept in zip(texts, keep) if not kept)
+    marks = {TEXTS[0][1]: {",", "."}, TEXTS[1][1]: {"，", "。"}, TEXTS[2][1]: {",", "."}}[answer]
+    # every comma and full stop; the apostrophe of "It's" too where it is a piece of its own
+    assert marks <= set(dropped.replace(" ", "")) <= marks | {"'"}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_generated_answer_ends_where_the_model_stops(real, family):
+    adapter = real(family)
+    stop = adapter.model.generation_config.eos_token_id
+    stop = stop if isinstance(stop, int) else stop[-1]  # the end-of-turn id
+    words = adapter.tokenizer("red circle", add_special_tokens=False)["input_ids"]
+    more = adapter.tokenizer(" and more", add_special_tokens=False)["input_ids"]
+    assert adapter.clean_generated([*words, stop, *more]).tolist() == words
+    expected_stop = {
+        "qwen2_vl": "<|im_end|>",
+        "qwen2_5_vl": "<|im_end|>",
+        "qwen3_vl": "<|im_end|>",
+        "gemma3": "<end_of_turn>",
+        "llava": "</s>",
+        "idefics3": "<end_of_utterance>",
+    }[family]
+    assert adapter.tokenizer.convert_tokens_to_ids(expected_stop) in adapter.stop_ids()
+    trace = adapter.trace(_image(family), TEXTS[0][0], answer=None, gradients=False)
+    got = trace.input_ids[trace.answer_positions].tolist()
+    assert not set(got) & adapter.stop_ids()
+    assert "".join(trace.answer_tokens) == adapter.tokenizer.decode(got)
+
+
+def test_an_explanation_and_its_report_show_text(real, tmp_path):
+    adapter = real("qwen2_5_vl")
+    question, answer = TEXTS[1]
+    expl = xattr.explain(
+        adapter, _image("qwen2_5_vl"), question, method="raw_attention", answer=answer
+    )
+    assert "".join(expl.answer_tokens) == answer and expl.answer_pieces[0] != expl.answer_tokens[0]
+    assert torch.isfinite(expl.visual).all()
