@@ -196,3 +196,55 @@ def test_run_index_filters_and_links_to_sample_pages(browser, tmp_path, tiny_mod
     page.locator("nav.pager a", has_text="index").click()
     page.wait_for_selector("#samples")
     assert troubles == []
+
+
+# Renders the characters on a canvas in the page's font: real glyphs differ from each other,
+# while a missing font draws every character as the same box (what the CI page showed before
+# it installed a CJK font).
+GLYPHS_JS = """chars => {
+  const font = getComputedStyle(document.body).fontFamily;
+  return chars.map(ch => {
+    const c = document.createElement('canvas'); c.width = c.height = 40;
+    const g = c.getContext('2d'); g.font = '32px ' + font; g.fillText(ch, 2, 32);
+    return c.toDataURL();
+  });
+}"""
+
+
+@pytest.mark.parametrize(
+    ("question", "answer"),
+    [
+        ("这是什么颜色？", "红色的圆，直径约3厘米。"),
+        ("De quelle couleur est le cercle ?", "Rouge, légèrement orangé."),
+    ],
+)
+def test_a_chinese_and_an_accented_report_show_their_text(browser, tmp_path, question, answer):
+    from support.real_tokenizers import family_tokenizer
+    from xattr.toy.build import build_tiny_model
+
+    model = build_tiny_model(
+        "qwen2_5_vl", tmp_path / "model", with_tokenizer=family_tokenizer("qwen2_5_vl")
+    )
+    adapter = xattr.models.load(model)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (112, 112, 3), np.uint8))
+    expls = xattr.explain(adapter, image, question, method={"glimpse": {"return_token_maps": True}},
+                          answer=answer)  # fmt: skip
+    path = write_report(tmp_path / "report.html", expls, image, question, model="real tokenizer")
+    page, troubles = _open(browser, path)
+    page.wait_for_selector("body[data-ready='1']")
+    assert page.title() == question
+    shown = page.eval_on_selector_all(  # a word start is drawn as a gap before its token
+        "#answer .token",
+        "bs => bs.map(b => (b.classList.contains('spaced') ? ' ' : '') + b.textContent)",
+    )
+    assert "".join(shown) == answer  # each token its text, joined: the answer
+    assert "".join(page.locator("#question .word").all_text_contents()).replace(" ", "") == (
+        question.replace(" ", "")
+    )
+    body = page.inner_text("body")
+    assert question in body and not any(mark in body for mark in ("Ġ", "▁", "Ċ", "\ufffd"))
+    if "红" in answer:  # real glyphs: 红, 绿 and 圆 each drawn differently
+        assert len(set(page.evaluate(GLYPHS_JS, ["红", "绿", "圆"]))) == 3
+    else:
+        assert len(set(page.evaluate(GLYPHS_JS, ["é", "è", "e"]))) == 3
+    assert troubles == []

@@ -114,6 +114,7 @@
       const b = el("button", attrs, t.text.trim() || t.text);
       if (/^\s/.test(t.text) && i > 0) b.classList.add("spaced"); // a word start, not a piece
       if (!t.kept) b.classList.add("dropped");
+      if (!t.text) { b.classList.add("piece"); b.title += " · part of a character the next token completes"; }
       if (state.kind === "token" && state.index === i) b.classList.add("active");
       if (!t.map) b.disabled = true;
       b.style.background = shade(t.level);
