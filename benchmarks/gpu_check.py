@@ -12,14 +12,14 @@ non-zero when a comparison fails.
 (the model cards' config.json, written below), random weights built directly on the GPU in
 bf16 (no download, no CPU copy), wrapped in the ``qwen2_5_vl`` adapter with the tiny
 word-level tokenizer and a processor that pins a 1008 px image to 36 x 36 = 1,296 visual
-tokens (N ~ 1,380 with the prompt and T = 64). For each model, eager and SDPA, one sample:
+tokens (N = 1,373 with the prompt and T = 64). For each model, eager and SDPA, one sample:
 every method and a reduced iGOS from one capture, and the floor of `common.floor` (one forward
 + T plain VJPs of the answer logits), each timed and its peak CUDA memory taken. A row that
 runs out of memory says OOM. About 3-5 minutes on one H200 (estimated: not run yet).
 
     python benchmarks/gpu_check.py                  # on a machine with a GPU
     python benchmarks/gpu_check.py --smoke          # tiny shapes, any device (checks the script)
-    python benchmarks/gpu_check.py --full           # real 7B and 32B sizes (~80 GB of GPU memory)
+    python benchmarks/gpu_check.py --full           # real 7B and 32B sizes (32B: 62 GiB of weights)
     python benchmarks/gpu_check.py --full --smoke   # the same path, tiny shapes, any device
 """
 
@@ -236,7 +236,7 @@ def full(models: list[str], smoke: bool, device: str) -> int:
     from xattr.models import ADAPTERS
     from xattr.toy.tiny.qwen2_vl import processor, tokenizer
 
-    cuda = device == "cuda"
+    cuda, started = device == "cuda", time.perf_counter()
     size, T = (SMOKE_IMAGE, SMOKE_T) if smoke else (FULL_IMAGE, FULL_T)
     image = Image.fromarray(
         np.random.default_rng(size).integers(0, 255, (size, size, 3), dtype=np.uint8)
@@ -275,6 +275,7 @@ def full(models: list[str], smoke: bool, device: str) -> int:
             left = torch.cuda.memory_allocated() / 2**30
             if left > 1:
                 print(f"<!-- {left:.1f} GB still allocated after freeing {name} -->", flush=True)
+    print(f"<!-- all rows in {time.perf_counter() - started:.0f} s -->", flush=True)
     return 0
 
 
