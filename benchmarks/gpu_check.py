@@ -291,6 +291,8 @@ def main() -> int:
         models = args.models.split(",")
         if set(models) - set(REAL_TEXT):
             ap.error(f"--models takes a comma-separated list of {', '.join(REAL_TEXT)}")
+        if args.device != "cuda" and not args.smoke:
+            ap.error("--full builds 15 and 62 GiB of weights: it needs --device cuda (or --smoke)")
         return full(models, args.smoke, args.device)
     images = [448, 1008] if not args.smoke else [112, 224]
     lengths = [8, 32] if not args.smoke else [4, 8]
