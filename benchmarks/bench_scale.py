@@ -36,6 +36,7 @@ from pathlib import Path
 
 from common import QUESTION  # benchmarks/common.py
 from common import answer as make_answer
+from common import floor as common_floor
 
 FIVE = ["glimpse", "tmme", "rollout", "raw_attention", "gradcam"]
 
@@ -70,21 +71,7 @@ def measure(spec: dict) -> dict:
     answer_ids = adapter.encode_answer(answer)
 
     def floor() -> None:
-        inputs = adapter.full_inputs(adapter.prepare(image, QUESTION), answer_ids)
-        emb = adapter.model.get_input_embeddings()
-        handle = emb.register_forward_hook(lambda _m, _a, out: out.detach().requires_grad_(True))
-        seen: list = []
-        grab = emb.register_forward_hook(lambda _m, _a, out: seen.append(out))
-        try:
-            with torch.enable_grad():
-                logits = adapter.model(**inputs, use_cache=False).logits[0]
-        finally:
-            handle.remove()
-            grab.remove()
-        embeds = seen[-1]
-        n_prompt = inputs["input_ids"].shape[1] - answer_ids.numel()
-        for t, y in enumerate(answer_ids.tolist()):
-            torch.autograd.grad(logits[n_prompt + t - 1, y], embeds, retain_graph=True)
+        common_floor(adapter, image, QUESTION, answer_ids)
 
     def capture() -> None:
         xattr.explain(adapter, image, QUESTION, method=list(spec["methods"]), answer=answer)

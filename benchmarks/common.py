@@ -1,4 +1,9 @@
-"""What the scale benchmarks share: the question and the words an answer of T tokens is made of."""
+"""What the scale benchmarks share: the question, the words an answer of T tokens is made of,
+and the floor any gradient method pays."""
+
+from __future__ import annotations
+
+from typing import Any
 
 QUESTION = "what color is the circle?"
 WORDS = [
@@ -23,3 +28,26 @@ WORDS = [
 def answer(length: int) -> str:
     """A teacher-forced answer of ``length`` words (tokens, for the tiny word-level tokenizer)."""
     return " ".join((WORDS * (1 + length // len(WORDS)))[:length])
+
+
+def floor(adapter: Any, image: Any, question: str, answer_ids: Any) -> None:
+    """The floor: one teacher-forced forward (the adapter's attention implementation) and one
+    plain VJP of every answer token's logit into the input embeddings, the graph kept between
+    them: the time any gradient method must pay; its peak is a plain forward + backward."""
+    import torch
+
+    inputs = adapter.full_inputs(adapter.prepare(image, question), answer_ids)
+    emb = adapter.model.get_input_embeddings()
+    handle = emb.register_forward_hook(lambda _m, _a, out: out.detach().requires_grad_(True))
+    seen: list = []
+    grab = emb.register_forward_hook(lambda _m, _a, out: seen.append(out))
+    try:
+        with torch.enable_grad():
+            logits = adapter.model(**inputs, use_cache=False).logits[0]
+    finally:
+        handle.remove()
+        grab.remove()
+    embeds = seen[-1]
+    n_prompt = inputs["input_ids"].shape[1] - answer_ids.numel()
+    for t, y in enumerate(answer_ids.tolist()):
+        torch.autograd.grad(logits[n_prompt + t - 1, y], embeds, retain_graph=True)
