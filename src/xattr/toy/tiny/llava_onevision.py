@@ -68,9 +68,10 @@ def build(
     max_tiles: int = 6,
     vision_aspect_ratio: str = "anyres_max_9",
     extra_words: Any = (),
+    with_tokenizer: PreTrainedTokenizerFast | None = None,
 ) -> Path:
     """A tiny LLaVA-OneVision: ``image_size`` px tiles, pinpoints up to max_tiles x max_tiles."""
-    tok = tokenizer(extra_words)
+    tok = with_tokenizer or tokenizer(extra_words)
     tiles = range(1, max_tiles + 1)
     pinpoints = [[image_size * i, image_size * j] for i in tiles for j in tiles]
     vision = SiglipVisionConfig(
@@ -114,6 +115,6 @@ def build(
         num_image_tokens=grid * grid,  # per tile; the processor takes its square root
         vision_feature_select_strategy="full",
         vision_aspect_ratio=vision_aspect_ratio,
-        chat_template=CHAT_TEMPLATE,
+        chat_template=tok.chat_template,
     )
     return _common.save(LlavaOnevisionForConditionalGeneration, config, proc, out_dir, seed)
