@@ -13,7 +13,6 @@ from support.reference import autograd_attention_gradients
 from xattr.models import CaptureError
 from xattr.models.processors import IMAGE_ONLY_PROCESSORS
 from xattr.toy.build import build_tiny_model
-from xattr.toy.tiny import qwen3_vl as builder
 
 SPEC = SPECS["qwen3_vl"]
 METHODS = ["glimpse", "tmme", "rollout", "raw_attention", "gradcam", "dexar"]
@@ -38,7 +37,7 @@ def _real_budget_processor(adapter):
     return IMAGE_ONLY_PROCESSORS["qwen3_vl"](
         image_processor=image_processor,
         tokenizer=adapter.tokenizer,
-        chat_template=builder.CHAT_TEMPLATE,
+        chat_template=adapter.tokenizer.chat_template,
     )
 
 
