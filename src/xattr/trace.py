@@ -24,6 +24,13 @@ from torch import Tensor
 
 from .layout import Grid, LayoutError, VisualLayout, as_grids
 
+# What computes a layer's token mixing; `Trace.attentions[l]` is its [H_l, N, N] either way:
+# SOFTMAX: softmax attention (full, or windowed through its support); LINEAR: a linear-
+# attention layer's implicit attention (Gated DeltaNet: signed, rows not normalised; see
+# docs/math.md); CROSS: cross-attention to tokens outside the sequence.
+SOFTMAX, LINEAR, CROSS = "softmax", "linear", "cross"
+LAYER_KINDS = (SOFTMAX, LINEAR, CROSS)
+
 # Computes the gradients of the answer-token logits listed by index: -> [k, L, H, N, N]
 GradientFn = Callable[[Sequence[int]], Tensor]
 
@@ -157,6 +164,8 @@ class Trace:
     # values [1, Hkv, N, d], "hidden_states" L+1 x [1, N, D], "logits" [T] (z_t).
     graph: dict[str, Any] | None = field(default=None, repr=False)
     layout: VisualLayout | None = None
+    # Per layer: what computes it (`LAYER_KINDS`; None: softmax everywhere).
+    layer_kinds: list[str] | None = None
     # Per layer: where a row may attend, bool [N, N] (None: causal, j <= i).
     supports: Sequence[Tensor | None] | None = field(default=None, repr=False)
     context: ModelContext | None = field(default=None, repr=False)
@@ -236,17 +245,30 @@ class Trace:
     def _validate(self) -> None:
         if len(self.attentions) == 0:
             raise TraceError("trace has no attention layers")
-        shape = getattr(self.attentions, "head_shape", None)
-        if shape is None:  # plain tensors: check every layer
-            shape = tuple(self.attentions[0].shape)
-            if len(shape) != 3 or shape[1] != shape[2]:
-                raise TraceError(f"attention must be square [H, N, N], got {shape}")
+        heads = getattr(self.attentions, "layer_heads", None)  # a lazy sequence knows them
+        if heads is None:  # plain tensors: check every layer
+            first = tuple(self.attentions[0].shape)
+            heads = []
             for layer, a in enumerate(self.attentions):
-                if tuple(a.shape) != shape:
+                shape = tuple(a.shape)
+                if len(shape) != 3 or shape[1] != shape[2] or shape[1:] != first[1:]:
                     raise TraceError(
-                        f"layer {layer} attention has shape {tuple(a.shape)}, expected {shape}"
+                        f"layer {layer} attention has shape {shape}, expected [H, N, N] with "
+                        f"N = {first[-1]}"
                     )
-        self._heads, self._seq_len = int(shape[0]), int(shape[-1])
+                heads.append(shape[0])
+            n_tokens = first[-1]
+        else:
+            n_tokens = int(self.attentions.seq_len)
+        self._layer_heads, self._seq_len = [int(h) for h in heads], int(n_tokens)
+        if self.layer_kinds is None:
+            self.layer_kinds = [SOFTMAX] * len(self.attentions)
+        unknown = sorted(set(self.layer_kinds) - set(LAYER_KINDS))
+        if unknown or len(self.layer_kinds) != len(self.attentions):
+            raise TraceError(
+                f"layer_kinds must name one of {LAYER_KINDS} for each of the "
+                f"{len(self.attentions)} layers, got {self.layer_kinds}"
+            )
         n = self._seq_len
         if self.visual_index.numel() == 0:
             raise TraceError("trace has no visual tokens: nothing to attribute to the image")
@@ -278,7 +300,17 @@ class Trace:
 
     @property
     def num_heads(self) -> int:
-        return self._heads
+        """The most heads any layer has (layers may differ: Qwen3.5's linear layers)."""
+        return max(self._layer_heads)
+
+    def layer_heads(self, layer: int) -> int:
+        """Heads of ``layer``: H_l of its attention [H_l, N, N]."""
+        return self._layer_heads[layer]
+
+    def layers_of_kind(self, kinds: Sequence[str]) -> list[int]:
+        """The layers whose kind is in ``kinds``, ascending."""
+        assert self.layer_kinds is not None
+        return [layer for layer, kind in enumerate(self.layer_kinds) if kind in kinds]
 
     @property
     def seq_len(self) -> int:
@@ -362,7 +394,11 @@ class Trace:
                 raise TraceError(f"answer token {t} out of range (T = {self.num_answer_tokens})")
         layers = list(range(self.num_layers))
         chunk = self._source().chunk(list(tokens), layers)
-        return torch.stack([chunk.layer(layer, self.seq_len) for layer in layers], dim=1)
+        grads = [chunk.layer(layer, self.seq_len) for layer in layers]  # [k, H_l, N, N] each
+        heads = self.num_heads  # layers with fewer heads (hybrid models): zeros past their own
+        grads = [torch.cat([g, g.new_zeros(g.shape[0], heads - g.shape[1], *g.shape[2:])], 1)
+                 if g.shape[1] < heads else g for g in grads]  # fmt: skip
+        return torch.stack(grads, dim=1)
 
     def token_gradients(self, t: int) -> Tensor:
         """d z_t / d A for answer token t: [L, H, N, N] (computed on each call, not kept)."""

@@ -43,6 +43,7 @@ from ..explanation import Explanation
 from ..trace import Trace, TraceError
 from ..vjp import batched_vjp
 from .base import AttributionWarning, Attributor, Needs, hparam, positive
+from .kinds import pad_heads
 from .packaging import make_explanation
 from .tokens import POLICIES, policy_needs, register_policy, select_tokens
 
@@ -165,7 +166,8 @@ def logit_lens_rows(trace: Trace, layers: Sequence[int], batch_vjp: int = 8) -> 
                 at_p = d_out[index, 0, pos[part]].float()  # [c, H, d]
                 per_layer.append(torch.einsum("chd,hnd->chn", at_p, v))  # [c, H, N]
             rows.append(torch.cat(per_layer).to(trace.device))
-    return torch.stack(rows, dim=1).cpu(), normed  # [T, K, H, N]
+    heads = max(r.shape[1] for r in rows)  # a layer with fewer heads: zero rows, no weight
+    return torch.stack([pad_heads(r, heads, 1) for r in rows], dim=1).cpu(), normed  # [T, K, H, N]
 
 
 def _lens_readouts(

@@ -33,8 +33,9 @@ from torch import Tensor
 from ..explanation import Explanation
 from ..trace import Trace
 from .base import AttributionWarning, hparam, non_negative, positive, unit_interval
+from .kinds import KIND_RULE, is_kind_spec, layers_for, pad_heads
 from .packaging import make_explanation, pad_row
-from .propagation import is_layer_subset, row_normalize_, select_layers
+from .propagation import is_layer_subset, row_normalize_
 from .sweep import POSITIVE_SUM, WEIGHTED, GradientConsumer, LayerStep, StreamingAttributor
 from .tokens import POLICIES, clean_token, policy_needs, punctuation_mask, select_tokens
 
@@ -77,6 +78,7 @@ class Glimpse(StreamingAttributor, name="glimpse"):
         check=is_layer_subset,
         doc="layer subset",
     )
+    layer_kinds: Any = hparam("all", check=is_kind_spec, rule=KIND_RULE, doc="layer kinds read")
     token_weighting: str = hparam(
         "full", choices=TOKEN_WEIGHTINGS, doc="which factors weight the tokens (paper Table 3)"
     )
@@ -236,7 +238,7 @@ class GlimpseConsumer(GradientConsumer):
 
     def __init__(self, method: Glimpse, trace: Trace) -> None:
         self.method, self.trace = method, trace
-        self.layers = select_layers(trace.num_layers, method.layers)
+        self.layers = layers_for(trace, method.layers, method.layer_kinds, "glimpse")
         self.done: dict[str, list[Tensor]] = {"rows": [], "heads": [], "lam": [], "evidence": []}
         self.deltas: list[Tensor] = []
         self.depth: Tensor | None = None
@@ -285,7 +287,9 @@ class GlimpseConsumer(GradientConsumer):
                 deltas.append(delta.to(home))
             self.fused[k] = None  # type: ignore[call-overload]  # free as we go
         self.done["rows"].append(pad_row(v.to(home), self.trace.seq_len).cpu())
-        self.done["heads"].append(torch.stack([w.to(home) for w in self.head_w], dim=1).cpu())
+        heads = self.trace.num_heads  # a layer with fewer heads (hybrid models): NaN past its own
+        padded = [pad_heads(w.to(home), heads, 1, math.nan) for w in self.head_w]
+        self.done["heads"].append(torch.stack(padded, dim=1).cpu())  # [c, K, H]
         self.done["lam"].append(lam.cpu())
         self.done["evidence"].append(weights["evidence"].cpu())
         if deltas:  # [c, K, N] in input-to-output layer order

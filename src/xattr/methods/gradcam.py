@@ -101,7 +101,7 @@ class GradCAMConsumer(GradientConsumer):
 
     def visit(self, step: LayerStep) -> None:
         assert step.signed_support_sum is not None
-        n_seq, heads = self.trace.seq_len, self.trace.num_heads
+        n_seq, heads = self.trace.seq_len, step.attention.shape[0]
         # a_h = mean over N x N of G[L,h] on its support (rows past p_t are zero)
         a = step.signed_support_sum / n_seq**2  # [c, H]
         attn_rows = step.attention[:, step.positions, :].transpose(0, 1)  # [c, H, n] A[L,h][p_t]

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from ..explanation import Explanation
-from ..trace import Trace
+from ..trace import SOFTMAX, Trace
 from .base import Attributor, Needs
 from .numerics import finite_flag, raise_first_bad, working_dtype
 
@@ -68,8 +68,9 @@ class LayerStep:
         gradients: Tensor,
         support: Tensor,
         wants: frozenset[str],
+        kind: str = SOFTMAX,
     ) -> None:
-        self.layer, self.tokens, self.positions = layer, tokens, positions
+        self.layer, self.tokens, self.positions, self.kind = layer, tokens, positions, kind
         self.attention, self.gradients, self.support = attention, gradients, support
         c, heads, n, _ = gradients.shape
         self.signed_support_sum: Tensor | None = None
@@ -80,6 +81,7 @@ class LayerStep:
         if SIGNED_SUM in wants:
             self.signed_support_sum = torch.einsum("chij,ij->ch", gradients, support.view(n, n))
         if wants & {POSITIVE_SUM, WEIGHTED, HEAD_MEAN}:
+            signed = gradients * attention if kind != SOFTMAX else None  # A ⊙ G (A signed)
             if GRADIENTS in wants:
                 ahat = torch.clamp(gradients, min=0)  # G^+ beside the raw G
             else:
@@ -88,7 +90,10 @@ class LayerStep:
             flat = ahat.view(c * heads, n * n)
             if POSITIVE_SUM in wants:
                 self.positive_support_sum = (flat @ support).view(c, heads)
-            ahat.mul_(attention)  # A ⊙ G^+ in place (zero outside the support: A is)
+            if signed is None:
+                ahat.mul_(attention)  # A ⊙ G^+ in place (zero outside the support: A is)
+            else:  # (A ⊙ G)^+: equal to A ⊙ G^+ where A >= 0 (`methods.kinds`)
+                ahat.copy_(signed.clamp_(min=0))
             self.weighted = ahat
             self.weighted_sum = flat.sum(dim=-1).view(c, heads)
             if HEAD_MEAN in wants:
@@ -232,7 +237,7 @@ def run_sweep(
             device = attention.device
             if device not in on_device:
                 on_device[device] = pos.to(device)
-            shape = (len(tokens), trace.num_heads, n, n)
+            shape = (len(tokens), attention.shape[0], n, n)  # H_l: layers may differ
             buffer = buffers.get(device)
             if buffer is None or buffer.numel() < math.prod(shape):
                 buffer = buffers[device] = torch.empty(math.prod(shape), dtype=dtype, device=device)
@@ -245,6 +250,7 @@ def run_sweep(
                 gradients.to(device, dtype),  # [c, H, n, n]
                 _support(trace, layer, n, attention, supports),
                 wants[layer],
+                trace.layer_kinds[layer] if trace.layer_kinds else SOFTMAX,
             )
             for c in visiting[layer]:
                 call(c, c.visit, step)

@@ -10,14 +10,16 @@ per layer.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
 from ..explanation import Explanation
 from ..trace import Trace
 from .base import hparam
+from .kinds import KIND_RULE, is_kind_spec, layers_for
 from .packaging import average_rows, pad_row
-from .propagation import select_layers
 from .sweep import HEAD_MEAN, GradientConsumer, LayerStep, StreamingAttributor
 from .tokens import POLICIES, policy_needs, select_tokens
 
@@ -33,6 +35,7 @@ class TMME(StreamingAttributor, name="tmme"):
         None, check=_last_k_rule, rule="must be None (all layers) or an int >= 1"
     )
     residual_norm: bool = hparam(False, doc="Chefer's residual normalisation of R - I")
+    layer_kinds: Any = hparam("all", check=is_kind_spec, rule=KIND_RULE, doc="layer kinds read")
     token_policy: str = hparam("non_punctuation", choices=POLICIES, needs=policy_needs)
     return_token_maps: bool = hparam(False, doc="keep every answer token's own map")
     return_layer_maps: bool = hparam(False, doc="keep each layer's share of the map")
@@ -48,9 +51,8 @@ class TMMEConsumer(GradientConsumer):
 
     def __init__(self, method: TMME, trace: Trace) -> None:
         self.method, self.trace = method, trace
-        self.layers = select_layers(
-            trace.num_layers, "all" if method.last_k is None else method.last_k
-        )
+        last = "all" if method.last_k is None else method.last_k
+        self.layers = layers_for(trace, last, method.layer_kinds, "tmme")
         self.rows: list[Tensor] = []
         self.deltas: list[Tensor] = []
 

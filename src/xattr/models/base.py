@@ -29,7 +29,7 @@ from .capture import CaptureMixin
 from .pixels import PixelMaskMixin
 from .placement import check_device, torch_dtype
 from .prompting import CaptureError, PromptingMixin
-from .recording import check_implementation
+from .recording import check_implementation, language_config
 from .scoring import ScoringMixin
 
 ADAPTERS: Registry[type[ModelAdapter]] = Registry("model family", "xattr.models")
@@ -56,7 +56,7 @@ class ModelAdapter(PromptingMixin, CaptureMixin, ScoringMixin, PixelMaskMixin, A
         self.model = model
         self.processor = processor
         self.max_new_tokens = max_new_tokens or self.default_max_new_tokens
-        check_implementation(self.attention_modules()[0].config)
+        check_implementation(language_config(self.attention_modules()))
 
     # ------------------------------------------------------------ family hooks
     @abstractmethod

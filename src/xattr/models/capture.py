@@ -12,10 +12,23 @@ import transformers
 from torch import Tensor, nn
 
 from ..images import ImageLike, load_image
-from ..trace import OUT_OF_MEMORY, ModelContext, OutOfMemory, Trace, free_accelerator_memory
+from ..trace import (
+    OUT_OF_MEMORY,
+    SOFTMAX,
+    ModelContext,
+    OutOfMemory,
+    Trace,
+    free_accelerator_memory,
+)
 from ..warn import warn
 from .prompting import CaptureError, PreparedInputs
-from .recording import CapturedGradients, RecomputedAttentions, language_implementation, recording
+from .recording import (
+    CapturedGradients,
+    RecomputedAttentions,
+    language_config,
+    language_implementation,
+    recording,
+)
 from .token_text import sequence_texts
 
 
@@ -129,7 +142,8 @@ class CaptureMixin:
         positions = torch.arange(n_prompt, n_prompt + answer_ids.numel())  # s_t
         predicting = positions - 1  # p_t
         modules = self.attention_modules()  # type: ignore[attr-defined]
-        eager = language_implementation(modules[0].config) == "eager"
+        implementation = language_implementation(language_config(modules))
+        eager = implementation == "eager"
         with contextlib.ExitStack() as stack:
             stack.enter_context(eval_mode(self.model))
             stack.enter_context(frozen_parameters(self.model))
@@ -160,8 +174,11 @@ class CaptureMixin:
             conf = torch.softmax(logits[predicting.to(logits.device)].float(), dim=-1)
             conf = conf[torch.arange(answer_ids.numel()), answer_ids.to(conf.device)]
         work = torch.float64 if logits.dtype == torch.float64 else torch.float32
+        kinds = [r.kind for r in records]  # type: ignore[union-attr]
         attentions = (
-            [r.weights for r in records] if eager else RecomputedAttentions(records, work)  # type: ignore[misc]
+            [r.weights for r in records]  # type: ignore[union-attr]
+            if eager and set(kinds) == {SOFTMAX}
+            else RecomputedAttentions(records, work)  # type: ignore[arg-type]
         )
         ids = inputs["input_ids"][0].cpu()
         texts = sequence_texts(self.tokenizer, ids.tolist(), int(positions[0]))  # type: ignore[attr-defined]
@@ -189,16 +206,15 @@ class CaptureMixin:
                 if gradients
                 else None
             ),
-            supports=[r.mask for r in records],  # type: ignore[misc]
+            supports=[getattr(r, "mask", None) for r in records],  # linear layers: causal
+            layer_kinds=kinds,
             context=ModelContext(self, image, question),
             meta={
                 "family": self.family,
                 "prompt_text": prepared.text,
                 "answer_text": "".join(texts[int(positions[0]) :]),
                 "logits": z.detach().float().cpu(),
-                "attn_implementation": "eager"
-                if eager
-                else language_implementation(modules[0].config),
+                "attn_implementation": "eager" if eager else implementation,
             },
         )
 

@@ -42,7 +42,7 @@ from .processors import _ImageOnlyQwenMixin, image_only_processor
 from .qwen2_vl import Qwen2VLAdapter
 
 
-@image_only_processor("qwen3_vl", "qwen3_vl_moe")
+@image_only_processor("qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe")
 class Qwen3VLImageOnlyProcessor(_ImageOnlyQwenMixin, Qwen3VLProcessor):
     """`Qwen3VLProcessor` for images only (its video processor needs torchvision)."""
 

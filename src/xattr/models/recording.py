@@ -29,8 +29,9 @@ from torch import Tensor, nn
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from ..trace import GradientChunk, GradientSource
+from ..trace import LINEAR, SOFTMAX, GradientChunk, GradientSource
 from ..vjp import batched_vjp
+from .delta_rule import heads_first, implicit_attention, prepare_qk
 from .prompting import CaptureError
 
 CAPTURE = "xattr_capture"
@@ -49,6 +50,35 @@ class LayerRecord:
     softcap: float | None
     output: Tensor  # [1, N, H, d] attention output, in the graph
     weights: Tensor | None  # [H, N, N] detached (eager only)
+    kind = SOFTMAX
+
+    @property
+    def heads(self) -> int:
+        return int(self.query.shape[1])
+
+
+@dataclass
+class LinearRecord:
+    """One linear-attention (Gated DeltaNet) call: the delta rule's inputs as the layer passed
+    them to its kernel, and its output ``o = A v`` (before the gated norm), in the graph."""
+
+    query: Tensor  # [1, N, Hk, dk] after the short convolution, before the L2 norm
+    key: Tensor  # [1, N, Hk, dk]
+    value: Tensor  # [1, Hv, N, dv] (heads first, as `LayerRecord.value`)
+    g: Tensor  # [1, N, Hv] log decay
+    beta: Tensor  # [1, N, Hv] write strength
+    output: Tensor  # [1, N, Hv, dv] in the graph
+    kind = LINEAR
+
+    @property
+    def heads(self) -> int:
+        return int(self.value.shape[1])
+
+    def implicit_attention(self, dtype: torch.dtype) -> Tensor:
+        """``A[h, t, s]`` with ``o_t = sum_s A[h, t, s] v_s`` (docs/math.md): [Hv, N, N]."""
+        q, k = prepare_qk(self.query.detach(), self.key.detach(), self.heads)
+        g, beta = heads_first(self.g.detach()), heads_first(self.beta.detach())
+        return implicit_attention(q, k, g, beta, dtype=dtype)
 
 
 class _Recorder:
@@ -148,19 +178,76 @@ def check_implementation(config: Any) -> str:
     return impl
 
 
+LINEAR_KERNEL = "torch_chunk_gated_delta_rule"  # what a Gated DeltaNet layer's forward calls
+
+
+def is_linear(module: nn.Module) -> bool:
+    """A linear-attention (Gated DeltaNet) module: its own kernel, no AttentionInterface."""
+    return hasattr(sys.modules[type(module).__module__], LINEAR_KERNEL) and hasattr(module, "A_log")
+
+
+def language_config(modules: Sequence[nn.Module]) -> Any:
+    """The language model's config, from its first softmax attention module."""
+    for module in modules:
+        if not is_linear(module):
+            return module.config
+    raise CaptureError("the language model has no softmax attention layer to read its config")
+
+
 @contextlib.contextmanager
 def recording(modules: Sequence[nn.Module], *, keep_weights: bool) -> Iterator[_Recorder]:
-    """Route the language model's attention through the capture for one forward pass."""
-    config = modules[0].config  # the language model's config, shared by its layers
+    """Route the language model's attention through the capture for one forward pass; linear
+    layers are recorded where they call their delta-rule kernel."""
+    config = language_config(modules)  # shared by the layers
     inner = check_implementation(config)
     recorder = _Recorder(modules, inner, keep_weights)
     config._attn_implementation = CAPTURE
     _ACTIVE.append(recorder)
     try:
-        yield recorder
+        linear = [m for m in modules if is_linear(m)]
+        with _recording_linear(linear, recorder) if linear else contextlib.nullcontext():
+            yield recorder
     finally:
         _ACTIVE.pop()
         config._attn_implementation = inner
+
+
+@contextlib.contextmanager
+def _recording_linear(modules: Sequence[nn.Module], recorder: _Recorder) -> Iterator[None]:
+    """Record each Gated DeltaNet layer's kernel call (inputs and output) into its slot: the
+    modeling module's kernel is wrapped for the pass, and a pre-hook on each layer says which
+    layer calls it next."""
+    calling: list[int] = []
+
+    def announce(slot: int) -> Any:
+        return lambda _module, _args: calling.append(slot)
+
+    handles = [m.register_forward_pre_hook(announce(recorder.slot[id(m)])) for m in modules]
+    namespaces = {sys.modules[type(m).__module__] for m in modules}
+    kernels = {ns: getattr(ns, LINEAR_KERNEL) for ns in namespaces}
+
+    def wrap(kernel: Any) -> Any:
+        def recorded(query, key, value, g, beta, **kwargs):
+            if not kwargs.get("use_qk_l2norm_in_kernel", False):
+                raise CaptureError("a Gated DeltaNet layer called its kernel without the L2 norm")
+            out, state = kernel(query, key, value, g=g, beta=beta, **kwargs)
+            if calling:  # [1, N, H, d] each; value heads first, as a softmax record's
+                recorder.records[calling.pop()] = LinearRecord(
+                    query, key, value.transpose(1, 2), g, beta, out
+                )
+            return out, state
+
+        return recorded
+
+    for namespace, kernel in kernels.items():
+        setattr(namespace, LINEAR_KERNEL, wrap(kernel))
+    try:
+        yield
+    finally:
+        for namespace, kernel in kernels.items():
+            setattr(namespace, LINEAR_KERNEL, kernel)
+        for handle in handles:
+            handle.remove()
 
 
 # --------------------------------------------------------------------- attentions
@@ -181,19 +268,26 @@ def recompute_attention(record: LayerRecord, dtype: torch.dtype) -> Tensor:
 
 
 class RecomputedAttentions(Sequence[Tensor]):
-    """The layers' attention weights, recomputed one layer at a time (never all held)."""
+    """The layers' attention weights, computed one layer at a time when asked (never all held):
+    kept eager weights as they are, a softmax layer's recomputed from its queries and keys, a
+    linear layer's implicit attention from its recorded q, k, g and beta."""
 
-    def __init__(self, records: Sequence[LayerRecord], dtype: torch.dtype) -> None:
+    def __init__(self, records: Sequence[LayerRecord | LinearRecord], dtype: torch.dtype) -> None:
         self.records, self.dtype = list(records), dtype
-        q = self.records[0].query
-        self.head_shape = (int(q.shape[1]), int(q.shape[2]), int(q.shape[2]))
-        self.device = q.device
+        self.layer_heads = [r.heads for r in self.records]
+        self.seq_len = int(self.records[0].value.shape[2])
+        self.device = self.records[0].value.device
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, layer: int) -> Tensor:  # type: ignore[override]
-        return recompute_attention(self.records[layer], self.dtype)
+        record = self.records[layer]
+        if isinstance(record, LinearRecord):
+            return record.implicit_attention(self.dtype)
+        if record.weights is not None:
+            return record.weights
+        return recompute_attention(record, self.dtype)
 
 
 # ---------------------------------------------------------------------- gradients

@@ -8,13 +8,21 @@ model of the real class from a tiny config, then saves both with ``save_pretrain
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+from tokenizers import (
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+    trainers,
+)
 from transformers import (
     GenerationConfig,
     PreTrainedConfig,
@@ -95,10 +103,33 @@ def word_level(table: dict[str, int]) -> Tokenizer:
     return tok
 
 
+def byte_level_bpe(specials: Iterable[str], extra_words: Iterable[str] = ()) -> Tokenizer:
+    """A small byte-level BPE (GPT-2 / Qwen style: ``Ġ`` marks a leading space, any text
+    encodes) trained on the task's words, as written, capitalised and after a space; the
+    specials come first. Deterministic: the same words give the same merges."""
+    words = [*WORDS, *extra_words]
+    corpus = [" ".join(words), " ".join(w.capitalize() for w in words)]
+    corpus += [form for w in words for form in (w, " " + w, w.capitalize(), " " + w.capitalize())]
+    corpus += [" ".join(PUNCTUATION), " ".join(DIGITS)]
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=2048,
+        min_frequency=1,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=list(dict.fromkeys(specials)),
+        show_progress=False,
+    )
+    backend.train_from_iterator(corpus, trainer)
+    return backend
+
+
 def tokenizer(
     specials: Iterable[str],
     *,
     chat_template: str,
+    bpe: bool = False,
     extra_words: Iterable[str] = (),
     bos: str | None = None,
     prepend_bos: bool = False,
@@ -110,10 +141,13 @@ def tokenizer(
     """A small fast word-level tokenizer with a family's special tokens and chat template.
 
     ``named`` gives tokens the processor looks up by attribute (``{"image_token": "<image>"}``);
-    ``prepend_bos`` adds ``bos`` in front when ``add_special_tokens`` (Llama style).
+    ``prepend_bos`` adds ``bos`` in front when ``add_special_tokens`` (Llama style); ``bpe``
+    makes it a byte-level BPE (`byte_level_bpe`) for families whose tokenizer class rebuilds
+    a BPE from the saved vocabulary and merges (Qwen3.5).
     """
+    specials = tuple(specials)
     table = vocab(specials, extra_words)
-    backend = word_level(table)
+    backend = byte_level_bpe(specials, extra_words) if bpe else word_level(table)
     if prepend_bos and bos is not None:
         backend.post_processor = processors.TemplateProcessing(
             single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, table[bos])]
@@ -140,6 +174,7 @@ def qwen_chat_tokenizer(
     chat_template: str,
     extra_words: Iterable[str] = (),
     named: Mapping[str, str] | None = None,
+    bpe: bool = False,
 ) -> PreTrainedTokenizerFast:
     """Qwen's chat conventions (Qwen2-VL, LLaVA-OneVision, InternVL): no BOS, ``<|im_end|>``
     ends a turn, ``<|endoftext|>`` (the first of ``specials``) pads, the others are special."""
@@ -151,6 +186,7 @@ def qwen_chat_tokenizer(
         pad="<|endoftext|>",
         extra_special=specials[1:],
         named=named,
+        bpe=bpe,
     )
 
 
@@ -192,10 +228,15 @@ def save(
     processor: Any,
     out_dir: Path,
     seed: int,
+    adjust: Callable[[PreTrainedModel], None] | None = None,
 ) -> Path:
-    """Build the model from ``config`` with ``seed``, then save model and processor."""
+    """Build the model from ``config`` with ``seed`` (then ``adjust`` it, under no_grad, where
+    a random initialisation would be degenerate), then save model and processor."""
     torch.manual_seed(seed)
     model = model_class(config).eval()
+    if adjust is not None:
+        with torch.no_grad():
+            adjust(model)
     model.generation_config = generation_config(config)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
