@@ -107,3 +107,13 @@ def test_a_huge_image_gets_a_word_about_its_cost(tiny_model_dir):
 def test_an_unknown_family_names_the_nearest(tiny_model_dir):
     with pytest.raises(KeyError, match=r"unknown model family 'lava' \(did you mean 'llava'\?\)"):
         xattr.models.load("lava", tiny_model_dir("llava"))
+
+
+def test_every_shipped_model_config_names_a_registered_family_and_a_path():
+    import yaml
+
+    for path in sorted((CONF / "model").glob("*.yaml")):
+        conf = yaml.safe_load(path.read_text())
+        assert conf["_target_"] == "xattr.models.load", path.name
+        assert conf["family"] in xattr.models.available(), path.name
+        assert conf["path"], path.name

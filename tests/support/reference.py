@@ -358,3 +358,19 @@ def gradcam_reference(attn, grads, *, answer_positions, supports=None):
             cam += a_h * attn[L - 1, h]
         rows.append(relu(cam)[s - 1] / H)
     return rows
+
+
+def delta_rule_recurrence(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor) -> Tensor:
+    """The gated delta rule token by token (docs/math.md §6b), float64: q, k [H, N, dk] as the
+    rule uses them (normalised, q scaled), v [H, N, dv], g, beta [H, N] -> o [H, N, dv]."""
+    q, k, v, g, beta = (x.double() for x in (q, k, v, g, beta))
+    heads, n, dk = k.shape
+    out = torch.zeros(heads, n, v.shape[-1], dtype=torch.float64)
+    for h in range(heads):
+        state = torch.zeros(dk, v.shape[-1], dtype=torch.float64)  # S: keys -> values
+        for t in range(n):
+            state = torch.exp(g[h, t]) * state  # decay first
+            write = beta[h, t] * (v[h, t] - state.T @ k[h, t])  # what the state misses
+            state = state + torch.outer(k[h, t], write)
+            out[h, t] = state.T @ q[h, t]
+    return out
