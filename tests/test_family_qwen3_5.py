@@ -83,6 +83,12 @@ def test_every_method_runs_with_its_rule_on_each_kind(tiny_adapter):
                            layers=[3])  # fmt: skip
     torch.testing.assert_close(only.visual, layer3.visual)
     assert only.meta["layers"] == [3]
+    for method in ("glimpse", "tmme"):  # within the method's own subset, the same restriction
+        by_kind = xattr.explain(adapter, image, QUESTION, method=method, answer="red circle",
+                                layer_kinds=["softmax"])  # fmt: skip
+        by_index = xattr.explain(adapter, image, QUESTION, method=method, answer="red circle",
+                                 **({"layers": [3]} if method == "glimpse" else {"last_k": 1}))  # fmt: skip
+        torch.testing.assert_close(by_kind.visual, by_index.visual)
     with pytest.raises(ValueError, match="layer_kinds='cross' keeps none of the layers"):
         xattr.explain(adapter, image, QUESTION, method="rollout", answer="red circle",
                       layer_kinds="cross")  # fmt: skip
