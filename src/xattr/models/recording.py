@@ -78,7 +78,7 @@ class LinearRecord:
         """``A[h, t, s]`` with ``o_t = sum_s A[h, t, s] v_s`` (docs/math.md): [Hv, N, N]."""
         q, k = prepare_qk(self.query.detach(), self.key.detach(), self.heads)
         g, beta = heads_first(self.g.detach()), heads_first(self.beta.detach())
-        return implicit_attention(q, k, g, beta, dtype=dtype)
+        return implicit_attention(q, k, g, beta, out_dtype=dtype)  # computed in float64
 
 
 class _Recorder:
