@@ -41,7 +41,11 @@ def _lm_input_embeddings(adapter, image) -> tuple[torch.Tensor, object]:
     seen = {}
 
     def grab(_module, _args, kwargs):
-        seen["embeds"] = kwargs["inputs_embeds"].detach()[0]
+        if adapter.visual_prefix(prepared):  # cross-attention models: the image tokens' states
+            states = kwargs["cross_attention_states"].detach()
+            seen["embeds"] = states.reshape(-1, states.shape[-1])
+        else:
+            seen["embeds"] = kwargs["inputs_embeds"].detach()[0]
 
     handle = adapter.language_model().register_forward_pre_hook(grab, with_kwargs=True)
     try:
@@ -119,6 +123,7 @@ def test_logits_are_read_at_the_predicting_position(tiny_adapter, family):
     trace = adapter.trace(_image(_image_size(adapter)), QUESTION, answer=None)
     assert trace.answer_source == "generated"
     ids = trace.input_ids
+    prefix = trace.meta["visual_prefix"]  # image tokens before the model's own sequence
     with torch.no_grad():
         inputs = adapter.full_inputs(
             adapter.prepare(_image(_image_size(adapter)), QUESTION), ids[trace.answer_positions]
@@ -126,6 +131,7 @@ def test_logits_are_read_at_the_predicting_position(tiny_adapter, family):
         logits = adapter.model(**inputs).logits[0]
     for t, s in enumerate(trace.answer_positions.tolist()):
         y = int(ids[s])
+        s -= prefix
         assert trace.meta["logits"][t] == pytest.approx(float(logits[s - 1, y]), rel=1e-5, abs=1e-5)
         assert int(logits[s - 1].argmax()) == y  # greedy: the token was produced at s - 1
         probs = torch.softmax(logits[s - 1], -1)

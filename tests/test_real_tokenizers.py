@@ -165,6 +165,7 @@ def test_generated_answer_ends_where_the_model_stops(real, family):
         "gemma3": "<end_of_turn>",
         "llava": "</s>",
         "idefics3": "<end_of_utterance>",
+        "mllama": "<|eot_id|>",
     }[family]
     assert adapter.tokenizer.convert_tokens_to_ids(expected_stop) in adapter.stop_ids()
     trace = adapter.trace(_image(family), TEXTS[0][0], answer=None, gradients=False)

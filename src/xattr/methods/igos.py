@@ -118,7 +118,8 @@ class IGOS(Attributor, name="igos"):
         image = load_image(image)
         prepared = adapter.prepare(image, question)
         baseline = adapter.prepare(blur_image(image, self.blur_radius), question)
-        if prepared.prompt_ids.numel() != int(trace.answer_positions[0]):
+        prefix = int(trace.meta.get("visual_prefix", 0))  # image tokens outside the sequence
+        if prepared.prompt_ids.numel() != int(trace.answer_positions[0]) - prefix:
             raise TraceError(
                 "the trace's prompt differs from the re-processed one; explain the same image"
             )

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..trace import LAYER_KINDS, SOFTMAX, Trace
+from ..trace import LAYER_KINDS, SOFTMAX, Trace, TraceError
 from .propagation import select_layers
 
 
@@ -90,3 +90,14 @@ def pad_heads(values: Tensor, heads: int, dim: int, fill: float = 0.0) -> Tensor
     shape = list(values.shape)
     shape[dim] = missing
     return torch.cat([values, values.new_full(shape, fill)], dim=dim)
+
+
+def refuse_visual_prefix(trace: Trace, method: str) -> None:
+    """Methods that read the language model's hidden states are not defined on a trace whose
+    image tokens are a prefix outside the model's sequence (cross-attention models)."""
+    if trace.meta.get("visual_prefix"):
+        raise TraceError(
+            f"{method} reads the language model's hidden states, which hold text positions "
+            f"only; it is not defined for {trace.meta.get('family', 'this model')}, whose image "
+            "reaches the text through cross-attention"
+        )

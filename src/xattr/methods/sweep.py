@@ -261,8 +261,9 @@ def run_sweep(
     return report
 
 
-def _support(trace: Trace, layer: int, n: int, like: Tensor, cache: dict[Any, Tensor]) -> Tensor:
-    """The layer's support on the block, flattened: [n * n] of 0/1 (cached per mask and size)."""
+def _support(trace: Trace, layer: int, n: int, like: Tensor, cache: dict[Any, Any]) -> Tensor:
+    """The layer's support on the block, flattened: [n * n] of 0/1 (cached per mask and size;
+    the cache keeps the mask alive, so a lazily made one's memory is not reused under its key)."""
     mask = trace.support(layer)
     key = (None if mask is None else (mask.data_ptr(), tuple(mask.shape)), n, like.device)
     if key not in cache:
@@ -270,8 +271,8 @@ def _support(trace: Trace, layer: int, n: int, like: Tensor, cache: dict[Any, Te
             block = torch.ones(n, n, dtype=like.dtype, device=like.device).tril_()
         else:
             block = mask[:n, :n].to(like.device, like.dtype)
-        cache[key] = block.reshape(-1).contiguous()
-    return cache[key]
+        cache[key] = (mask, block.reshape(-1).contiguous())
+    return cache[key][1]
 
 
 def _check(

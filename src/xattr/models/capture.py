@@ -21,6 +21,7 @@ from ..trace import (
     free_accelerator_memory,
 )
 from ..warn import warn
+from .cross import PrefixedAttentions, PrefixedGradients, PrefixedSupports
 from .prompting import CaptureError, PreparedInputs
 from .recording import (
     CapturedGradients,
@@ -182,7 +183,21 @@ class CaptureMixin:
         )
         ids = inputs["input_ids"][0].cpu()
         texts = sequence_texts(self.tokenizer, ids.tolist(), int(positions[0]))  # type: ignore[attr-defined]
+        tokens = self.tokenizer.convert_ids_to_tokens(ids.tolist())  # type: ignore[attr-defined]
         hidden = list(out.hidden_states) if hidden_states else []
+        source_of_gradients = CapturedGradients(z, records) if gradients else None
+        supports = [getattr(r, "mask", None) for r in records]  # linear layers: causal
+        prefix = self.visual_prefix(prepared)
+        if prefix:  # cross-attention models: the image tokens as a prefix (`models.cross`)
+            n_text = ids.numel()
+            attentions = PrefixedAttentions(attentions, kinds, prefix, n_text)  # type: ignore[arg-type]
+            supports = PrefixedSupports(records, prefix, n_text)  # type: ignore[assignment,arg-type]
+            if source_of_gradients is not None:
+                source_of_gradients = PrefixedGradients(source_of_gradients, records, prefix)  # type: ignore[assignment,arg-type]
+            image_token = self.tokenizer.convert_ids_to_tokens(self.image_token_id)  # type: ignore[attr-defined]
+            ids = torch.cat([torch.full((prefix,), self.image_token_id), ids])  # type: ignore[attr-defined]
+            tokens, texts = [image_token] * prefix + tokens, [""] * prefix + texts
+            positions = positions + prefix
         return Trace(
             attentions=attentions,  # type: ignore[arg-type]
             layout=prepared.layout,
@@ -190,12 +205,12 @@ class CaptureMixin:
             answer_positions=positions,
             confidences=conf.detach().cpu(),
             input_ids=ids,
-            tokens=self.tokenizer.convert_ids_to_tokens(ids.tolist()),  # type: ignore[attr-defined]
+            tokens=tokens,
             texts=texts,
             answer_source=source,
             hidden_states=[h.detach()[0] for h in hidden] if hidden_states else None,
             readout=self.readout if hidden_states else None,
-            gradient_source=CapturedGradients(z, records) if gradients else None,
+            gradient_source=source_of_gradients,
             graph=(
                 {
                     "outputs": [r.output for r in records],  # L x [1, N, H, d] in the graph
@@ -206,17 +221,23 @@ class CaptureMixin:
                 if gradients
                 else None
             ),
-            supports=[getattr(r, "mask", None) for r in records],  # linear layers: causal
+            supports=supports,  # type: ignore[arg-type]
             layer_kinds=kinds,
             context=ModelContext(self, image, question),
             meta={
                 "family": self.family,
                 "prompt_text": prepared.text,
                 "answer_text": "".join(texts[int(positions[0]) :]),
+                "visual_prefix": prefix,  # image tokens placed before the text (cross models)
                 "logits": z.detach().float().cpu(),
                 "attn_implementation": "eager" if eager else implementation,
             },
         )
+
+    def visual_prefix(self, prepared: PreparedInputs) -> int:
+        """Image tokens the trace places before the text: 0 where they are in the sequence,
+        their count for cross-attention models (`models.cross`)."""
+        return 0
 
     def readout(self, hidden: Tensor) -> Tensor:
         """Logit lens: the final norm and LM head applied to hidden states [.., D] -> [.., V]."""

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from ..trace import LINEAR, SOFTMAX, GradientChunk, GradientSource
+from ..trace import CROSS, LINEAR, SOFTMAX, GradientChunk, GradientSource
 from ..vjp import batched_vjp
 from .delta_rule import heads_first, implicit_attention, prepare_qk
 from .prompting import CaptureError
@@ -50,7 +50,7 @@ class LayerRecord:
     softcap: float | None
     output: Tensor  # [1, N, H, d] attention output, in the graph
     weights: Tensor | None  # [H, N, N] detached (eager only)
-    kind = SOFTMAX
+    kind: str = SOFTMAX  # CROSS: keys and values are another sequence's (N_k != N)
 
     @property
     def heads(self) -> int:
@@ -149,6 +149,7 @@ def _capture_attention(
             mask=None if bool_mask is None else bool_mask[0, 0],
             scaling=scaling,
             softcap=kwargs.get("softcap"),
+            kind=CROSS if "CrossAttention" in type(module).__name__ else SOFTMAX,
             output=output,
             weights=weights.detach()[0]
             if (weights is not None and recorder.keep_weights)
