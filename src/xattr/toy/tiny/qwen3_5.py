@@ -79,18 +79,7 @@ def build(
 ) -> Path:
     """A tiny Qwen3.5 (``moe=True``: Qwen3.5-MoE)."""
     tok = with_tokenizer or tokenizer(extra_words)
-    grid = image_size // patch_size
-    vision = {
-        "depth": sizes.vision_layers,
-        "hidden_size": sizes.vision_hidden,
-        "intermediate_size": 2 * sizes.vision_hidden,
-        "num_heads": sizes.vision_heads,
-        "out_hidden_size": sizes.text_hidden,
-        "patch_size": patch_size,
-        "spatial_merge_size": merge_size,
-        "temporal_patch_size": 2,
-        "num_position_embeddings": grid * grid,
-    }
+    vision = qwen3_vl.vision_config(sizes, image_size, patch_size, merge_size)
     config_class, model_class = (
         (Qwen3_5MoeConfig, Qwen3_5MoeForConditionalGeneration)
         if moe

@@ -48,6 +48,22 @@ def processor(
     )
 
 
+def vision_config(sizes: TinySizes, image_size: int, patch_size: int, merge_size: int) -> dict:
+    """The tiny vision tower (Qwen3-VL's, and Qwen3.5's) for ``image_size`` px images."""
+    grid = image_size // patch_size
+    return {
+        "depth": sizes.vision_layers,
+        "hidden_size": sizes.vision_hidden,
+        "intermediate_size": 2 * sizes.vision_hidden,
+        "num_heads": sizes.vision_heads,
+        "out_hidden_size": sizes.text_hidden,
+        "patch_size": patch_size,
+        "spatial_merge_size": merge_size,
+        "temporal_patch_size": 2,
+        "num_position_embeddings": grid * grid,  # a square table, interpolated to each grid
+    }
+
+
 def text_config(tok: PreTrainedTokenizerFast, sizes: TinySizes, moe: bool) -> dict:
     """Qwen2-VL's tiny language model with Qwen3-VL's interleaved M-RoPE (+ experts)."""
     out = qwen2_vl.text_config(tok, sizes)
@@ -85,17 +101,8 @@ def build(
     """A tiny Qwen3-VL (``moe=True``: Qwen3-VL-MoE); the features after the first vision
     block are the one deepstack level, added to the image positions after LM layer 0."""
     tok = with_tokenizer or tokenizer(extra_words)
-    grid = image_size // patch_size
     vision = {
-        "depth": sizes.vision_layers,
-        "hidden_size": sizes.vision_hidden,
-        "intermediate_size": 2 * sizes.vision_hidden,
-        "num_heads": sizes.vision_heads,
-        "out_hidden_size": sizes.text_hidden,
-        "patch_size": patch_size,
-        "spatial_merge_size": merge_size,
-        "temporal_patch_size": 2,
-        "num_position_embeddings": grid * grid,  # a square table, interpolated to each grid
+        **vision_config(sizes, image_size, patch_size, merge_size),
         "deepstack_visual_indexes": [0],
     }
     config_class, model_class = (
