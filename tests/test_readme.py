@@ -66,11 +66,15 @@ h, w, c = 2, 2, torch.tensor([0.9, 0.8])
 }
 # checks after a Python block, beyond running without error
 EPILOGUES = {
-    "xattr.explain(adapter": """
+    'expl.save("out/glimpse")': """
 from pathlib import Path
 assert Path("glimpse.png").is_file() and Path("out/glimpse").exists()
 assert set(maps) == {"glimpse", "tmme", "rollout"}
 assert all(m.visual.shape == expl.visual.shape for m in maps.values())
+""",
+    'target="sentences"': """
+assert [s.text.strip() for s in expl.spans] == ["the circle is red .", "the square is blue ."]
+assert expl.span_pixels(1, (224, 224)).shape == (224, 224)
 """,
     "xattr.Trace.from_tensors(": """
 assert xattr.methods.get("glimpse").explain(trace).visual.shape == (2, 2)

@@ -6,11 +6,12 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from . import methods
+from . import methods, targets
 from .explanation import Explanation
 from .images import ImageLike
 from .methods.base import Attributor, Needs
 from .models.base import ModelAdapter
+from .targets import Target
 from .trace import Trace
 
 MethodSpec = (
@@ -66,17 +67,21 @@ def explain(
     question: str,
     method: MethodSpec = "glimpse",
     answer: str | None = None,
+    target: Target = None,
     **hparams: Any,
 ) -> Explanation | dict[str, Explanation]:
-    """Explain the model's answer (generated when ``answer`` is None).
+    """Explain the model's answer (generated when ``answer`` is None), or the part of it
+    ``target`` names (`xattr.targets`: a phrase, ``(start, end)``, ``"sentences"``,
+    ``"final"``, ``"reasoning"``).
 
     One method (a name or an instance) gives an `Explanation`; several (a list, or
     ``{name: hparams}``) give ``{name: Explanation}`` from ONE capture, each answer token's
-    gradients computed once whatever the number of methods.
+    gradients computed once whatever the number of methods (once per span and once for
+    the whole answer with ``target="sentences"``).
     """
     chosen = build_methods(method, **hparams)
     trace, capture_s = capture(adapter, image, question, answer, chosen)
-    out = methods.explain_all(trace, chosen)
+    out = explain_target(trace, chosen, target)
     for expl in out.values():
         expl.timings["capture_s"] = capture_s
         expl.meta.setdefault("answer", trace.meta.get("answer_text"))
@@ -84,6 +89,38 @@ def explain(
         expl.meta.setdefault("answer_cut", trace.meta.get("answer_cut", False))
     if isinstance(method, (str, Attributor)):
         return next(iter(out.values()))
+    return out
+
+
+def explain_target(
+    trace: Trace, chosen: Mapping[str, Attributor], target: Target = None
+) -> dict[str, Explanation]:
+    """Every chosen method's explanation of ``target`` in ``trace``'s answer, with its spans:
+    the target's, or each sentence's (whose holistic map is the whole answer's)."""
+    spans = targets.resolve(trace.answer_tokens, target)
+    length = trace.num_answer_tokens
+    parts: list[dict[str, Explanation]] = []
+    try:
+        if target == "sentences":
+            for span in spans:
+                trace.target = targets.mask(span, length)
+                parts.append(methods.explain_all(trace, chosen))
+            trace.target = None
+        else:
+            trace.target = None if target is None else targets.mask(spans[0], length)
+        out = methods.explain_all(trace, chosen)
+    finally:
+        trace.target = None
+    for name, expl in out.items():
+        expl.meta["target"] = target if target is None or isinstance(target, str) else list(target)
+        if target is None:
+            continue
+        own = [p[name].visual_maps for p in parts] or [expl.visual_maps]
+        expl.spans = [
+            targets.Span(s.text, s.start, s.end, float(expl.token_relevance[s.start : s.end].sum()),
+                         list(maps))
+            for s, maps in zip(spans, own, strict=True)
+        ]  # fmt: skip
     return out
 
 

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from .images import FULL_IMAGE, Region
 from .layout import Grid
+from .targets import Span
 
 
 @dataclass
@@ -51,6 +52,8 @@ class Explanation:
     # the same tokens as the tokenizer stores them ("Ġred", "▁red", byte pieces)
     answer_pieces: list[str] = field(default_factory=list)
     prompt_pieces: list[str] = field(default_factory=list)
+    # the parts of the answer explained (`xattr.targets`): the target's, or each sentence's
+    spans: list[Span] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.grids:
@@ -88,6 +91,10 @@ class Explanation:
         maps = [self.token_maps[t], *(m[t] for m in self.more_token_maps or [])]
         return compose(maps, self.grids, size, image)
 
+    def span_pixels(self, k: int, size: tuple[int, int], image: int = 0) -> Tensor:
+        """Span ``k``'s own map (``spans[k]``) on the image's pixels."""
+        return compose(self.spans[k].visual_maps, self.grids, size, image)
+
     def layer_pixels(self, k: int, size: tuple[int, int], image: int = 0) -> Tensor:
         """Layer ``k``'s share of the map (``meta["layers"][k]``) on the image's pixels."""
         if self.layer_maps is None:
@@ -111,6 +118,9 @@ class Explanation:
         for name in self._LISTS:
             for i, t in enumerate(getattr(self, name) or []):
                 out[f"{name}.{i}"] = t
+        for i, span in enumerate(self.spans):
+            for g, t in enumerate(span.visual_maps):
+                out[f"span_maps.{i}.{g}"] = t
         return {k: v.detach().cpu().contiguous() for k, v in out.items()}
 
     def info(self) -> dict[str, Any]:
@@ -125,6 +135,7 @@ class Explanation:
             "timings": self.timings,
             "meta": jsonable(self.meta),
             "grids": [g.to_dict() for g in self.grids],
+            "spans": [s.to_dict() for s in self.spans],
         }
 
     @classmethod
@@ -132,6 +143,11 @@ class Explanation:
         """Rebuild from `info` and `tensors` (the inverse of both)."""
         info = dict(info)
         info["grids"] = [Grid.from_dict(g) for g in info.get("grids", [])]
+        info["spans"] = [
+            Span.from_dict(s, [tensors[f"span_maps.{i}.{g}"] for g in range(len(info["grids"]))
+                               if f"span_maps.{i}.{g}" in tensors])
+            for i, s in enumerate(info.get("spans", []))
+        ]  # fmt: skip
         lists: dict[str, list[Tensor] | None] = {}
         for name in cls._LISTS:
             keys = sorted((k for k in tensors if k.startswith(f"{name}.")), key=_index)

@@ -170,6 +170,8 @@ class Trace:
     supports: Sequence[Tensor | None] | None = field(default=None, repr=False)
     context: ModelContext | None = field(default=None, repr=False)
     memo: dict[Any, Any] = field(default_factory=dict, repr=False)  # derived results, per trace
+    # The answer tokens being explained (`xattr.targets`): [T] bool, None for all of them.
+    target: Tensor | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.layout is None:

@@ -104,15 +104,25 @@ def select_tokens(trace: Trace, policy: str = "non_punctuation", **options: Any)
         known = ", ".join(POLICIES.available())
         raise ValueError(f"unknown token policy {policy!r}; known: {known}")
     keep, special = POLICIES.get_class(policy).select(trace, **options)
+    if trace.target is not None:  # only the target's tokens count (`xattr.targets`)
+        keep, special = keep & trace.target, special | ~trace.target
     if not bool(keep.any()):
-        fallback = ~special if bool((~special).any()) else torch.ones_like(keep)
+        everything = torch.ones_like(keep) if trace.target is None else trace.target.clone()
+        fallback = ~special if bool((~special).any()) else everything
         warn(
-            f"token policy {policy!r} kept none of the answer tokens {trace.answer_tokens}; "
+            f"token policy {policy!r} kept none of the answer tokens {_listed(trace)}; "
             "using all of them" + (" but the special ones" if bool(special.any()) else ""),
             TokenSelectionWarning,
         )
         keep = fallback
     return keep
+
+
+def _listed(trace: Trace) -> list[str]:
+    """The answer tokens a policy chose from (the target's, when there is one)."""
+    if trace.target is None:
+        return trace.answer_tokens
+    return [t for t, keep in zip(trace.answer_tokens, trace.target.tolist()) if keep]
 
 
 def _none(trace: Trace) -> Tensor:

@@ -1,0 +1,163 @@
+"""What part of the answer to explain: the whole of it, a phrase, a token range, each
+sentence, or the final answer / the reasoning of a thinking model.
+
+A target is a set of answer tokens. Every method aggregates over the tokens its token
+policy keeps (`methods.tokens.select_tokens`); a target narrows that set (`Trace.target`),
+so every method supports targets with no code of its own: the map of a target is the
+method's map of the answer with only the target's tokens counted. Spans are found in the
+tokens' display texts (`Trace.answer_tokens`), so a phrase is given as the answer reads.
+
+- ``None``: the whole answer.
+- ``"red umbrella"``: the tokens that span that text (exact, else ignoring case; a token
+  partly inside counts); an error naming the answer when it is not there.
+- ``(start, end)``: answer tokens ``start .. end - 1``.
+- ``"sentences"``: one span per sentence (ended by ``.``, ``!``, ``?``, ``。``, ``！``, ``？``
+  or a blank line); the holistic map is the whole answer's.
+- ``"final"`` / ``"reasoning"``: after / inside the answer's thinking section
+  (``<think> … </think>``); without one, ``"final"`` is the whole answer and
+  ``"reasoning"`` an error.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+Target = str | tuple[int, int] | None
+KEYWORDS = ("sentences", "final", "reasoning")
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+|(?<=[。！？])|\n\s*\n")
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+
+
+class TargetError(ValueError):
+    """A target that is not in the answer (named with the answer)."""
+
+
+@dataclass
+class Span:
+    """A part of the answer: its text, answer tokens ``start .. end - 1``, and once explained
+    its share of the method's token relevance and its own map per token grid."""
+
+    text: str
+    start: int
+    end: int
+    relevance: float | None = None
+    visual_maps: list[Tensor] = field(default_factory=list)  # [h, w] per grid of the parent
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "start": self.start,
+            "end": self.end,
+            "relevance": self.relevance,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], maps: list[Tensor] | None = None) -> Span:
+        return cls(str(data["text"]), int(data["start"]), int(data["end"]),
+                   data.get("relevance"), list(maps or []))  # fmt: skip
+
+
+def _offsets(texts: list[str]) -> list[tuple[int, int]]:
+    """Each token's character range in the answer text ``"".join(texts)``."""
+    out, at = [], 0
+    for text in texts:
+        out.append((at, at + len(text)))
+        at += len(text)
+    return out
+
+
+def _tokens_in(texts: list[str], begin: int, end: int) -> tuple[int, int]:
+    """The token range covering characters ``begin .. end - 1`` of the answer text; a token
+    with no text of its own (part of a character) joins the token that completes it."""
+    spans = _offsets(texts)
+    inside = [t for t, (a, b) in enumerate(spans) if a < end and b > begin]
+    if not inside:
+        raise TargetError(f"characters {begin}..{end} of {''.join(texts)!r} hold no token")
+    first, last = inside[0], inside[-1]
+    while first > 0 and not texts[first - 1]:
+        first -= 1
+    return first, last + 1
+
+
+def _span(texts: list[str], begin: int, end: int) -> Span:
+    first, stop = _tokens_in(texts, begin, end)
+    return Span("".join(texts[first:stop]), first, stop)
+
+
+def resolve(texts: list[str], target: Target) -> list[Span]:
+    """The spans ``target`` names in an answer whose tokens show ``texts`` (module docstring)."""
+    answer = "".join(texts)
+    whole = Span(answer, 0, len(texts))
+    if target is None:
+        return [whole]
+    if isinstance(target, (tuple, list)):
+        if len(target) != 2 or not all(isinstance(i, int) for i in target):
+            raise TargetError(f"a token range is (start, end), got {target!r}")
+        start, end = target
+        if not 0 <= start < end <= len(texts):
+            raise TargetError(
+                f"token range {tuple(target)} is not inside the answer's {len(texts)} tokens "
+                f"({answer!r})"
+            )
+        return [Span("".join(texts[start:end]), start, end)]
+    if not isinstance(target, str) or not target.strip():
+        raise TargetError(
+            f"a target is None, a phrase, (start, end) or one of {KEYWORDS}; got {target!r}"
+        )
+    if target == "sentences":
+        return sentences(texts)
+    if target in ("final", "reasoning"):
+        return [thinking_part(texts, target)]
+    at = answer.find(target)
+    if at < 0:
+        at = answer.lower().find(target.lower())
+    if at < 0:
+        raise TargetError(f"{target!r} is not in the answer {answer!r}")
+    return [_span(texts, at, at + len(target))]
+
+
+def sentences(texts: list[str]) -> list[Span]:
+    """One span per sentence of the answer (module docstring); blank stretches are left out."""
+    answer = "".join(texts)
+    out, begin = [], 0
+    for match in [*SENTENCE_END.finditer(answer), None]:
+        end = len(answer) if match is None else match.start()
+        if answer[begin:end].strip():
+            lead = len(answer[begin:end]) - len(answer[begin:end].lstrip())
+            out.append(_span(texts, begin + lead, end))
+        begin = len(answer) if match is None else match.end()
+    return out or [Span(answer, 0, len(texts))]
+
+
+def thinking_part(texts: list[str], part: str) -> Span:
+    """The tokens after (``"final"``) or inside (``"reasoning"``) the thinking section."""
+    answer = "".join(texts)
+    close = answer.find(THINK_CLOSE)
+    if close < 0:
+        if part == "final":
+            return Span(answer, 0, len(texts))
+        raise TargetError(
+            f"the answer has no thinking section ({THINK_OPEN}…{THINK_CLOSE}): {answer!r}"
+        )
+    opening = answer.find(THINK_OPEN)
+    if part == "reasoning":
+        begin = opening + len(THINK_OPEN) if 0 <= opening < close else 0
+        return _span(texts, begin, close)
+    begin = close + len(THINK_CLOSE)
+    rest = answer[begin:]
+    if not rest.strip():
+        raise TargetError(f"the answer ends with its thinking section: nothing final in {answer!r}")
+    begin += len(rest) - len(rest.lstrip())
+    return _span(texts, begin, len(answer))
+
+
+def mask(span: Span, length: int) -> Tensor:
+    """Bool [T]: the span's answer tokens."""
+    out = torch.zeros(length, dtype=torch.bool)
+    out[span.start : span.end] = True
+    return out

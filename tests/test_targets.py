@@ -1,0 +1,111 @@
+"""Targets: which answer tokens an explanation covers (`xattr.targets`)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import xattr
+from support.families import QUESTION, SPECS
+from xattr.explanation import Explanation
+from xattr.targets import TargetError, resolve
+
+# display texts as a byte-level tokenizer gives them: 红 split over two tokens ("" then "红")
+CJK = ["这是", "", "红", "色", "。", "圆", "很", "大", "！"]
+ENGLISH = ["It", "'s", " a", " red", " umbrella", ".", " The", " sky", " is", " blue", "."]
+
+
+def _ranges(spans):
+    return [(s.start, s.end, s.text) for s in spans]
+
+
+def test_a_phrase_is_the_tokens_that_span_it():
+    assert _ranges(resolve(ENGLISH, "red umbrella")) == [(3, 5, " red umbrella")]
+    assert _ranges(resolve(ENGLISH, "Red Umbrella")) == [(3, 5, " red umbrella")]  # any case
+    assert _ranges(resolve(ENGLISH, "umbr")) == [(4, 5, " umbrella")]  # a token partly inside
+    assert _ranges(resolve(CJK, "红色")) == [(1, 4, "红色")]  # with the piece before 红
+    with pytest.raises(TargetError, match="'green' is not in the answer \"It's a red umbrella"):
+        resolve(ENGLISH, "green")
+
+
+def test_a_token_range_and_the_whole_answer():
+    assert _ranges(resolve(ENGLISH, (3, 5))) == [(3, 5, " red umbrella")]
+    assert _ranges(resolve(ENGLISH, None)) == [(0, 11, "It's a red umbrella. The sky is blue.")]
+    for bad in [(5, 3), (0, 12), (-1, 2)]:
+        with pytest.raises(TargetError, match="not inside the answer's 11 tokens"):
+            resolve(ENGLISH, bad)
+
+
+def test_sentences_in_english_and_chinese():
+    assert _ranges(resolve(ENGLISH, "sentences")) == [
+        (0, 6, "It's a red umbrella."),
+        (6, 11, " The sky is blue."),
+    ]
+    assert _ranges(resolve(CJK, "sentences")) == [(0, 5, "这是红色。"), (5, 9, "圆很大！")]
+
+
+def test_the_final_answer_and_the_reasoning_of_a_thinking_model():
+    texts = ["<think>", "\n", "It", " is", " red", ".", "\n", "</think>", "\n\n", "Red", "."]
+    assert _ranges(resolve(texts, "reasoning")) == [(1, 7, "\nIt is red.\n")]
+    assert _ranges(resolve(texts, "final")) == [(9, 11, "Red.")]
+    assert _ranges(resolve(ENGLISH, "final")) == _ranges(resolve(ENGLISH, None))
+    with pytest.raises(TargetError, match="no thinking section"):
+        resolve(ENGLISH, "reasoning")
+
+
+ANSWER = "red circle left of the blue square. the star is green."
+
+
+@pytest.mark.parametrize("method", ["raw_attention", "rollout", "tmme"])
+def test_a_targets_map_is_the_mean_of_its_tokens_maps(tiny_adapter, method):
+    """For methods whose map is the mean of per-token maps over the kept tokens, the target's
+    map is that mean over the target's kept tokens, by hand from the whole answer's maps."""
+    adapter = tiny_adapter("qwen2_5_vl")
+    image = SPECS["qwen2_5_vl"].image()
+    whole = xattr.explain(adapter, image, QUESTION, method=method, answer=ANSWER,
+                          return_token_maps=True)  # fmt: skip
+    part = xattr.explain(
+        adapter, image, QUESTION, method=method, answer=ANSWER, target="blue square"
+    )
+    (span,) = part.spans
+    assert span.text.strip() == "blue square" and part.meta["target"] == "blue square"
+    kept = [t for t in range(span.start, span.end) if bool(whole.token_mask[t])]
+    torch.testing.assert_close(part.visual, whole.token_maps[kept].mean(0), rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(span.visual_maps[0], part.visual)
+    assert part.token_mask.tolist() == [span.start <= t < span.end and bool(whole.token_mask[t])
+                                        for t in range(len(whole.answer_tokens))]  # fmt: skip
+
+
+def test_sentences_give_one_map_each_and_the_whole_answers_map(tiny_adapter, tmp_path):
+    adapter = tiny_adapter("qwen2_5_vl")
+    image = SPECS["qwen2_5_vl"].image()
+    methods = ["glimpse", "raw_attention"]
+    by_sentence = xattr.explain(adapter, image, QUESTION, method=methods, answer=ANSWER,
+                                target="sentences")  # fmt: skip
+    whole = xattr.explain(adapter, image, QUESTION, method=methods, answer=ANSWER)
+    for name in methods:
+        expl = by_sentence[name]
+        torch.testing.assert_close(expl.visual, whole[name].visual)  # the holistic map
+        assert [s.text.strip() for s in expl.spans] == [
+            "red circle left of the blue square .",
+            "the star is green .",
+        ]  # the word-level tokenizer's text: a space before each mark
+        for span in expl.spans:  # each sentence's map is that sentence explained as a target
+            alone = xattr.explain(adapter, image, QUESTION, method=name, answer=ANSWER,
+                                  target=(span.start, span.end))  # fmt: skip
+            torch.testing.assert_close(span.visual_maps[0], alone.visual)
+            assert span.relevance == pytest.approx(
+                float(whole[name].token_relevance[span.start : span.end].sum()), rel=1e-5
+            )
+    expl = by_sentence["glimpse"]
+    expl.save(tmp_path / "g")
+    back = Explanation.load(tmp_path / "g")
+    assert [s.to_dict() for s in back.spans] == [s.to_dict() for s in expl.spans]
+    torch.testing.assert_close(back.span_pixels(1, (8, 8)), expl.span_pixels(1, (8, 8)))
+
+
+def test_a_target_not_in_the_answer_is_named(tiny_adapter):
+    adapter = tiny_adapter("qwen2_5_vl")
+    with pytest.raises(TargetError, match="'purple' is not in the answer 'red circle'"):
+        xattr.explain(adapter, SPECS["qwen2_5_vl"].image(), QUESTION, answer="red circle",
+                      target="purple")  # fmt: skip
