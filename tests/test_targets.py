@@ -109,3 +109,46 @@ def test_a_target_not_in_the_answer_is_named(tiny_adapter):
     with pytest.raises(TargetError, match="'purple' is not in the answer 'red circle'"):
         xattr.explain(adapter, SPECS["qwen2_5_vl"].image(), QUESTION, answer="red circle",
                       target="purple")  # fmt: skip
+
+
+def test_a_contrast_is_the_difference_of_two_logits_and_of_their_gradients(tiny_adapter):
+    """Why "red" and not "blue": z = logit(red) − logit(blue) at the same position, so its
+    gradient is the difference of the two answers' gradients there (computed apart, by hand)."""
+    from xattr import targets
+
+    adapter = tiny_adapter("qwen2_5_vl")
+    image = SPECS["qwen2_5_vl"].image()
+    contrasted = adapter.trace(image, QUESTION, answer="red circle")
+    span = targets.contrast(contrasted, adapter, "blue", target="red")
+    assert (span.start, span.end) == (0, 1)
+    assert contrasted.meta["contrast"]["alternative"] == "blue circle"
+    red = adapter.trace(image, QUESTION, answer="red circle")
+    blue = adapter.trace(image, QUESTION, answer="blue circle")
+    difference = float(red.meta["logits"][0] - blue.meta["logits"][0])
+    assert contrasted.meta["contrast"]["logit_difference"] == pytest.approx(difference, rel=1e-5)
+    got = contrasted.gradients_for([0])[0]  # [L, H, N, N]
+    expected = red.gradients_for([0])[0] - blue.gradients_for([0])[0]
+    # on the support (j <= i): above it, autograd's dz/dA[i, j] = (dz/do_i) v_j reads the
+    # value of the answer token itself, "red" in one sequence and "blue" in the other
+    scale = float(expected.abs().max())  # float32: errors of ~1e-7 on values up to ~0.3
+    torch.testing.assert_close(got.tril(), expected.tril(), rtol=1e-5, atol=1e-5 * scale)
+    assert contrasted.gradients_for([1]).abs().sum() > 0  # the other tokens keep their own z
+
+
+def test_contrast_through_explain_and_methods_that_cannot(tiny_adapter):
+    adapter = tiny_adapter("qwen2_5_vl")
+    image = SPECS["qwen2_5_vl"].image()
+    out = xattr.explain(adapter, image, QUESTION, method=["glimpse", "tmme", "gradcam"],
+                        answer="red circle", target="red", contrast="blue")  # fmt: skip
+    for expl in out.values():
+        assert expl.meta["contrast"]["token"] == 0 and expl.meta["target"] == [0, 1]
+        assert expl.token_mask.tolist() == [True, False] and torch.isfinite(expl.visual).all()
+    whole = xattr.explain(adapter, image, QUESTION, method="tmme", answer="red circle",
+                          target="red")  # fmt: skip
+    assert not torch.allclose(out["tmme"].visual, whole.visual)  # a different quantity
+    with pytest.raises(ValueError, match="raw_attention, rollout cannot explain a contrast"):
+        xattr.explain(adapter, image, QUESTION, method=["rollout", "raw_attention", "tmme"],
+                      answer="red circle", contrast="blue circle")  # fmt: skip
+    with pytest.raises(TargetError, match="does not differ from the answer"):
+        xattr.explain(adapter, image, QUESTION, method="tmme", answer="red circle",
+                      contrast="red circle")  # fmt: skip

@@ -68,11 +68,15 @@ def explain(
     method: MethodSpec = "glimpse",
     answer: str | None = None,
     target: Target = None,
+    contrast: str | None = None,
     **hparams: Any,
 ) -> Explanation | dict[str, Explanation]:
     """Explain the model's answer (generated when ``answer`` is None), or the part of it
     ``target`` names (`xattr.targets`: a phrase, ``(start, end)``, ``"sentences"``,
-    ``"final"``, ``"reasoning"``).
+    ``"final"``, ``"reasoning"``). ``contrast`` explains the answer against an alternative
+    (the target phrase replaced by it, or a whole other answer): the difference of the two
+    tokens' logits where the answers first differ (`targets.contrast`), for the methods that
+    follow any z_t (GLIMPSE, TMME, Grad-CAM).
 
     One method (a name or an instance) gives an `Explanation`; several (a list, or
     ``{name: hparams}``) give ``{name: Explanation}`` from ONE capture, each answer token's
@@ -80,13 +84,26 @@ def explain(
     the whole answer with ``target="sentences"``).
     """
     chosen = build_methods(method, **hparams)
+    if contrast is not None:
+        refused = sorted(name for name, m in chosen.items() if not m.contrastive)
+        if refused:
+            raise ValueError(
+                f"{', '.join(refused)} cannot explain a contrast: they read attention or the "
+                "answer's own probabilities, not a difference of logits; use glimpse, tmme or "
+                "gradcam"
+            )
     trace, capture_s = capture(adapter, image, question, answer, chosen)
+    if contrast is not None:
+        span = targets.contrast(trace, adapter, contrast, target)
+        target = (span.start, span.end)
     out = explain_target(trace, chosen, target)
     for expl in out.values():
         expl.timings["capture_s"] = capture_s
         expl.meta.setdefault("answer", trace.meta.get("answer_text"))
         expl.meta.setdefault("answer_source", trace.answer_source)
         expl.meta.setdefault("answer_cut", trace.meta.get("answer_cut", False))
+        if "contrast" in trace.meta:
+            expl.meta["contrast"] = trace.meta["contrast"]
     if isinstance(method, (str, Attributor)):
         return next(iter(out.values()))
     return out

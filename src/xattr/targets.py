@@ -161,3 +161,54 @@ def mask(span: Span, length: int) -> Tensor:
     out = torch.zeros(length, dtype=torch.bool)
     out[span.start : span.end] = True
     return out
+
+
+# ---------------------------------------------------------------------------- contrast
+def alternative_answer(texts: list[str], target: Target, contrast: str) -> str:
+    """The answer ``contrast`` stands for: with a phrase target, the answer with that phrase
+    replaced by ``contrast`` ("why yellow and not green?"); otherwise ``contrast`` itself."""
+    if isinstance(target, str) and target not in KEYWORDS:
+        (span,) = resolve(texts, target)
+        head, tail = "".join(texts[: span.start]), "".join(texts[span.end :])
+        lead = span.text[: len(span.text) - len(span.text.lstrip())]
+        return head + lead + contrast + tail
+    return contrast
+
+
+def contrast_position(answer_ids: list[int], alternative_ids: list[int], answer: str) -> int:
+    """The first answer token where the alternative differs (the token explained)."""
+    for t, (a, b) in enumerate(zip(answer_ids, alternative_ids)):
+        if a != b:
+            return t
+    if len(alternative_ids) <= len(answer_ids):
+        raise TargetError(f"the alternative does not differ from the answer {answer!r} in a token")
+    raise TargetError(f"the alternative only continues the answer {answer!r}: no token to contrast")
+
+
+def contrast(trace: Any, adapter: Any, alternative: str, target: Target = None) -> Span:
+    """Make ``trace`` explain ``logit(y_d) − logit(y'_d)`` at the first answer token d where
+    the alternative answer differs (Yin & Neubig's contrastive explanation): its z_d, and so
+    its gradients, become that difference; the target becomes token d. Returns its span."""
+    graph = trace.graph or {}
+    if trace.gradient_source is None or "logit_rows" not in graph:
+        raise TargetError("a contrast needs a trace captured with gradients")
+    texts = trace.answer_tokens
+    alternative = alternative_answer(texts, target, alternative)
+    answer_ids = trace.input_ids[trace.answer_positions].tolist()
+    other = adapter.encode_answer(alternative).tolist()
+    d = contrast_position(answer_ids, other, "".join(texts))
+    with torch.enable_grad():  # new z in the capture's graph
+        rows, z = graph["logit_rows"], graph["logits"]
+        pick = torch.zeros_like(z)
+        pick[d] = 1.0
+        z = z - pick * rows[d, other[d]]
+    graph["logits"] = z
+    trace.gradient_source = trace.gradient_source.with_logits(z)
+    trace.meta["contrast"] = {
+        "alternative": alternative,
+        "token": d,
+        "answer_token": texts[d],
+        "alternative_token": adapter.tokenizer.decode([other[d]]),
+        "logit_difference": float(z[d].detach()),
+    }
+    return Span(texts[d], d, d + 1)

@@ -87,6 +87,12 @@ class GradientSource(ABC):
         """Memory a chunk holds per token before any layer is asked for (e.g. dz/do)."""
         return 0
 
+    def with_logits(self, logits: Tensor) -> GradientSource:
+        """The same source for other z_t [T] in the capture's graph (a contrast of logits)."""
+        raise TraceError(
+            f"{type(self).__name__} holds fixed gradients; a contrast needs a captured trace"
+        )
+
 
 class _TensorChunk(GradientChunk):
     def __init__(self, grads: Tensor, tokens: Sequence[int]) -> None:

@@ -114,6 +114,9 @@ class Attributor(ABC):
 
     name: ClassVar[str] = ""
     requires: ClassVar[Needs] = Needs()  # what the method needs whatever its settings
+    # whether it explains any differentiable z_t the trace's gradients follow (a contrast
+    # of two logits, `xattr.targets.contrast`), not only the answer's own logits
+    contrastive: ClassVar[bool] = False
     _manual_init: ClassVar[bool] = False
 
     def __init_subclass__(cls, *, name: str | None = None, **kwargs: Any) -> None:

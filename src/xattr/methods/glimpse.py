@@ -66,6 +66,8 @@ FUNCTION_WORDS = frozenset(
 class Glimpse(StreamingAttributor, name="glimpse"):
     """GLIMPSE: one visual map, one prompt map and per-token relevance for a whole answer."""
 
+    contrastive = True
+
     tau_head: float = hparam(0.5, check=positive, doc="head-fusion softmax temperature")
     head_fusion: str = hparam(
         "adaptive", choices=HEAD_FUSIONS, doc='"mean": the simple-average ablation'

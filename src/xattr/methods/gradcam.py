@@ -46,6 +46,8 @@ def last_layer(trace: Trace) -> int:
 class GradCAM(StreamingAttributor, name="gradcam"):
     """Grad-CAM on the last layer, per answer token, averaged over the selected tokens."""
 
+    contrastive = True
+
     variant: str = hparam(
         "attention", choices=VARIANTS, needs=VARIANTS.get, doc="attention | hidden"
     )

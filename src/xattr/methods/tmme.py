@@ -31,6 +31,8 @@ def _last_k_rule(k: object) -> bool:
 class TMME(StreamingAttributor, name="tmme"):
     """Transformer multi-modal explainability, averaged over the answer's tokens."""
 
+    contrastive = True
+
     last_k: int | None = hparam(
         None, check=_last_k_rule, rule="must be None (all layers) or an int >= 1"
     )

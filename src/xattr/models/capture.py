@@ -217,6 +217,7 @@ class CaptureMixin:
                     "values": [r.value.detach() for r in records],  # L x [1, Hkv, N, d]
                     "hidden_states": hidden,  # L+1 x [1, N, D] (when captured)
                     "logits": z,  # [T] z_t, the produced tokens' logits, in the graph
+                    "logit_rows": logits[predicting.to(logits.device)],  # [T, V] at each p_t
                 }
                 if gradients
                 else None

@@ -111,3 +111,6 @@ class PrefixedGradients(GradientSource):
 
     def bytes_per_token(self, layers: Sequence[int]) -> int:
         return self.inner.bytes_per_token(layers)
+
+    def with_logits(self, logits: Tensor) -> PrefixedGradients:
+        return PrefixedGradients(self.inner.with_logits(logits), self.records, self.prefix)

@@ -19,6 +19,7 @@ the autograd graph. Nothing the model computes changes.
 from __future__ import annotations
 
 import contextlib
+import copy
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -327,6 +328,11 @@ class CapturedGradients(GradientSource):
         layers = list(layers)
         grads = batched_vjp(self.logits, [self.outputs[layer] for layer in layers], tokens)
         return _Chunk(tokens, dict(zip(layers, grads, strict=True)), self.values)
+
+    def with_logits(self, logits: Tensor) -> CapturedGradients:
+        other = copy.copy(self)
+        other.logits = logits
+        return other
 
     def bytes_per_token(self, layers: Sequence[int]) -> int:
         out = self.outputs[0]
