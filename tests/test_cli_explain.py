@@ -195,3 +195,32 @@ def test_a_set_value_is_read_as_hydra_reads_it():
     assert setting_value("1e-3") == 0.001 and setting_value("0.25") == 0.25
     assert setting_value("[20, 27]") == [20, 27] and setting_value("last") == "last"
     assert setting_value("true") is True and setting_value("") is None
+
+
+def test_explain_a_phrase_each_sentence_and_a_contrast(shapes, tmp_path):
+    """--target / --sentences / --contrast as typed: what is printed and what is saved."""
+    answer = "the triangle is blue. the circle is red."
+    base = [_console_script(), "explain", str(shapes), QUESTION, "--answer", answer]
+    done = _run([*base, "--sentences", "--method", "glimpse", "--out", "s"], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "target:   sentences" in done.stdout
+    assert (
+        "span 'the triangle is blue .'" in done.stdout
+        and "span 'the circle is red .'" in done.stdout
+    )
+    saved = Explanation.load(tmp_path / "s" / "glimpse")
+    assert [s.text.strip() for s in saved.spans] == [
+        "the triangle is blue .",
+        "the circle is red .",
+    ]
+    done = _run([*base, "--target", "blue", "--contrast", "green", "--out", "c"], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "contrast: 'blue' and not 'green'" in done.stdout
+    # the default methods that cannot explain a contrast (rollout, raw attention) are left out
+    assert sorted(p.name for p in (tmp_path / "c").glob("*.png")) == ["glimpse.png", "tmme.png"]
+    done = _run([*base, "--target", "purple"], cwd=tmp_path)
+    assert done.returncode == 2
+    assert (
+        done.stderr.strip()
+        == f"xattr explain: 'purple' is not in the answer {answer.replace('.', ' .')!r}"
+    )

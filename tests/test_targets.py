@@ -152,3 +152,37 @@ def test_contrast_through_explain_and_methods_that_cannot(tiny_adapter):
     with pytest.raises(TargetError, match="does not differ from the answer"):
         xattr.explain(adapter, image, QUESTION, method="tmme", answer="red circle",
                       contrast="red circle")  # fmt: skip
+
+
+def test_the_pipeline_takes_a_target_and_a_contrast_per_sample_or_per_run(tiny_adapter):
+    from xattr.data.sample import Sample
+    from xattr.methods import instantiate
+    from xattr.pipeline.evaluator import SampleEvaluator
+
+    adapter = tiny_adapter("qwen2_5_vl")
+    methods = {m: instantiate(m) for m in ("glimpse", "rollout")}
+    image = SPECS["qwen2_5_vl"].image()
+    run_wide = SampleEvaluator(adapter, methods, {}, answer="given", target="blue square")
+    own = Sample("a", image, QUESTION, answer="red circle and blue square", target="red circle")
+    result = run_wide.evaluate(own)  # the sample's own target wins
+    assert {r["method"] for r in result.rows} == {"glimpse", "rollout"}
+    assert result.explanations["glimpse"].spans[0].text.strip() == "red circle"
+    plain = Sample("b", image, QUESTION, answer="red circle and blue square")
+    assert run_wide.evaluate(plain).explanations["rollout"].spans[0].text.strip() == "blue square"
+    versus = Sample("c", image, QUESTION, answer="red circle", target="red", contrast="green")
+    result = run_wide.evaluate(versus)
+    assert [r["method"] for r in result.rows] == ["glimpse"]
+    assert result.failures["rollout"] == "ValueError: rollout cannot explain a contrast"
+    assert result.explanations["glimpse"].meta["contrast"]["alternative"] == "green circle"
+
+
+def test_a_run_with_explain_target_records_it_in_its_fingerprints(tmp_path, tiny_model_dir):
+    from support.compose import compose_run
+    from xattr.pipeline import run
+    from xattr.pipeline.fingerprint import read_fingerprints
+
+    cfg = compose_run(tmp_path, tiny_model_dir("qwen2_5_vl"), "method=[raw_attention]",
+                      "metrics=agreement", "explain.target=final", samples=2)  # fmt: skip
+    run(cfg)
+    recorded = read_fingerprints(tmp_path / "run")
+    assert recorded["raw_attention"]["config"]["explain"] == {"target": "final", "contrast": None}

@@ -102,18 +102,20 @@ def explain(
         expl.meta.setdefault("answer", trace.meta.get("answer_text"))
         expl.meta.setdefault("answer_source", trace.answer_source)
         expl.meta.setdefault("answer_cut", trace.meta.get("answer_cut", False))
-        if "contrast" in trace.meta:
-            expl.meta["contrast"] = trace.meta["contrast"]
     if isinstance(method, (str, Attributor)):
         return next(iter(out.values()))
     return out
 
 
 def explain_target(
-    trace: Trace, chosen: Mapping[str, Attributor], target: Target = None
+    trace: Trace,
+    chosen: Mapping[str, Attributor],
+    target: Target = None,
+    **options: Any,
 ) -> dict[str, Explanation]:
     """Every chosen method's explanation of ``target`` in ``trace``'s answer, with its spans:
-    the target's, or each sentence's (whose holistic map is the whole answer's)."""
+    the target's, or each sentence's (whose holistic map is the whole answer's). ``options``
+    go to `methods.explain_all` (``on_method``, ``on_error``)."""
     spans = targets.resolve(trace.answer_tokens, target)
     length = trace.num_answer_tokens
     parts: list[dict[str, Explanation]] = []
@@ -121,21 +123,23 @@ def explain_target(
         if target == "sentences":
             for span in spans:
                 trace.target = targets.mask(span, length)
-                parts.append(methods.explain_all(trace, chosen))
+                parts.append(methods.explain_all(trace, chosen, **options))
             trace.target = None
         else:
             trace.target = None if target is None else targets.mask(spans[0], length)
-        out = methods.explain_all(trace, chosen)
+        out = methods.explain_all(trace, chosen, **options)
     finally:
         trace.target = None
     for name, expl in out.items():
         expl.meta["target"] = target if target is None or isinstance(target, str) else list(target)
+        if "contrast" in trace.meta:  # `targets.contrast` made z_d a difference of logits
+            expl.meta["contrast"] = trace.meta["contrast"]
         if target is None:
             continue
-        own = [p[name].visual_maps for p in parts] or [expl.visual_maps]
+        own = [p[name].visual_maps for p in parts if name in p] or [expl.visual_maps]
         expl.spans = [
             targets.Span(s.text, s.start, s.end, float(expl.token_relevance[s.start : s.end].sum()),
-                         list(maps))
+                         [m.clone() for m in maps])  # its own tensors (saved apart)
             for s, maps in zip(spans, own, strict=True)
         ]  # fmt: skip
     return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import warnings
 from collections.abc import Sequence
@@ -37,6 +38,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help=f"one or several methods, all from one capture (default: {' '.join(DEFAULT_METHODS)})",
     )
     p.add_argument("--answer", help="teacher-force this answer (default: the model generates one)")
+    part = p.add_mutually_exclusive_group()
+    part.add_argument(
+        "--target",
+        help='explain part of the answer: a phrase in it, "final" or "reasoning" (a thinking '
+        "model's), or START:END answer tokens",
+    )
+    part.add_argument(
+        "--sentences",
+        action="store_true",
+        help="one map per sentence of the answer, besides the whole",
+    )
+    p.add_argument(
+        "--contrast",
+        help="why the target and not this: an alternative word (with --target) or answer; "
+        "methods that cannot explain a contrast are left out of the default list",
+    )
     p.add_argument("--out", help="output folder (default: explanations/<image stem>)")
     p.add_argument(
         "--set",
@@ -72,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
                 settings=args.set,
                 max_new_tokens=args.max_new_tokens,
                 attn=args.attn,
+                target="sentences" if args.sentences else args.target,
+                contrast=args.contrast,
             )
     except (OSError, ValueError, KeyError) as err:  # OSError: files, the hub
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
@@ -93,6 +112,8 @@ def explain_to_folder(
     settings: Sequence[str] = (),
     max_new_tokens: int | None = None,
     attn: str | None = None,
+    target: str | None = None,
+    contrast: str | None = None,
 ) -> dict[str, Any]:
     """Explain once with every method and write ``<out>/{<method>.png, <method>/, report.html}``.
 
@@ -106,6 +127,8 @@ def explain_to_folder(
     from ..models import load
     from ..report import write_report
 
+    if contrast is not None and tuple(methods) == DEFAULT_METHODS:  # only those that can
+        methods = [m for m in methods if registry.resolve(m)[0].contrastive]
     specs = method_specs(methods, [*registry.available(), *registry.variants()])
     for name, values in parse_settings(settings, specs).items():
         specs[name].update(values)
@@ -126,18 +149,24 @@ def explain_to_folder(
             raise
         where = "" if str(path) == model else f" ({path})"
         raise OSError(f"cannot load model {model!r}{where}: {err}") from err
-    explanations = explain(adapter, picture, question, method=chosen, answer=answer)
+    explanations = explain(
+        adapter, picture, question, method=chosen, answer=answer,
+        target=token_range(target), contrast=contrast,
+    )  # fmt: skip
     folder = Path(out) if out is not None else Path("explanations") / Path(image).stem
     folder.mkdir(parents=True, exist_ok=True)
     files: dict[str, list[Path]] = {"overlays": [], "saved": []}
     for name, expl in explanations.items():
-        target = folder / f"{name}.png"
-        expl.overlay(picture).save(target)
-        files["overlays"].append(target)
+        overlay = folder / f"{name}.png"
+        expl.overlay(picture).save(overlay)
+        files["overlays"].append(overlay)
         files["saved"].append(expl.save(folder / name))
     report = write_report(folder / "report.html", explanations, picture, question, model=model)
     first = next(iter(explanations.values()))
     return {
+        "target": target,
+        "contrast": first.meta.get("contrast"),
+        "spans": [(s.text, s.relevance) for s in first.spans],
         "answer": first.meta.get("answer", ""),
         "answer_source": first.meta.get("answer_source", ""),
         "answer_cut": bool(first.meta.get("answer_cut")),
@@ -202,6 +231,14 @@ def setting_value(text: str) -> Any:
     return value
 
 
+def token_range(target: str | None) -> str | tuple[int, int] | None:
+    """``START:END`` as a token range; any other target as it is."""
+    if target is not None and re.fullmatch(r"\d+:\d+", target):
+        start, end = target.split(":")
+        return int(start), int(end)
+    return target
+
+
 def summary_text(result: dict[str, Any]) -> str:
     """What the command prints: the answer, then where each file is."""
     lines = [
@@ -210,6 +247,17 @@ def summary_text(result: dict[str, Any]) -> str:
         "overlays: " + ", ".join(str(p) for p in result["overlays"]),
         "saved:    " + ", ".join(f"{p}/" for p in result["saved"]) + "  (xattr.Explanation.load)",
     ]
+    extra = []
+    if result.get("contrast"):
+        c = result["contrast"]
+        extra.append(
+            f"contrast: {c['answer_token'].strip()!r} and not {c['alternative_token'].strip()!r} "
+            f"(logit difference {c['logit_difference']:.4g})"
+        )
+    if result.get("target") is not None:
+        extra.append(f"target:   {result['target']}")
+        extra += [f"  span {text.strip()!r}: relevance {rel:.4g}" for text, rel in result["spans"]]
+    lines[1:1] = extra
     if result.get("answer_cut"):
         lines.insert(
             1,

@@ -27,7 +27,7 @@ from xattr.data.sample import Sample, SampleError, load_rgb, missing
 log = logging.getLogger(__name__)
 
 REQUIRED = ("id", "image", "question")
-KNOWN = (*REQUIRED, "answer", "answers", "human_map", "mask")
+KNOWN = (*REQUIRED, "answer", "answers", "human_map", "mask", "target", "contrast")
 
 
 class JsonlDataset(Dataset[Sample]):
@@ -117,6 +117,8 @@ class JsonlDataset(Dataset[Sample]):
             human_map=human_map,
             mask=mask,
             meta=meta,
+            target=None if rec.get("target") is None else str(rec["target"]),
+            contrast=None if rec.get("contrast") is None else str(rec["contrast"]),
         )
 
     def _load(self, rec: dict[str, Any], key: str, reader: Any, sid: str) -> Any:

@@ -62,6 +62,9 @@ class Sample:
     human_map: np.ndarray | None = None
     mask: np.ndarray | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    # what of the answer to explain, for this sample (`xattr.targets`; None: the run's setting)
+    target: str | None = None
+    contrast: str | None = None  # an alternative answer (or word, with a phrase target)
 
     def __post_init__(self) -> None:
         """Normalise dtypes and reject maps that break the shared conventions."""

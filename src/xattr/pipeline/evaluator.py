@@ -15,11 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from ..api import capture
+from .. import targets
+from ..api import capture, explain_target
 from ..data.sample import Sample
 from ..explanation import Explanation
 from ..images import FULL_IMAGE
-from ..methods import AttributionWarning, Attributor, explain_all
+from ..methods import AttributionWarning, Attributor
 from ..metrics import Metric, top_region
 from ..metrics.stats import ACCURACY
 from ..models.base import ModelAdapter
@@ -56,6 +57,8 @@ class SampleEvaluator:
         map_metrics: Mapping[str, Metric],
         model_metrics: Mapping[str, ModelMetric] | None = None,
         answer: str = "generated",
+        target: str | None = None,
+        contrast: str | None = None,
     ) -> None:
         if answer not in ("generated", "given"):
             raise ValueError(f"answer must be 'generated' or 'given', got {answer!r}")
@@ -64,6 +67,7 @@ class SampleEvaluator:
         self.map_metrics = dict(map_metrics)
         self.model_metrics = dict(model_metrics or {})
         self.answer_mode = answer
+        self.target, self.contrast = target, contrast  # a sample's own fields win
         self.on_method_start: Callable[[str], None] | None = None  # e.g. a progress bar's label
         self._warned: set[tuple[str, str]] = set()
 
@@ -86,6 +90,8 @@ class SampleEvaluator:
             raise ValueError(f"sample {sample.sample_id} has no answer to teacher-force")
         trace, capture_s = capture(self.adapter, image, sample.question, given, chosen)
         answer = trace.meta.get("answer_text", "")
+        target = sample.target or self.target
+        contrast = sample.contrast or self.contrast
         correct = _is_correct(answer, sample)
         result = SampleResult(rows=[], answer=answer)
 
@@ -95,10 +101,17 @@ class SampleEvaluator:
                 raise OutOfMemory(trace.seq_len, trace.num_answer_tokens) from err
             result.failures[name] = f"{type(err).__name__}: {err}"
 
+        if contrast is not None:  # methods that cannot explain a contrast fail by name
+            for name, method in list(chosen.items()):
+                if not method.contrastive:
+                    failed(name, ValueError(f"{name} cannot explain a contrast"))
+                    chosen.pop(name)
+            span = targets.contrast(trace, self.adapter, contrast, target)
+            target = (span.start, span.end)  # type: ignore[assignment]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", AttributionWarning)  # kept per method, logged below
-            explanations = explain_all(
-                trace, chosen, on_method=self.on_method_start, on_error=failed
+            explanations = explain_target(
+                trace, chosen, target, on_method=self.on_method_start, on_error=failed
             )
         for name, expl in explanations.items():
             try:

@@ -29,6 +29,11 @@ def row_configs(cfg: DictConfig) -> dict[str, dict[str, Any]]:
         "answer": cfg.get("answer", "generated"),
         "seed": cfg.get("seed", 0),
     }
+    explain = OmegaConf.to_container(cfg.explain, resolve=True) if "explain" in cfg else {}
+    if any(
+        v is not None for v in explain.values()
+    ):  # the default leaves old runs' hashes as they were
+        shared["explain"] = explain
     return {
         name: {"method": {name: OmegaConf.to_container(mcfg, resolve=True)}, **shared}
         for name, mcfg in cfg.method.items()

@@ -244,8 +244,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     fingerprints = _record_configuration(cfg, run_dir)
 
+    explain_cfg = cfg.get("explain") or {}
     evaluator = SampleEvaluator(
-        adapter, methods, map_metrics, model_metrics, answer=cfg.get("answer", "generated")
+        adapter,
+        methods,
+        map_metrics,
+        model_metrics,
+        answer=cfg.get("answer", "generated"),
+        target=explain_cfg.get("target"),
+        contrast=explain_cfg.get("contrast"),
     )
     loggers = [
         quiet_logger(instantiate(c)) for c in (cfg.get("logger") or {}).values() if c is not None
