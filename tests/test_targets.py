@@ -185,4 +185,25 @@ def test_a_run_with_explain_target_records_it_in_its_fingerprints(tmp_path, tiny
                       "metrics=agreement", "explain.target=final", samples=2)  # fmt: skip
     run(cfg)
     recorded = read_fingerprints(tmp_path / "run")
-    assert recorded["raw_attention"]["config"]["explain"] == {"target": "final", "contrast": None}
+    config = recorded["raw_attention"]["config"]["explain"]
+    assert config == {"target": "final", "contrast": None, "visual_dependence": False}
+
+
+def test_visual_dependence_is_the_log_likelihood_ratio_and_a_column(tiny_adapter):
+    """log p(y_t | image) − log p(y_t | blurred), by hand from two teacher-forced passes."""
+    from xattr.data.sample import Sample
+    from xattr.images import blur_image
+    from xattr.methods import instantiate
+    from xattr.pipeline.evaluator import SampleEvaluator
+
+    adapter = tiny_adapter("qwen2_5_vl")
+    image = SPECS["qwen2_5_vl"].image()
+    expl = xattr.explain(adapter, image, QUESTION, method="tmme", answer="red circle",
+                         visual_dependence=True)  # fmt: skip
+    ids = adapter.encode_answer("red circle")
+    with_image, blurred = adapter.answer_logprobs([image, blur_image(image, None)], QUESTION, ids)
+    torch.testing.assert_close(expl.visual_dependence, (with_image - blurred).float())
+    evaluator = SampleEvaluator(adapter, {"tmme": instantiate("tmme")}, {}, answer="given",
+                                visual_dependence=True)  # fmt: skip
+    (row,) = evaluator.evaluate(Sample("a", image, QUESTION, answer="red circle")).rows
+    assert row["visual_dependence"] == pytest.approx(float(expl.visual_dependence.mean()), rel=1e-5)

@@ -6,10 +6,13 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from torch import Tensor
+
 from . import methods, targets
 from .explanation import Explanation
 from .images import ImageLike
 from .methods.base import Attributor, Needs
+from .methods.tokens import visual_logprobs
 from .models.base import ModelAdapter
 from .targets import Target
 from .trace import Trace
@@ -69,6 +72,7 @@ def explain(
     answer: str | None = None,
     target: Target = None,
     contrast: str | None = None,
+    visual_dependence: bool = False,
     **hparams: Any,
 ) -> Explanation | dict[str, Explanation]:
     """Explain the model's answer (generated when ``answer`` is None), or the part of it
@@ -76,7 +80,8 @@ def explain(
     ``"final"``, ``"reasoning"``). ``contrast`` explains the answer against an alternative
     (the target phrase replaced by it, or a whole other answer): the difference of the two
     tokens' logits where the answers first differ (`targets.contrast`), for the methods that
-    follow any z_t (GLIMPSE, TMME, Grad-CAM).
+    follow any z_t (GLIMPSE, TMME, Grad-CAM). ``visual_dependence`` adds each answer token's
+    ``log p(y_t | image) − log p(y_t | blurred image)`` (two more forward passes).
 
     One method (a name or an instance) gives an `Explanation`; several (a list, or
     ``{name: hparams}``) give ``{name: Explanation}`` from ONE capture, each answer token's
@@ -97,6 +102,10 @@ def explain(
         span = targets.contrast(trace, adapter, contrast, target)
         target = (span.start, span.end)
     out = explain_target(trace, chosen, target)
+    if visual_dependence:
+        dependence = image_dependence(trace)
+        for expl in out.values():
+            expl.visual_dependence = dependence.clone()
     for expl in out.values():
         expl.timings["capture_s"] = capture_s
         expl.meta.setdefault("answer", trace.meta.get("answer_text"))
@@ -143,6 +152,13 @@ def explain_target(
             for s, maps in zip(spans, own, strict=True)
         ]  # fmt: skip
     return out
+
+
+def image_dependence(trace: Trace) -> Tensor:
+    """[T] ``log p(y_t | image) − log p(y_t | blurred)`` of the trace's answer (the `visual`
+    token policy's likelihood ratio; two teacher-forced passes, memoised on the trace)."""
+    logp, blurred = visual_logprobs(trace)
+    return (logp - blurred).float().cpu()
 
 
 def capture(

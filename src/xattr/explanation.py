@@ -54,6 +54,8 @@ class Explanation:
     prompt_pieces: list[str] = field(default_factory=list)
     # the parts of the answer explained (`xattr.targets`): the target's, or each sentence's
     spans: list[Span] = field(default_factory=list)
+    # [T] log p(y_t | image) − log p(y_t | image blurred): how much each token owes the image
+    visual_dependence: Tensor | None = None
 
     def __post_init__(self) -> None:
         if not self.grids:
@@ -109,7 +111,7 @@ class Explanation:
 
     # -------------------------------------------------------------- persistence
     _TENSORS = ("visual", "token_relevance", "prompt_relevance", "token_maps", "token_mask",
-                "layer_maps")  # fmt: skip
+                "layer_maps", "visual_dependence")  # fmt: skip
     _LISTS = ("more_maps", "more_token_maps", "more_layer_maps")
 
     def tensors(self) -> dict[str, Tensor]:

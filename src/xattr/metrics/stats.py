@@ -193,13 +193,14 @@ def summary_table(
 
 
 ACCURACY = "correct"  # the column the evaluation writes: 1 when the model's answer is right
+VISUAL_DEPENDENCE = "visual_dependence"  # mean log-likelihood ratio image / blurred (a fact)
 
 
 def split_columns(columns: Sequence[str]) -> tuple[list[str], list[str]]:
     """``columns`` as (scores of the maps, accuracy and costs): the second are facts about the
     model's answer or the price of a metric, tabled and tested apart from the scores."""
     costs = {c for _, cls in METRICS.items() for c in getattr(cls, "costs", ())}
-    other = {ACCURACY, *costs}
+    other = {ACCURACY, VISUAL_DEPENDENCE, *costs}
     return [c for c in columns if c not in other], [c for c in columns if c in other]
 
 

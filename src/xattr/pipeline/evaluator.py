@@ -16,13 +16,13 @@ from typing import Any
 import numpy as np
 
 from .. import targets
-from ..api import capture, explain_target
+from ..api import capture, explain_target, image_dependence
 from ..data.sample import Sample
 from ..explanation import Explanation
 from ..images import FULL_IMAGE
 from ..methods import AttributionWarning, Attributor
 from ..metrics import Metric, top_region
-from ..metrics.stats import ACCURACY
+from ..metrics.stats import ACCURACY, VISUAL_DEPENDENCE
 from ..models.base import ModelAdapter
 from ..trace import OUT_OF_MEMORY, OutOfMemory, free_accelerator_memory
 
@@ -59,6 +59,7 @@ class SampleEvaluator:
         answer: str = "generated",
         target: str | None = None,
         contrast: str | None = None,
+        visual_dependence: bool = False,
     ) -> None:
         if answer not in ("generated", "given"):
             raise ValueError(f"answer must be 'generated' or 'given', got {answer!r}")
@@ -68,6 +69,7 @@ class SampleEvaluator:
         self.model_metrics = dict(model_metrics or {})
         self.answer_mode = answer
         self.target, self.contrast = target, contrast  # a sample's own fields win
+        self.visual_dependence = visual_dependence  # a column: the answer's mean image effect
         self.on_method_start: Callable[[str], None] | None = None  # e.g. a progress bar's label
         self._warned: set[tuple[str, str]] = set()
 
@@ -108,6 +110,7 @@ class SampleEvaluator:
                     chosen.pop(name)
             span = targets.contrast(trace, self.adapter, contrast, target)
             target = (span.start, span.end)  # type: ignore[assignment]
+        dependence = image_dependence(trace) if self.visual_dependence else None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", AttributionWarning)  # kept per method, logged below
             explanations = explain_target(
@@ -120,6 +123,9 @@ class SampleEvaluator:
                 failed(name, err)
                 continue
             row["answer"] = answer
+            if dependence is not None:
+                expl.visual_dependence = dependence.clone()
+                row[VISUAL_DEPENDENCE] = float(dependence.mean())
             if not math.isnan(correct):  # no reference answer: accuracy is not computed
                 row[ACCURACY] = correct
             row.update(attribute_s=expl.timings.get("attribute_s", math.nan), capture_s=capture_s)

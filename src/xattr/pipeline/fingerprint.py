@@ -30,9 +30,7 @@ def row_configs(cfg: DictConfig) -> dict[str, dict[str, Any]]:
         "seed": cfg.get("seed", 0),
     }
     explain = OmegaConf.to_container(cfg.explain, resolve=True) if "explain" in cfg else {}
-    if any(
-        v is not None for v in explain.values()
-    ):  # the default leaves old runs' hashes as they were
+    if any(v not in (None, False) for v in explain.values()):  # defaults: old hashes kept
         shared["explain"] = explain
     return {
         name: {"method": {name: OmegaConf.to_container(mcfg, resolve=True)}, **shared}

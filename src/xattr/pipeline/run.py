@@ -253,6 +253,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         answer=cfg.get("answer", "generated"),
         target=explain_cfg.get("target"),
         contrast=explain_cfg.get("contrast"),
+        visual_dependence=bool(explain_cfg.get("visual_dependence", False)),
     )
     loggers = [
         quiet_logger(instantiate(c)) for c in (cfg.get("logger") or {}).values() if c is not None

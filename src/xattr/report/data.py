@@ -97,6 +97,7 @@ def token_views(expl: Explanation, pixels: Callable) -> list[dict[str, Any]]:
     views = []
     pieces = expl.answer_pieces or expl.answer_tokens
     rows = zip(expl.answer_tokens, pieces, relevance, levels(relevance))
+    dependence = _floats(expl.visual_dependence) if expl.visual_dependence is not None else None
     for t, (text, piece, rel, level) in enumerate(rows):
         own = None
         if expl.token_maps is not None:
@@ -109,6 +110,7 @@ def token_views(expl: Explanation, pixels: Callable) -> list[dict[str, Any]]:
                 "level": level,
                 "kept": kept[t],
                 "map": own,
+                "dependence": None if dependence is None else dependence[t],
             }
         )
     return views

@@ -110,7 +110,8 @@
     const box = $("answer");
     box.replaceChildren();
     m.tokens.forEach((t, i) => {
-      const attrs = { type: "button", class: "token", "data-token": String(i), title: `relevance ${fmt(t.relevance)}${t.kept ? "" : " · left out of the aggregate"}${t.map ? " · click: this token's map" : ""}` };
+      const effect = t.dependence == null ? "" : ` · image effect ${fmt(t.dependence)} nats (log p with the image − blurred)`;
+      const attrs = { type: "button", class: "token", "data-token": String(i), title: `relevance ${fmt(t.relevance)}${effect}${t.kept ? "" : " · left out of the aggregate"}${t.map ? " · click: this token's map" : ""}` };
       const b = el("button", attrs, t.text.trim() || t.text);
       if (/^\s/.test(t.text) && i > 0) b.classList.add("spaced"); // a word start, not a piece
       if (!t.kept) b.classList.add("dropped");
