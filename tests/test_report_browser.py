@@ -248,3 +248,24 @@ def test_a_chinese_and_an_accented_report_show_their_text(browser, tmp_path, que
     else:
         assert len(set(page.evaluate(GLYPHS_JS, ["é", "è", "e"]))) == 3
     assert troubles == []
+
+
+def test_sentences_are_listed_and_clicking_one_shows_its_map(browser, tmp_path):
+    sample = next(s for s in generate_synthetic(8, seed=3) if "triangle" in s.question)
+    image = sample.load_image()
+    adapter = xattr.models.load(xattr.toy.checkpoint("qwen2_5_vl"))
+    answer = "the triangle is blue. the circle is red."
+    expls = xattr.explain(adapter, image, sample.question, method=["glimpse"], answer=answer,
+                          target="sentences", visual_dependence=True)  # fmt: skip
+    path = write_report(tmp_path / "report.html", expls, image, sample.question, model="toy")
+    page, troubles = _open(browser, path)
+    page.wait_for_selector("body[data-ready='1']")
+    spans = page.locator("#spans .span")
+    assert spans.all_text_contents() == ["the triangle is blue .", "the circle is red ."]
+    holistic = _canvas(page)
+    spans.nth(1).click()
+    assert page.locator("#heat").get_attribute("data-view") == "glimpse/span/1"
+    assert "“the circle is red .” (its own map)" in page.inner_text("#caption")
+    assert _canvas(page) != holistic
+    assert "image effect" in page.locator("#answer .token").nth(3).get_attribute("title")
+    assert troubles == []

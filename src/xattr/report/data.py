@@ -82,6 +82,7 @@ def method_view(name: str, expl: Explanation, image_size: tuple[int, int]) -> di
         "name": name,
         "map": map_data(pixels(expl.visual_pixels)),
         "tokens": token_views(expl, pixels),
+        "spans": span_views(expl, pixels),
         "words": prompt_words(expl.prompt_tokens, expl.prompt_relevance),
         "layers": layer_views(expl, pixels),
         "weights": glimpse_weights(expl),
@@ -114,6 +115,20 @@ def token_views(expl: Explanation, pixels: Callable) -> list[dict[str, Any]]:
             }
         )
     return views
+
+
+def span_views(expl: Explanation, pixels: Callable) -> list[dict[str, Any]]:
+    """Each explained part of the answer (a target, each sentence): text, relevance, own map."""
+    relevance = [math.nan if s.relevance is None else float(s.relevance) for s in expl.spans]
+    return [
+        {
+            "text": span.text,
+            "relevance": rel,
+            "level": level,
+            "map": map_data(pixels(lambda size, k=k: expl.span_pixels(k, size))),
+        }
+        for k, (span, rel, level) in enumerate(zip(expl.spans, relevance, levels(relevance)))
+    ]
 
 
 def layer_views(expl: Explanation, pixels: Callable) -> list[dict[str, Any]]:

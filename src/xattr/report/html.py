@@ -73,6 +73,7 @@ def render_page(
     <div class="muted" id="question-note"></div>
     <h2>Answer</h2>
     <div class="tokens" id="answer"></div>
+    <div class="tokens" id="spans" hidden></div>
     <div class="muted"><span id="answer-note"></span> ·
       <button class="link" id="holistic" type="button">back to the holistic map</button></div>
     <ul class="warnings" id="warnings"></ul>

@@ -55,6 +55,7 @@
     if (state.kind === "reference" && refs[state.index]) return refs[state.index].map;
     if (state.kind === "token" && m.tokens[state.index] && m.tokens[state.index].map) return m.tokens[state.index].map;
     if (state.kind === "layer" && m.layers[state.index]) return m.layers[state.index].map;
+    if (state.kind === "span" && (m.spans || [])[state.index]) return m.spans[state.index].map;
     state.kind = "holistic";
     return m.map;
   }
@@ -63,6 +64,7 @@
     const m = method();
     if (state.kind === "reference") return `reference · ${data.references[state.index].name} (what the scores were computed against)`;
     if (state.kind === "token") return `${m.name} · token “${m.tokens[state.index].text.trim()}” (its own map)`;
+    if (state.kind === "span") return `${m.name} · “${m.spans[state.index].text.trim()}” (its own map)`;
     if (state.kind === "layer") {
       const l = m.layers[state.index];
       return `${m.name} · layer ${l.layer} (${(100 * l.share).toFixed(1)}% of the map)`;
@@ -121,6 +123,16 @@
       b.style.background = shade(t.level);
       b.addEventListener("click", () => { state.kind = "token"; state.index = i; render(); });
       box.appendChild(b);
+    });
+    const spans = $("spans");
+    spans.replaceChildren();
+    spans.hidden = !(m.spans || []).length;
+    (m.spans || []).forEach((s, i) => {
+      const b = el("button", { type: "button", class: "span", "data-span": String(i), title: `relevance ${fmt(s.relevance)} · click: this part's map` }, s.text.trim());
+      if (state.kind === "span" && state.index === i) b.classList.add("active");
+      b.style.background = shade(s.level);
+      b.addEventListener("click", () => { state.kind = "span"; state.index = i; render(); });
+      spans.appendChild(b);
     });
     const back = $("holistic");
     back.disabled = state.kind === "holistic";
