@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import xattr
@@ -268,4 +269,24 @@ def test_sentences_are_listed_and_clicking_one_shows_its_map(browser, tmp_path):
     assert "“the circle is red .” (its own map)" in page.inner_text("#caption")
     assert _canvas(page) != holistic
     assert "image effect" in page.locator("#answer .token").nth(3).get_attribute("title")
+    assert troubles == []
+
+
+def test_a_thinking_section_is_folded_away_and_opens_on_a_click(browser, tmp_path):
+    from xattr import Explanation
+
+    texts = ["<think>", "\n", "It", " is", " red", ".", "\n", "</think>", "\n\n", "Red", "."]
+    expl = Explanation(method="glimpse", visual=torch.rand(3, 3), answer_tokens=texts,
+                       token_relevance=torch.rand(len(texts)))  # fmt: skip
+    image = Image.new("RGB", (48, 48), (90, 90, 90))
+    path = write_report(tmp_path / "report.html", {"glimpse": expl}, image, "What colour?")
+    page, troubles = _open(browser, path)
+    page.wait_for_selector("body[data-ready='1']")
+    fold = page.locator("#answer details.thinking")
+    assert fold.locator("summary").inner_text() == "thinking (8 tokens)"
+    assert fold.locator(".token").count() == 8
+    assert not fold.locator(".token").nth(2).is_visible()  # closed: the reasoning is hidden
+    assert page.locator("#answer > .token").all_text_contents()[-2:] == ["Red", "."]
+    fold.locator("summary").click()
+    assert fold.locator(".token").nth(2).is_visible()
     assert troubles == []

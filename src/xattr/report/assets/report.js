@@ -107,10 +107,24 @@
     $("question-note").textContent = known ? `coloured by ${m.name}'s prompt saliency` : `${m.name} gives no prompt saliency`;
   }
 
+  // a thinking model's <think> … </think> tokens: [first, last] indices, or null
+  function thinking(tokens) {
+    const open = tokens.findIndex((t) => t.text.includes("<think>"));
+    const close = tokens.findIndex((t) => t.text.includes("</think>"));
+    if (close < 0) return null;
+    return [open >= 0 && open < close ? open : 0, close];
+  }
+
   function drawTokens() {
     const m = method();
     const box = $("answer");
     box.replaceChildren();
+    const think = thinking(m.tokens);
+    let fold = null; // the collapsible thinking section, while its tokens are added
+    if (think) {
+      fold = el("details", { class: "thinking" });
+      fold.appendChild(el("summary", {}, `thinking (${think[1] - think[0] + 1} tokens)`));
+    }
     m.tokens.forEach((t, i) => {
       const effect = t.dependence == null ? "" : ` · image effect ${fmt(t.dependence)} nats (log p with the image − blurred)`;
       const attrs = { type: "button", class: "token", "data-token": String(i), title: `relevance ${fmt(t.relevance)}${effect}${t.kept ? "" : " · left out of the aggregate"}${t.map ? " · click: this token's map" : ""}` };
@@ -122,7 +136,12 @@
       if (!t.map) b.disabled = true;
       b.style.background = shade(t.level);
       b.addEventListener("click", () => { state.kind = "token"; state.index = i; render(); });
-      box.appendChild(b);
+      if (think && i >= think[0] && i <= think[1]) {
+        fold.appendChild(b);
+        if (i === think[1]) box.appendChild(fold);
+      } else {
+        box.appendChild(b);
+      }
     });
     const spans = $("spans");
     spans.replaceChildren();
