@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -207,3 +208,25 @@ def test_visual_dependence_is_the_log_likelihood_ratio_and_a_column(tiny_adapter
                                 visual_dependence=True)  # fmt: skip
     (row,) = evaluator.evaluate(Sample("a", image, QUESTION, answer="red circle")).rows
     assert row["visual_dependence"] == pytest.approx(float(expl.visual_dependence.mean()), rel=1e-5)
+
+
+def test_a_run_scores_each_sentence_against_the_human_map():
+    """target=sentences: the row scores the whole answer's map, and <metric>_per_sentence is
+    the mean of each sentence's map's score, by hand."""
+    from xattr.data.synthetic import generate_synthetic
+    from xattr.methods import instantiate
+    from xattr.metrics import METRICS
+    from xattr.pipeline.evaluator import SampleEvaluator
+
+    adapter = xattr.models.load(xattr.toy.checkpoint("qwen2_5_vl"))
+    sample = generate_synthetic(1, seed=3)[0]
+    sample.answer = "the circle is red. the square is blue."
+    nss = METRICS.get_class("nss")()
+    evaluator = SampleEvaluator(adapter, {"rollout": instantiate("rollout")}, {"nss": nss},
+                                answer="given", target="sentences")  # fmt: skip
+    result = evaluator.evaluate(sample)
+    (row,) = result.rows
+    expl = result.explanations["rollout"]
+    by_hand = [nss(s.visual_maps[0].numpy(), sample.human_map) for s in expl.spans]
+    assert row["nss_per_sentence"] == pytest.approx(float(np.mean(by_hand)), rel=1e-6)
+    assert row["nss"] == pytest.approx(nss(expl.visual.numpy(), sample.human_map), rel=1e-6)

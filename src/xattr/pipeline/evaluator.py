@@ -6,6 +6,7 @@ the adapter for a trace, and metrics for numbers.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import warnings
@@ -28,6 +29,7 @@ from ..trace import OUT_OF_MEMORY, OutOfMemory, free_accelerator_memory
 
 log = logging.getLogger(__name__)
 
+PER_SENTENCE = "_per_sentence"  # suffix of a map metric averaged over the answer's sentences
 # Metrics compared with the continuous human map vs with the binary object mask.
 MASK_METRICS = frozenset({"pointing_game", "iou_topk", "energy_pointing_game"})
 # Without a mask, those metrics use the human map's top region (`xattr.metrics.top_region`).
@@ -141,6 +143,8 @@ class SampleEvaluator:
         self._log_once(name, notes)
         row: dict[str, Any] = {"sample_id": sample.sample_id, "method": name, "warnings": notes}
         row.update(self._map_scores(expl, sample))
+        if len(expl.spans) > 1:  # target=sentences: each sentence's map scored too
+            row.update(self._span_scores(expl, sample))
         for metric in self.model_metrics.values():
             row.update(metric(self.adapter, image, sample.question, trace, expl))
         return row
@@ -151,6 +155,26 @@ class SampleEvaluator:
             if (name, text) not in self._warned:
                 self._warned.add((name, text))
                 log.warning("%s (logged once; every occurrence is counted in summary.json)", text)
+
+    def _span_scores(self, expl: Explanation, sample: Sample) -> dict[str, float]:
+        """``<metric>_per_sentence``: each span's map scored as the holistic one, averaged over
+        the sample's spans (NaN scores left out)."""
+        per_span = [
+            self._map_scores(
+                dataclasses.replace(
+                    expl, visual=span.visual_maps[0], more_maps=span.visual_maps[1:],
+                    token_maps=None, more_token_maps=None, layer_maps=None,
+                    more_layer_maps=None, spans=[],
+                ),
+                sample,
+            )
+            for span in expl.spans
+        ]  # fmt: skip
+        out = {}
+        for name in per_span[0]:
+            values = [s[name] for s in per_span if not math.isnan(s[name])]
+            out[f"{name}{PER_SENTENCE}"] = float(np.mean(values)) if values else math.nan
+        return out
 
     def _map_scores(self, expl: Explanation, sample: Sample) -> dict[str, float]:
         """Map metrics against the human map (agreement) or the object mask (localisation).
