@@ -230,3 +230,6 @@ def test_a_run_scores_each_sentence_against_the_human_map():
     by_hand = [nss(s.visual_maps[0].numpy(), sample.human_map) for s in expl.spans]
     assert row["nss_per_sentence"] == pytest.approx(float(np.mean(by_hand)), rel=1e-6)
     assert row["nss"] == pytest.approx(nss(expl.visual.numpy(), sample.human_map), rel=1e-6)
+    from xattr.metrics.stats import column_header
+
+    assert column_header("nss_per_sentence") == "nss_per_sentence ↑"  # the metric's direction

@@ -194,6 +194,7 @@ def summary_table(
 
 ACCURACY = "correct"  # the column the evaluation writes: 1 when the model's answer is right
 VISUAL_DEPENDENCE = "visual_dependence"  # mean log-likelihood ratio image / blurred (a fact)
+PER_SENTENCE = "_per_sentence"  # a map metric averaged over each answer's sentences
 
 
 def split_columns(columns: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -223,8 +224,9 @@ def column_header(metric: str) -> str:
     """A column's name with its better direction (↑ / ↓) where a registered metric states it
     (a model metric's columns included); costs and accuracy carry none."""
     higher = None
-    if metric in METRICS:
-        higher = METRICS.get_class(metric).higher_is_better
+    base = metric.removesuffix(PER_SENTENCE)  # a metric averaged over sentences: its direction
+    if base in METRICS:
+        higher = METRICS.get_class(base).higher_is_better
     for _, cls in METRICS.items():
         by_column = getattr(cls, "higher_is_better", None)
         if isinstance(by_column, dict) and metric in by_column:

@@ -23,13 +23,12 @@ from ..explanation import Explanation
 from ..images import FULL_IMAGE
 from ..methods import AttributionWarning, Attributor
 from ..metrics import Metric, top_region
-from ..metrics.stats import ACCURACY, VISUAL_DEPENDENCE
+from ..metrics.stats import ACCURACY, PER_SENTENCE, VISUAL_DEPENDENCE
 from ..models.base import ModelAdapter
 from ..trace import OUT_OF_MEMORY, OutOfMemory, free_accelerator_memory
 
 log = logging.getLogger(__name__)
 
-PER_SENTENCE = "_per_sentence"  # suffix of a map metric averaged over the answer's sentences
 # Metrics compared with the continuous human map vs with the binary object mask.
 MASK_METRICS = frozenset({"pointing_game", "iou_topk", "energy_pointing_game"})
 # Without a mask, those metrics use the human map's top region (`xattr.metrics.top_region`).
