@@ -25,32 +25,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import QUESTION  # benchmarks/common.py
+from common import QUESTION, peak, rss  # benchmarks/common.py
 from common import answer as make_answer
+from common import child as common_child
 from common import floor as common_floor
 
 FIVE = ["glimpse", "tmme", "rollout", "raw_attention", "gradcam"]
-
-
-def _rss() -> int:
-    """Resident set size of this process now, in bytes."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
-
-
-def _peak() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
 def measure(spec: dict) -> dict:
@@ -63,18 +48,22 @@ def measure(spec: dict) -> dict:
 
     torch.set_num_threads(spec["threads"])
     adapter = xattr.models.load(spec["model"], attn_implementation=spec["impl"])
-    size = spec["image"]
-    image = Image.fromarray(
-        np.random.default_rng(0).integers(0, 255, (size, size, 3), dtype=np.uint8)
-    )
+
+    def picture(size: int) -> Image.Image:
+        return Image.fromarray(
+            np.random.default_rng(0).integers(0, 255, (size, size, 3), dtype=np.uint8)
+        )
+
+    image = picture(spec["image"])
     answer = make_answer(spec["T"])
     answer_ids = adapter.encode_answer(answer)
 
-    def floor() -> None:
-        common_floor(adapter, image, QUESTION, answer_ids)
+    def floor(image: Image.Image = image, length: int = spec["T"]) -> None:
+        common_floor(adapter, image, QUESTION, answer_ids[:length])
 
-    def capture() -> None:
-        xattr.explain(adapter, image, QUESTION, method=list(spec["methods"]), answer=answer)
+    def capture(image: Image.Image = image, length: int = spec["T"]) -> None:
+        xattr.explain(adapter, image, QUESTION, method=list(spec["methods"]),
+                      answer=make_answer(length))  # fmt: skip
 
     n = adapter.prepare(image, QUESTION).prompt_ids.numel() + answer_ids.numel()
     if spec["mode"] == "time":  # both, interleaved, so load on the machine hits them alike
@@ -87,21 +76,17 @@ def measure(spec: dict) -> dict:
                 times[name].append(time.perf_counter() - began)
         return {k: statistics.median(v) for k, v in times.items()} | {"N": n}
     run = floor if spec["mode"] == "floor" else capture
-    base = _rss()
-    run()  # the peak of one run, over the RSS after loading
-    return {"working": _peak() - base, "N": n}
+    if spec.get("warm_image"):  # warm the code paths on a small image, a one-token answer
+        run(picture(spec["warm_image"]), 1)
+    base = rss()
+    began = time.perf_counter()
+    run()  # the peak of one run, over the RSS after loading (and its time, cold unless warmed)
+    return {"working": peak() - base, "seconds": time.perf_counter() - began, "N": n}
 
 
 def child(spec: dict) -> dict:
     """`measure` in a fresh process."""
-    out = subprocess.run(
-        [sys.executable, __file__, "--measure", json.dumps(spec)],
-        check=True,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"},
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return common_child(__file__, spec)
 
 
 def build(root: Path, layers: int, heads: int, kv: int, hidden: int, image: int) -> str:

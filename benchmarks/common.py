@@ -1,8 +1,14 @@
 """What the scale benchmarks share: the question, the words an answer of T tokens is made of,
-and the floor any gradient method pays."""
+the floor any gradient method pays, and one measurement per process (its peak RSS its own)."""
 
 from __future__ import annotations
 
+import json
+import os
+import resource
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 QUESTION = "what color is the circle?"
@@ -51,3 +57,29 @@ def floor(adapter: Any, image: Any, question: str, answer_ids: Any) -> None:
     n_prompt = inputs["input_ids"].shape[1] - answer_ids.numel()
     for t, y in enumerate(answer_ids.tolist()):
         torch.autograd.grad(logits[n_prompt + t - 1, y], embeds, retain_graph=True)
+
+
+def rss() -> int:
+    """Resident set size of this process now, in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def peak() -> int:
+    """Peak resident set size of this process so far, in bytes."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
+def child(script: str, spec: dict) -> dict:
+    """``script --measure SPEC`` in a fresh process (so that its peak RSS is its own): the JSON
+    object on the last line it prints."""
+    out = subprocess.run(
+        [sys.executable, script, "--measure", json.dumps(spec)],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"},
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])

@@ -121,3 +121,24 @@ def test_the_moe_variant_loads_through_the_same_adapter_and_runs_every_method(mo
     assert_same_maps(explain_quietly(sdpa, image, METHODS, "red circle"), a)
     generated = eager.trace(image, QUESTION, answer=None, gradients=False)
     assert generated.answer_source == "generated"
+
+
+def test_head_shape_options_set_head_dims_and_linear_heads_apart_from_the_width(tmp_path):
+    """The builder's head options (benchmarks/bench_qwen35.py: the real shape at a narrow
+    width) reach the config and the trace; each linear layer's A still gives its output."""
+    out = build_tiny_model("qwen3_5", tmp_path, text_layers=4, text_heads=4, text_kv_heads=2,
+                           head_dim=32, linear_key_heads=4, linear_value_heads=8,
+                           linear_head_dim=24)  # fmt: skip
+    adapter = xattr.models.load(out)
+    config = adapter.model.config.get_text_config()
+    assert config.head_dim == 32
+    assert (config.linear_num_key_heads, config.linear_num_value_heads) == (4, 8)
+    assert config.linear_key_head_dim == config.linear_value_head_dim == 24
+    assert sum(config.rope_parameters["mrope_section"]) == 32 // 8  # a quarter of it rotates
+    trace = adapter.trace(SPEC.image(), QUESTION, answer="red circle")
+    assert [trace.layer_heads(layer) for layer in range(4)] == [8, 8, 8, 4]
+    graph = trace.graph
+    a = trace.attentions[0].double()  # [8, N, N]
+    v = graph["values"][0][0].double()  # [8, N, 24]
+    out0 = graph["outputs"][0][0].detach().double().transpose(0, 1)
+    assert (torch.matmul(a, v) - out0).abs().max() <= 1e-5 * out0.abs().max()

@@ -4,6 +4,7 @@ softmax attention layer every ``full_attention_interval`` layers."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,17 @@ GEOMETRY_SIZE = qwen3_vl.GEOMETRY_SIZE
 TEST_OPTIONS = {"text_layers": 4}  # three linear layers, then one softmax layer
 
 
+@dataclass(frozen=True)
+class HeadShape:
+    """Head dims and linear head counts set apart from the width; None: today's tiny rule
+    (head dim = width / heads, ``text_heads // 2`` key and ``2 * text_heads`` value heads)."""
+
+    head_dim: int | None = None  # softmax layers
+    linear_key_heads: int | None = None
+    linear_value_heads: int | None = None
+    linear_head_dim: int | None = None  # key and value head dim of the linear layers
+
+
 def tokenizer(extra_words: Any = ()) -> PreTrainedTokenizerFast:
     """Qwen's chat tokens over a small byte-level BPE: transformers loads a Qwen3.5 checkpoint's
     tokenizer as `Qwen3_5Tokenizer`, which rebuilds a BPE from the saved vocabulary and merges
@@ -37,22 +49,36 @@ def tokenizer(extra_words: Any = ()) -> PreTrainedTokenizerFast:
     )
 
 
-def text_config(tok: PreTrainedTokenizerFast, sizes: TinySizes, moe: bool, interval: int) -> dict:
+def text_config(
+    tok: PreTrainedTokenizerFast,
+    sizes: TinySizes,
+    moe: bool,
+    interval: int,
+    shape: HeadShape | None = None,
+) -> dict:
     """Qwen3-VL's tiny language model with Qwen3.5's linear layers: more value heads than the
-    softmax layers have query heads (the real 32 vs 16), and a 4-tap convolution."""
+    softmax layers have query heads (the real 32 vs 16), and a 4-tap convolution. ``shape``
+    sets head dims and linear head counts apart from the width (`HeadShape`)."""
+    shape = shape or HeadShape()
     out = qwen3_vl.text_config(tok, sizes, moe=False)
     out["rope_parameters"]["partial_rotary_factor"] = 0.25  # as the real checkpoints
     out.pop("mrope_section", None)
+    if shape.head_dim is not None:  # rotary over a quarter of it, split (t, h, w) as the real
+        out["head_dim"] = shape.head_dim
+        half = shape.head_dim // 8  # rotary frequencies
+        width = half // 3
+        height = (half - width) // 2
+        out["rope_parameters"]["mrope_section"] = [half - height - width, height, width]
     out.update(
         layer_types=[
             "full_attention" if (i + 1) % interval == 0 else "linear_attention"
             for i in range(sizes.text_layers)
         ],
         linear_conv_kernel_dim=4,
-        linear_key_head_dim=sizes.head_dim,
-        linear_value_head_dim=sizes.head_dim,
-        linear_num_key_heads=sizes.text_heads // 2,
-        linear_num_value_heads=2 * sizes.text_heads,
+        linear_key_head_dim=shape.linear_head_dim or sizes.head_dim,
+        linear_value_head_dim=shape.linear_head_dim or sizes.head_dim,
+        linear_num_key_heads=shape.linear_key_heads or sizes.text_heads // 2,
+        linear_num_value_heads=shape.linear_value_heads or 2 * sizes.text_heads,
     )
     if moe:  # every layer sparse, 4 experts of which 2 per token, and a shared expert
         out.update(
@@ -74,10 +100,17 @@ def build(
     merge_size: int = 2,
     full_attention_interval: int = 4,
     moe: bool = False,
+    head_dim: int | None = None,
+    linear_key_heads: int | None = None,
+    linear_value_heads: int | None = None,
+    linear_head_dim: int | None = None,
     extra_words: Any = (),
     with_tokenizer: PreTrainedTokenizerFast | None = None,
 ) -> Path:
-    """A tiny Qwen3.5 (``moe=True``: Qwen3.5-MoE)."""
+    """A tiny Qwen3.5 (``moe=True``: Qwen3.5-MoE). ``head_dim`` (softmax layers),
+    ``linear_key_heads``, ``linear_value_heads`` and ``linear_head_dim`` (the linear layers'
+    key and value head dim) give the real attention shape at a narrow width (Qwen3.5: 256,
+    16, 32, 128); left out, they follow the width as the other tiny models' heads do."""
     tok = with_tokenizer or tokenizer(extra_words)
     vision = qwen3_vl.vision_config(sizes, image_size, patch_size, merge_size)
     config_class, model_class = (
@@ -85,7 +118,8 @@ def build(
         if moe
         else (Qwen3_5Config, Qwen3_5ForConditionalGeneration)
     )
-    text = text_config(tok, sizes, moe, full_attention_interval)
+    shape = HeadShape(head_dim, linear_key_heads, linear_value_heads, linear_head_dim)
+    text = text_config(tok, sizes, moe, full_attention_interval, shape)
     config = config_class(text_config=text, vision_config=vision, **token_ids(tok))
     proc = qwen3_vl.processor(tok, image_size, patch_size, merge_size)
     return _common.save(model_class, config, proc, out_dir, seed, adjust=_slow_decay)
