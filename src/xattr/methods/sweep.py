@@ -262,8 +262,13 @@ def run_sweep(
 
 
 def _support(trace: Trace, layer: int, n: int, like: Tensor, cache: dict[Any, Any]) -> Tensor:
-    """The layer's support on the block, flattened: [n * n] of 0/1 (cached per mask and size;
-    the cache keeps the mask alive, so a lazily made one's memory is not reused under its key)."""
+    """The layer's support on the block, flattened: [n * n] of 0/1 (cached per mask for the
+    current block size; the cache keeps the mask alive, so a lazily made one's memory is not
+    reused under its key). Chunks come in order and n never shrinks, so the blocks of an
+    earlier n are dropped: one-token chunks would otherwise keep one block per token."""
+    if cache.get("n") != n:
+        cache.clear()
+        cache["n"] = n
     mask = trace.support(layer)
     key = (None if mask is None else (mask.data_ptr(), tuple(mask.shape)), n, like.device)
     if key not in cache:
