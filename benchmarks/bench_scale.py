@@ -24,6 +24,7 @@ floor measured in the same run. Defaults reproduce the README's table:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -32,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from common import QUESTION  # benchmarks/common.py
@@ -53,8 +55,33 @@ def _peak() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
+@contextlib.contextmanager
+def vjp_mode(batched: bool | None) -> Iterator[list[int]]:
+    """The capture's chunk VJPs one batched backward (True), a loop of plain ones (False), or
+    the library's choice (None: batched on accelerators only); yields the chunk sizes seen."""
+    from xattr import vjp
+    from xattr.models import recording
+
+    sizes: list[int] = []
+
+    def counted(z, inputs, tokens, batched_=None):
+        sizes.append(len(tokens))
+        return vjp.batched_vjp(z, inputs, tokens, batched if batched is not None else batched_)
+
+    recording.batched_vjp = counted  # the name the captured gradient source calls
+    try:
+        yield sizes
+    finally:
+        recording.batched_vjp = vjp.batched_vjp
+    assert sizes, "the capture never called recording.batched_vjp: the switch is stale"
+
+
 def measure(spec: dict) -> dict:
-    """One measurement in this process (see the module docstring): seconds and bytes."""
+    """One measurement in this process (see the module docstring): seconds and bytes.
+
+    Optional keys: ``batched`` (`vjp_mode`), ``warmup`` (the warm-up's answer length, the
+    measured one's by default), ``also_batched`` (time mode: also time the capture with
+    batched VJPs, interleaved with the others)."""
     import numpy as np
     import torch
     from PIL import Image
@@ -69,19 +96,27 @@ def measure(spec: dict) -> dict:
     )
     answer = make_answer(spec["T"])
     answer_ids = adapter.encode_answer(answer)
+    chunks: list[int] = []
 
-    def floor() -> None:
-        common_floor(adapter, image, QUESTION, answer_ids)
+    def floor(text: str = answer) -> None:
+        common_floor(adapter, image, QUESTION, adapter.encode_answer(text))
 
-    def capture() -> None:
-        xattr.explain(adapter, image, QUESTION, method=list(spec["methods"]), answer=answer)
+    def capture(text: str = answer, batched: bool | None = spec.get("batched")) -> None:
+        with vjp_mode(batched) as seen:
+            xattr.explain(adapter, image, QUESTION, method=list(spec["methods"]), answer=text)
+        chunks[:] = seen
 
     n = adapter.prepare(image, QUESTION).prompt_ids.numel() + answer_ids.numel()
-    if spec["mode"] == "time":  # both, interleaved, so load on the machine hits them alike
-        floor(), capture()  # warm-up
-        times: dict[str, list[float]] = {"floor": [], "capture": []}
+    if spec["mode"] == "time":  # all interleaved, so load on the machine hits them alike
+        runs = {"floor": floor, "capture": capture}
+        if spec.get("also_batched"):
+            runs["batched"] = lambda text=answer: capture(text, batched=True)
+        warm = make_answer(spec.get("warmup") or spec["T"])
+        for fn in runs.values():
+            fn(warm)
+        times: dict[str, list[float]] = {name: [] for name in runs}
         for _ in range(spec["repeats"]):
-            for name, fn in (("floor", floor), ("capture", capture)):
+            for name, fn in runs.items():
                 began = time.perf_counter()
                 fn()
                 times[name].append(time.perf_counter() - began)
@@ -89,7 +124,7 @@ def measure(spec: dict) -> dict:
     run = floor if spec["mode"] == "floor" else capture
     base = _rss()
     run()  # the peak of one run, over the RSS after loading
-    return {"working": _peak() - base, "N": n}
+    return {"working": _peak() - base, "N": n, "chunk": max(chunks, default=0)}
 
 
 def child(spec: dict) -> dict:
