@@ -24,10 +24,12 @@ floor measured in the same run. Defaults reproduce the README's table:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from common import QUESTION, peak, rss  # benchmarks/common.py
@@ -38,8 +40,33 @@ from common import floor as common_floor
 FIVE = ["glimpse", "tmme", "rollout", "raw_attention", "gradcam"]
 
 
+@contextlib.contextmanager
+def vjp_mode(batched: bool | None) -> Iterator[list[int]]:
+    """The capture's chunk VJPs one batched backward (True), a loop of plain ones (False), or
+    the library's choice (None: batched on accelerators only); yields the chunk sizes seen."""
+    from xattr import vjp
+    from xattr.models import recording
+
+    sizes: list[int] = []
+
+    def counted(z, inputs, tokens, batched_=None):
+        sizes.append(len(tokens))
+        return vjp.batched_vjp(z, inputs, tokens, batched if batched is not None else batched_)
+
+    recording.batched_vjp = counted  # the name the captured gradient source calls
+    try:
+        yield sizes
+    finally:
+        recording.batched_vjp = vjp.batched_vjp
+    assert sizes or batched is None, "the capture never called recording.batched_vjp: stale"
+
+
 def measure(spec: dict) -> dict:
-    """One measurement in this process (see the module docstring): seconds and bytes."""
+    """One measurement in this process (see the module docstring): seconds and bytes.
+
+    Optional keys: ``batched`` (`vjp_mode`), ``warmup`` (the warm-up's answer length, the
+    measured one's by default), ``also_batched`` (time mode: also time the capture with
+    batched VJPs, interleaved with the others)."""
     import numpy as np
     import torch
     from PIL import Image
@@ -57,31 +84,41 @@ def measure(spec: dict) -> dict:
     image = picture(spec["image"])
     answer = make_answer(spec["T"])
     answer_ids = adapter.encode_answer(answer)
+    chunks: list[int] = []
 
-    def floor(image: Image.Image = image, length: int = spec["T"]) -> None:
-        common_floor(adapter, image, QUESTION, answer_ids[:length])
+    def floor(image: Image.Image = image, text: str = answer) -> None:
+        common_floor(adapter, image, QUESTION, adapter.encode_answer(text))
 
-    def capture(image: Image.Image = image, length: int = spec["T"]) -> None:
-        xattr.explain(adapter, image, QUESTION, method=list(spec["methods"]),
-                      answer=make_answer(length))  # fmt: skip
+    def capture(
+        image: Image.Image = image, text: str = answer, batched: bool | None = spec.get("batched")
+    ) -> None:
+        with vjp_mode(batched) as seen:
+            xattr.explain(adapter, image, QUESTION, method=list(spec["methods"]), answer=text)
+        chunks[:] = seen
 
     n = adapter.prepare(image, QUESTION).prompt_ids.numel() + answer_ids.numel()
-    if spec["mode"] == "time":  # both, interleaved, so load on the machine hits them alike
-        floor(), capture()  # warm-up
-        times: dict[str, list[float]] = {"floor": [], "capture": []}
+    if spec["mode"] == "time":  # all interleaved, so load on the machine hits them alike
+        runs = {"floor": floor, "capture": capture}
+        if spec.get("also_batched"):
+            runs["batched"] = lambda text=answer: capture(text=text, batched=True)
+        warm = make_answer(spec.get("warmup") or spec["T"])
+        for fn in runs.values():
+            fn(text=warm)
+        times: dict[str, list[float]] = {name: [] for name in runs}
         for _ in range(spec["repeats"]):
-            for name, fn in (("floor", floor), ("capture", capture)):
+            for name, fn in runs.items():
                 began = time.perf_counter()
                 fn()
                 times[name].append(time.perf_counter() - began)
         return {k: statistics.median(v) for k, v in times.items()} | {"N": n}
     run = floor if spec["mode"] == "floor" else capture
     if spec.get("warm_image"):  # warm the code paths on a small image, a one-token answer
-        run(picture(spec["warm_image"]), 1)
+        run(image=picture(spec["warm_image"]), text=make_answer(1))
     base = rss()
     began = time.perf_counter()
     run()  # the peak of one run, over the RSS after loading (and its time, cold unless warmed)
-    return {"working": peak() - base, "seconds": time.perf_counter() - began, "N": n}
+    seconds = time.perf_counter() - began
+    return {"working": peak() - base, "seconds": seconds, "N": n, "chunk": max(chunks, default=0)}
 
 
 def child(spec: dict) -> dict:
