@@ -137,6 +137,16 @@ class ModelContext:
     question: str
 
 
+def pad_heads(values: Tensor, heads: int, dim: int, fill: float = 0.0) -> Tensor:
+    """``values`` with its head axis ``dim`` padded to ``heads`` (layers with fewer heads)."""
+    missing = heads - values.shape[dim]
+    if missing <= 0:
+        return values
+    shape = list(values.shape)
+    shape[dim] = missing
+    return torch.cat([values, values.new_full(shape, fill)], dim=dim)
+
+
 # --------------------------------------------------------------------------- trace
 def _at(strings: list[str] | None, positions: Tensor) -> list[str]:
     """The strings at ``positions`` (``<p>`` placeholders when a trace has no token strings)."""
@@ -404,9 +414,7 @@ class Trace:
         chunk = self._source().chunk(list(tokens), layers)
         grads = [chunk.layer(layer, self.seq_len) for layer in layers]  # [k, H_l, N, N] each
         heads = self.num_heads  # layers with fewer heads (hybrid models): zeros past their own
-        grads = [torch.cat([g, g.new_zeros(g.shape[0], heads - g.shape[1], *g.shape[2:])], 1)
-                 if g.shape[1] < heads else g for g in grads]  # fmt: skip
-        return torch.stack(grads, dim=1)
+        return torch.stack([pad_heads(g, heads, 1) for g in grads], dim=1)
 
     def token_gradients(self, t: int) -> Tensor:
         """d z_t / d A for answer token t: [L, H, N, N] (computed on each call, not kept)."""

@@ -40,10 +40,10 @@ import torch
 from torch import Tensor
 
 from ..explanation import Explanation
-from ..trace import Trace, TraceError
+from ..trace import Trace, TraceError, pad_heads
 from ..vjp import batched_vjp
 from .base import AttributionWarning, Attributor, Needs, hparam, positive
-from .kinds import pad_heads, refuse_visual_prefix
+from .kinds import refuse_visual_prefix
 from .packaging import make_explanation
 from .tokens import POLICIES, policy_needs, register_policy, select_tokens
 

@@ -31,9 +31,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..explanation import Explanation
-from ..trace import Trace
+from ..trace import Trace, pad_heads
 from .base import AttributionWarning, hparam, non_negative, positive, unit_interval
-from .kinds import KIND_RULE, is_kind_spec, layers_for, pad_heads
+from .kinds import KIND_RULE, is_kind_spec, layers_for
 from .packaging import make_explanation, pad_row
 from .propagation import is_layer_subset, row_normalize_
 from .sweep import POSITIVE_SUM, WEIGHTED, GradientConsumer, LayerStep, StreamingAttributor

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..trace import LAYER_KINDS, SOFTMAX, Trace, TraceError
+from ..trace import LAYER_KINDS, LINEAR, Trace, TraceError
 from .propagation import select_layers
 
 
@@ -70,26 +70,17 @@ def layers_for(
 
 
 def as_weights(attention: Tensor, kind: str) -> Tensor:
-    """Attention read as non-negative row shares: A on softmax layers, else ``rownorm(|A|)``.
+    """Attention read as non-negative row shares: ``rownorm(|A|)`` on linear layers, A as it is
+    on softmax and cross-attention layers (non-negative, rows already sum to 1).
 
-    ``attention`` [H, n, n] (a causal block); a new tensor on other kinds, ``attention`` itself
-    on softmax layers. A row of zeros stays zero.
+    ``attention`` [H, n, n] (a causal block); a new tensor on linear layers, ``attention``
+    itself on the others. A row of zeros stays zero.
     """
-    if kind == SOFTMAX:
+    if kind != LINEAR:  # softmax and cross-attention rows are shares already
         return attention
     weights = attention.abs()
     total = weights.sum(dim=-1, keepdim=True)
     return torch.where(total > 0, weights / total.clamp_min(torch.finfo(weights.dtype).tiny), 0.0)
-
-
-def pad_heads(values: Tensor, heads: int, dim: int, fill: float = 0.0) -> Tensor:
-    """``values`` with its head axis ``dim`` padded to ``heads`` (layers with fewer heads)."""
-    missing = heads - values.shape[dim]
-    if missing <= 0:
-        return values
-    shape = list(values.shape)
-    shape[dim] = missing
-    return torch.cat([values, values.new_full(shape, fill)], dim=dim)
 
 
 def refuse_visual_prefix(trace: Trace, method: str) -> None:

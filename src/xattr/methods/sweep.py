@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from ..explanation import Explanation
-from ..trace import SOFTMAX, Trace
+from ..trace import LINEAR, SOFTMAX, Trace
 from .base import Attributor, Needs
 from .numerics import finite_flag, raise_first_bad, working_dtype
 
@@ -81,7 +81,7 @@ class LayerStep:
         if SIGNED_SUM in wants:
             self.signed_support_sum = torch.einsum("chij,ij->ch", gradients, support.view(n, n))
         if wants & {POSITIVE_SUM, WEIGHTED, HEAD_MEAN}:
-            signed = gradients * attention if kind != SOFTMAX else None  # A ⊙ G (A signed)
+            signed = gradients * attention if kind == LINEAR else None  # A ⊙ G (A signed)
             if GRADIENTS in wants:
                 ahat = torch.clamp(gradients, min=0)  # G^+ beside the raw G
             else:
