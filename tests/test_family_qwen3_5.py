@@ -142,3 +142,39 @@ def test_head_shape_options_set_head_dims_and_linear_heads_apart_from_the_width(
     v = graph["values"][0][0].double()  # [8, N, 24]
     out0 = graph["outputs"][0][0].detach().double().transpose(0, 1)
     assert (torch.matmul(a, v) - out0).abs().max() <= 1e-5 * out0.abs().max()
+
+
+def test_linear_layers_attention_is_kept_within_its_memory_budget(tiny_adapter, monkeypatch):
+    """Kept A: computed once per layer while it fits in XATTR_IMPLICIT_MEMORY, else at each
+    read; the maps are the same either way, and nothing past the budget is kept."""
+    from xattr.models import recording
+
+    adapter = tiny_adapter("qwen3_5")
+    image = SPEC.image()
+    computed = []
+    plain = recording.LinearRecord.implicit_attention
+
+    def counted(self, dtype):
+        computed.append(1)
+        return plain(self, dtype)
+
+    monkeypatch.setattr(recording.LinearRecord, "implicit_attention", counted)
+    monkeypatch.setenv("XATTR_GRADIENT_MEMORY", "1")  # one token per sweep chunk: 2 chunks
+    methods = ["glimpse", "rollout", "raw_attention"]
+    runs = {}
+    for budget in ("0", "1e9"):
+        monkeypatch.setenv("XATTR_IMPLICIT_MEMORY", budget)
+        computed.clear()
+        runs[budget] = (explain_quietly(adapter, image, methods, "red circle"), len(computed))
+    # 3 linear layers: read by the check, rollout, raw attention and each of the 2 chunks
+    assert runs["0"][1] == 3 * (3 + 2)
+    assert runs["1e9"][1] == 3
+    for name in methods:
+        torch.testing.assert_close(runs["0"][0][name].visual, runs["1e9"][0][name].visual)
+
+    trace = adapter.trace(image, QUESTION, answer="red circle")
+    one = trace.attentions[0].numel() * 4  # one linear layer's [H, N, N] float32
+    attentions = recording.RecomputedAttentions(trace.attentions.records, torch.float32, one)
+    first = attentions[2]
+    assert attentions[2] is first and list(attentions.kept) == [2]  # the first read fits
+    assert attentions[0] is not attentions[0] and list(attentions.kept) == [2]  # no room left

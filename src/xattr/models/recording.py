@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -269,16 +270,45 @@ def recompute_attention(record: LayerRecord, dtype: torch.dtype) -> Tensor:
     return torch.softmax(scores, dim=-1)
 
 
-class RecomputedAttentions(Sequence[Tensor]):
-    """The layers' attention weights, computed one layer at a time when asked (never all held):
-    kept eager weights as they are, a softmax layer's recomputed from its queries and keys, a
-    linear layer's implicit attention from its recorded q, k, g and beta."""
+DEFAULT_IMPLICIT_MEMORY = 2**30  # bytes of linear layers' implicit attention kept on a CPU
 
-    def __init__(self, records: Sequence[LayerRecord | LinearRecord], dtype: torch.dtype) -> None:
+
+def implicit_memory(device: torch.device) -> int:
+    """Bytes of linear layers' implicit attention a trace may keep between reads:
+    ``XATTR_IMPLICIT_MEMORY`` (bytes) if set; on CUDA a quarter of the free memory; else
+    `DEFAULT_IMPLICIT_MEMORY`."""
+    if os.environ.get("XATTR_IMPLICIT_MEMORY"):
+        return int(float(os.environ["XATTR_IMPLICIT_MEMORY"]))
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free // 4
+    return DEFAULT_IMPLICIT_MEMORY
+
+
+class RecomputedAttentions(Sequence[Tensor]):
+    """The layers' attention weights, computed one layer at a time when asked: kept eager
+    weights as they are, a softmax layer's recomputed from its queries and keys, a linear
+    layer's implicit attention from its recorded q, k, g and beta.
+
+    A linear layer's A costs O(H N^3) and is read once per sweep chunk, by rollout, raw
+    attention and the finiteness check, so the first layers computed are kept while they fit
+    in ``cache_bytes`` (`implicit_memory` by default) and the rest are computed again at each
+    read. Layers are read in cycles (every layer, then every layer again), where keeping the
+    first ones beats evicting: each kept layer is a hit on every later cycle. The kept
+    tensors are shared: readers must not write into them (as with eager weights)."""
+
+    def __init__(
+        self,
+        records: Sequence[LayerRecord | LinearRecord],
+        dtype: torch.dtype,
+        cache_bytes: int | None = None,
+    ) -> None:
         self.records, self.dtype = list(records), dtype
         self.layer_heads = [r.heads for r in self.records]
         self.seq_len = int(self.records[0].value.shape[2])
         self.device = self.records[0].value.device
+        self.cache_left = implicit_memory(self.device) if cache_bytes is None else cache_bytes
+        self.kept: dict[int, Tensor] = {}  # layer -> [H, N, N] implicit attention
 
     def __len__(self) -> int:
         return len(self.records)
@@ -286,7 +316,14 @@ class RecomputedAttentions(Sequence[Tensor]):
     def __getitem__(self, layer: int) -> Tensor:  # type: ignore[override]
         record = self.records[layer]
         if isinstance(record, LinearRecord):
-            return record.implicit_attention(self.dtype)
+            if layer in self.kept:
+                return self.kept[layer]
+            attention = record.implicit_attention(self.dtype)
+            size = attention.numel() * attention.element_size()
+            if size <= self.cache_left:
+                self.kept[layer] = attention
+                self.cache_left -= size
+            return attention
         if record.weights is not None:
             return record.weights
         return recompute_attention(record, self.dtype)
