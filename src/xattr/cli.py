@@ -257,6 +257,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p_list = sub.add_parser("list", help="registered methods, model families and metrics")
     p_list.add_argument("--method", help="print this method's hyper-parameters and defaults")
+    p_list.add_argument(
+        "--families", action="store_true", help="the model families' table (Markdown)"
+    )
     add_commands(sub)  # explain, report
     args = parser.parse_args(argv)
     if hasattr(args, "handler"):
@@ -276,6 +279,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyError as err:
             print(f"xattr list: {err}", file=sys.stderr)
             return 2
+    elif args.command == "list" and args.families:
+        from .commands.families import family_table
+
+        print(family_table())
     elif args.command == "list":
         print(catalogue())
     return 0

@@ -2,9 +2,9 @@
 `ModelTester` in spirit): the family list comes from the registered adapters that have a
 tiny-model builder, and what a test needs to know about a family comes from its builder
 module (`xattr.toy.tiny.<family>`): ``NATIVE_SIZE`` (required), ``GEOMETRY_SIZE`` (W, H),
-``TEST_OPTIONS`` (builder options for the tests' model), ``NO_SDPA`` (why SDPA cannot
-run, for families transformers refuses it for) and ``UNSUPPORTED_METHODS`` (trace methods the
-family refuses by name)."""
+``TEST_OPTIONS`` (builder options for the tests' model) and ``NO_SDPA`` (why SDPA cannot
+run, for families transformers refuses it for); the trace methods a family refuses by name
+come from its adapter (``refused_methods``)."""
 
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ def spec(family: str) -> FamilySpec:
         geometry_size=tuple(getattr(module, "GEOMETRY_SIZE", (native * 3 // 2, native))),
         build_options=dict(getattr(module, "TEST_OPTIONS", {})),
         no_sdpa=getattr(module, "NO_SDPA", None),
-        unsupported=tuple(getattr(module, "UNSUPPORTED_METHODS", ())),
+        unsupported=xattr.models.ADAPTERS.get_class(family).refused_methods,
     )
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -35,12 +36,24 @@ from .scoring import ScoringMixin
 ADAPTERS: Registry[type[ModelAdapter]] = Registry("model family", "xattr.models")
 
 
+@dataclass(frozen=True)
+class FamilyCard:
+    """What the README's family table says of a family beyond what the code derives
+    (`xattr.commands.families`): its visual tokens, the rules its tests check, its caveats."""
+
+    visual_tokens: str
+    tested: str
+    caveats: str = ""
+
+
 class ModelAdapter(PromptingMixin, CaptureMixin, ScoringMixin, PixelMaskMixin, ABC):
     """One LVLM family's quirks behind a common `trace` / `generate` / `answer_logprobs` API."""
 
     family: ClassVar[str] = ""
     model_types: ClassVar[tuple[str, ...]] = ()  # checkpoint model_types (default: the family)
     default_max_new_tokens: ClassVar[int] = 32
+    card: ClassVar[FamilyCard | None] = None  # the family table's row (README)
+    refused_methods: ClassVar[tuple[str, ...]] = ()  # methods not defined for this family
 
     def __init_subclass__(cls, *, family: str | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -41,7 +41,7 @@ from transformers import Gemma3Processor
 
 from ..images import FULL_IMAGE, Region
 from ..layout import Grid, LayoutError, VisualLayout
-from .base import ModelAdapter
+from .base import FamilyCard, ModelAdapter
 from .prompting import CaptureError
 
 PAN_AND_SCAN_OPTIONS = (
@@ -79,6 +79,15 @@ def pan_and_scan_boxes(image_size: tuple[int, int], options: dict[str, Any]) -> 
 
 class Gemma3Adapter(ModelAdapter, family="gemma3"):
     """gemma-3-*-it (module docstring)."""
+
+    card = FamilyCard(
+        visual_tokens="16 × 16 per view; optional pan-and-scan crops",
+        tested="the recorded mask is causal ∪ image block (∩ window on sliding layers)",
+        caveats=(
+            "image blocks attend both ways; the answer sees the image only through the full "
+            "layers' support"
+        ),
+    )
 
     pan_and_scan: bool | None = None  # None: as the image processor's config says
 

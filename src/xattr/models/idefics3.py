@@ -38,7 +38,7 @@ from torch import Tensor
 
 from ..images import Region
 from ..layout import Grid, LayoutError, VisualLayout
-from .base import ModelAdapter
+from .base import FamilyCard, ModelAdapter
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,12 @@ class TiledLayout:
 
 class Idefics3Adapter(ModelAdapter, family="idefics3"):
     """Idefics3-*: tiles stitched into one grid, then the global image."""
+
+    card = FamilyCard(
+        visual_tokens="stitched tiles + a global image",
+        tested="layout vs the `<row_r_col_c>` tags",
+        caveats="cells are not square (the image is stretched to whole tiles)",
+    )
 
     @property
     def global_tag(self) -> str:

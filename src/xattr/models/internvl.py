@@ -34,7 +34,7 @@ from transformers import InternVLProcessor, ProcessorMixin
 from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import get_optimal_tiled_canvas
 
 from ..layout import Grid, LayoutError, VisualLayout
-from .base import ModelAdapter
+from .base import FamilyCard, ModelAdapter
 from .processors import ImageOnlyProcessorMixin, image_only_processor
 from .prompting import CaptureError
 
@@ -107,6 +107,15 @@ def view_grids(image_size: tuple[int, int], image_processor: Any, side: int) -> 
 
 class InternVLAdapter(ModelAdapter, family="internvl"):
     """InternVL*-HF: tiles row-major, then the thumbnail (module docstring)."""
+
+    card = FamilyCard(
+        visual_tokens="tiles row-major + a thumbnail when > 1 tile",
+        tested="tiling recomputed from the config vs the processor's count",
+        caveats=(
+            "every region is seen twice (tile and thumbnail); checkpoints with attention sinks "
+            "are refused"
+        ),
+    )
 
     @property
     def view_side(self) -> int:

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from ..layout import Grid, LayoutError, VisualLayout
-from .base import ModelAdapter
+from .base import FamilyCard, ModelAdapter
 from .geometry import processor_region
 from .pixels import OneImagePixels
 
@@ -18,6 +18,12 @@ class LlavaAdapter(OneImagePixels, ModelAdapter, family="llava"):
     a ``(S/p, S/p)`` grid in raster order. With ``vision_feature_select_strategy ==
     "full"`` the CLS token comes first; it is on no grid cell, so it is kept out of V.
     """
+
+    card = FamilyCard(
+        visual_tokens="one CLIP grid over the centre crop",
+        tested="crop box vs the processor's pixels",
+        caveats="pixels outside the crop get the map's minimum",
+    )
 
     @property
     def grid_side(self) -> int:

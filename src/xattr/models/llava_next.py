@@ -38,7 +38,7 @@ from torch import Tensor
 
 from ..images import Region
 from ..layout import Grid, LayoutError, VisualLayout
-from .base import ModelAdapter
+from .base import FamilyCard, ModelAdapter
 
 
 @dataclass(frozen=True)
@@ -140,6 +140,12 @@ def anyres_layout(
 
 class LlavaNextAdapter(ModelAdapter, family="llava_next"):
     """llava-v1.6-*-hf (LLaVA-NeXT): base view + unpadded anyres tiles, newline features per row."""
+
+    card = FamilyCard(
+        visual_tokens="base grid + the unpadded anyres tile grid",
+        tested="token counts and newline positions vs the processor and the model's own packing",
+        caveats="one newline feature per row is not a visual token",
+    )
 
     def max_num_patches(self) -> int | None:
         """N of ``anyres_max_N`` when the family downsamples large stitched grids."""

@@ -26,6 +26,7 @@ from torch import Tensor
 from transformers import LlavaOnevisionProcessor, ProcessorMixin
 
 from ..layout import LayoutError
+from .base import FamilyCard
 from .llava_next import LlavaNextAdapter
 from .processors import ImageOnlyProcessorMixin, image_only_processor
 
@@ -61,6 +62,12 @@ class LlavaOnevisionImageOnlyProcessor(ImageOnlyProcessorMixin, LlavaOnevisionPr
 
 class LlavaOnevisionAdapter(LlavaNextAdapter, family="llava_onevision"):
     """llava-onevision-*-hf: LLaVA-NeXT's base + tiles layout with anyres_max_N downsampling."""
+
+    card = FamilyCard(
+        visual_tokens="as LLaVA-NeXT, downsampled above `anyres_max_9`",
+        tested="as LLaVA-NeXT, downsampling",
+        caveats="a downsampled cell mixes ~2×2 neighbours; a few pixels per tile are unseen",
+    )
 
     def max_num_patches(self) -> int | None:
         """N of the config's ``vision_aspect_ratio`` = "anyres_max_N"."""

@@ -35,7 +35,7 @@ from torch import Tensor
 from transformers import ProcessorMixin
 
 from ..layout import Grid, LayoutError, VisualLayout
-from .base import ModelAdapter
+from .base import FamilyCard, ModelAdapter
 from .processors import image_only_processor
 
 _PROCESSING = "transformers.models.pixtral.processing_pixtral"
@@ -73,6 +73,12 @@ image_only_processor("mistral3")(pixtral_processor_class())
 
 class Mistral3Adapter(ModelAdapter, family="mistral3"):
     """Mistral-Small-3.1 / 3.2 (``mistralai/Mistral-Small-3.*-24B-Instruct-*``)."""
+
+    card = FamilyCard(
+        visual_tokens="the `[IMG]` grid (`image_sizes / 28`)",
+        tested="grid vs the processor; `[IMG_BREAK]`/`[IMG_END]` kept out of V",
+        caveats="`image_sizes` required; SDPA advised for 3,000 image tokens",
+    )
 
     @property
     def cell(self) -> int:

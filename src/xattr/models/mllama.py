@@ -42,12 +42,30 @@ from transformers.models.mllama.image_processing_pil_mllama import (
 )
 
 from ..layout import Grid, LayoutError, VisualLayout
-from .base import ModelAdapter
+from .base import FamilyCard, ModelAdapter
 from .prompting import PreparedInputs
 
 
 class MllamaAdapter(ModelAdapter, family="mllama"):
     """Llama 3.2 Vision (11B, 90B): tiles of patch tokens reached by cross-attention."""
+
+    card = FamilyCard(
+        visual_tokens=(
+            "the used tiles' patch tokens, stitched into one grid over the padded canvas; the "
+            "image tokens are a prefix of the traced sequence, reached by cross-attention layers"
+            " only"
+        ),
+        tested=(
+            "canvas and padding vs the processor's pixels; each layer's block and gradients vs "
+            "the model's own"
+        ),
+        caveats=(
+            "DEX-AR and Grad-CAM's hidden variant refused (hidden states hold text only); "
+            "Grad-CAM reads the last cross layer; a trace is `N_v + N_t` wide (4 tiles: ≈ 6,400 "
+            "image tokens)"
+        ),
+    )
+    refused_methods = ("dexar",)  # it reads hidden states, which hold text positions only
 
     per_token_fill: ClassVar[dict[str, int]] = {"attention_mask": 1}  # and see `full_inputs`
 

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from ..layout import Grid, LayoutError, VisualLayout
-from .base import ModelAdapter
+from .base import FamilyCard, ModelAdapter
 from .geometry import processor_region
 from .pixels import OneImagePixels
 from .prompting import PER_TOKEN_FILL
@@ -38,6 +38,12 @@ from .prompting import PER_TOKEN_FILL
 
 class PaliGemmaAdapter(OneImagePixels, ModelAdapter, family="paligemma"):
     """PaliGemma / PaliGemma 2 (``google/paligemma2-*``)."""
+
+    card = FamilyCard(
+        visual_tokens="one grid over the stretched image",
+        tested="prefix-LM support recorded; softcaps in the capture and the logit lens",
+        caveats="eager only (Gemma 2's softcapping); answers take `token_type_ids = 1`",
+    )
 
     # answer tokens belong to the causal suffix (0 would put them in the bidirectional prefix)
     per_token_fill: ClassVar[dict[str, int]] = {**PER_TOKEN_FILL, "token_type_ids": 1}

@@ -35,11 +35,16 @@ class PixelMaskMixin:
     @property
     def has_pixel_path(self) -> bool:
         """Whether this family implements the hooks above."""
-        return type(self).processed_size is not PixelMaskMixin.processed_size
+        return family_has_pixel_path(type(self))
 
     def _no_pixel_path(self) -> str:
         family = getattr(self, "family", type(self).__name__)
         return f"the pixel-mask path (iGOS, pixel-space faithfulness) is not supported for {family}"
+
+
+def family_has_pixel_path(cls: type) -> bool:
+    """Whether the adapter class ``cls`` implements `PixelMaskMixin`'s hooks."""
+    return getattr(cls, "processed_size", None) is not PixelMaskMixin.processed_size
 
 
 class OneImagePixels:

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from ..layout import Grid, LayoutError, VisualLayout
-from .base import ModelAdapter
+from .base import FamilyCard, ModelAdapter
 
 
 class Qwen2VLAdapter(ModelAdapter, family="qwen2_vl"):
@@ -16,6 +16,11 @@ class Qwen2VLAdapter(ModelAdapter, family="qwen2_vl"):
     image's tokens run in raster order over a grid of
     ``(h / m, w / m)`` with ``(t, h, w) = image_grid_thw`` and ``m = spatial_merge_size``.
     """
+
+    card = FamilyCard(
+        visual_tokens="one grid (`image_grid_thw / merge`) over the resized image",
+        tested="geometry, iGOS pixel path",
+    )
 
     @property
     def merge_size(self) -> int:
@@ -76,3 +81,8 @@ class Qwen2VLAdapter(ModelAdapter, family="qwen2_vl"):
 
 class Qwen25VLAdapter(Qwen2VLAdapter, family="qwen2_5_vl"):
     """Qwen2.5-VL-*-Instruct: same token layout as Qwen2-VL, windowed vision attention."""
+
+    card = FamilyCard(
+        visual_tokens="as Qwen2-VL",
+        tested="as Qwen2-VL",
+    )

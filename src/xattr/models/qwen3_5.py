@@ -21,11 +21,25 @@ from __future__ import annotations
 
 from torch import nn
 
+from .base import FamilyCard
 from .qwen3_vl import Qwen3VLAdapter
 
 
 class Qwen3_5Adapter(Qwen3VLAdapter, family="qwen3_5"):
     """Qwen3.5-* and Qwen3.5-*-A*B (MoE): Qwen3-VL's grid, linear and softmax layers."""
+
+    card = FamilyCard(
+        visual_tokens="as Qwen3-VL (no deepstack)",
+        tested=(
+            "layer kinds and head counts; the implicit attention reproduces each linear layer's "
+            "output; MoE through the same adapter"
+        ),
+        caveats=(
+            "three of four layers are Gated DeltaNet: `trace.attentions[l]` there is the exact "
+            "implicit attention (signed, rows not normalised; each method's rule in "
+            'docs/methods.md, "Layer kinds"), computed per layer in O(H·N³)'
+        ),
+    )
 
     model_types = ("qwen3_5", "qwen3_5_moe")
 

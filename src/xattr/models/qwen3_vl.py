@@ -38,6 +38,7 @@ from __future__ import annotations
 
 from transformers import Qwen3VLProcessor
 
+from .base import FamilyCard
 from .processors import _ImageOnlyQwenMixin, image_only_processor
 from .qwen2_vl import Qwen2VLAdapter
 
@@ -63,5 +64,14 @@ class Qwen3VLImageOnlyProcessor(_ImageOnlyQwenMixin, Qwen3VLProcessor):
 class Qwen3VLAdapter(Qwen2VLAdapter, family="qwen3_vl"):
     """Qwen3-VL-*-Instruct and Qwen3-VL-*-A*B (MoE): Qwen2-VL's grid and pixel path, with
     16 px patches and deepstack (module docstring)."""
+
+    card = FamilyCard(
+        visual_tokens="one grid over the resized image (16 px patches)",
+        tested="token counts under the real pixel budget; deepstack",
+        caveats=(
+            "`mm_token_type_ids` required; deepstack features are added at the image positions "
+            "after the first LM layers and are attributed to the same cells"
+        ),
+    )
 
     model_types = ("qwen3_vl", "qwen3_vl_moe")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from transformers import ProcessorMixin, SmolVLMProcessor
 
+from .base import FamilyCard
 from .idefics3 import Idefics3Adapter
 from .processors import ImageOnlyProcessorMixin, image_only_processor
 
@@ -52,3 +53,9 @@ class SmolVLMImageOnlyProcessor(ImageOnlyProcessorMixin, SmolVLMProcessor):
 
 class SmolVLMAdapter(Idefics3Adapter, family="smolvlm"):
     """SmolVLM(2)-*: Idefics3's stitched tiles, then the global image."""
+
+    card = FamilyCard(
+        visual_tokens="as Idefics3",
+        tested="as Idefics3",
+        caveats="as Idefics3",
+    )

@@ -22,7 +22,6 @@ from ._common import TinySizes
 NATIVE_SIZE = 32  # one tile: a square image of this size keeps its pixels
 GEOMETRY_SIZE = (94, 32)  # (W, H): a 1 x 3 canvas of 32 px tiles, its last 2 px padding
 TEST_OPTIONS = {"text_layers": 5}  # cross-attention at layers 1 and 3; the last is self-attention
-UNSUPPORTED_METHODS = ("dexar",)  # it reads hidden states, which hold text positions only
 
 SPECIALS = (
     "<|begin_of_text|>",

@@ -1,0 +1,76 @@
+"""The family table (README, ``xattr list --families``), generated from the family registry.
+
+A row per registered adapter: its family and checkpoint ``model_types``, the conf/model files
+that load it, the methods it runs (every registered method but those it refuses, and
+perturbation methods only where it has the pixel-mask path), and its `FamilyCard`'s prose.
+"""
+
+from __future__ import annotations
+
+from .model_spec import CONF_MODELS
+
+HEADER = (
+    "| family | checkpoint config | visual tokens | methods | tested rules | caveats |\n"
+    "|---|---|---|---|---|---|"
+)
+START, END = "<!-- family-table:start -->", "<!-- family-table:end -->"  # README markers
+
+
+def configs_by_family() -> dict[str, list[str]]:
+    """conf/model names per family they load (the ``family`` key of each yaml, unresolved)."""
+    from omegaconf import OmegaConf
+
+    found: dict[str, list[str]] = {}
+    for path in sorted(CONF_MODELS.glob("*.yaml")):
+        family = OmegaConf.load(path).get("family")
+        if family:
+            found.setdefault(str(family), []).append(path.stem)
+    return found
+
+
+def family_methods(family: str) -> tuple[list[str], list[str]]:
+    """(the registered methods ``family`` runs, those it does not), by name."""
+    from .. import methods, models
+    from ..models.pixels import family_has_pixel_path
+
+    cls = models.ADAPTERS.get_class(family)
+    runs, refused = [], []
+    for name in methods.available():
+        perturbs = methods.get(name).needs.model  # blends the image: needs the pixel-mask path
+        ok = name not in cls.refused_methods and (family_has_pixel_path(cls) or not perturbs)
+        (runs if ok else refused).append(name)
+    return runs, refused
+
+
+def family_table() -> str:
+    """The family table as Markdown, one row per registered family, sorted by name."""
+    from .. import models
+
+    configs = configs_by_family()
+    rows = [HEADER]
+    for family in models.available():
+        cls = models.ADAPTERS.get_class(family)
+        others = [t for t in cls.model_types if t != family]
+        name = f"`{family}`" + "".join(f" (+ `{t}`)" for t in others)
+        _, refused = family_methods(family)
+        runs = "all" if not refused else "all but " + ", ".join(f"`{m}`" for m in refused)
+        card = cls.card
+        cells = [
+            name,
+            ", ".join(f"`{c}`" for c in configs.get(family, [])) or "—",
+            card.visual_tokens if card else "—",
+            runs,
+            card.tested if card else "—",
+            (card.caveats if card else "") or "—",
+        ]
+        rows.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    return "\n".join(rows)
+
+
+def with_table(readme: str) -> str:
+    """``readme`` with the text between the family-table markers replaced by `family_table`."""
+    head, start, rest = readme.partition(START)
+    _, end, tail = rest.partition(END)
+    if not start or not end:
+        raise ValueError(f"the README has no {START} ... {END} markers")
+    return f"{head}{START}\n{family_table()}\n{END}{tail}"
