@@ -25,6 +25,7 @@ to change it): heads, N and T are real, and every cost the ratios compare is per
 from __future__ import annotations
 
 import argparse
+import math
 import tempfile
 from pathlib import Path
 
@@ -50,6 +51,13 @@ def main() -> None:
     ap.add_argument(
         "--batched-at", type=int, default=64, help="T of the batched VJP check (0: none)"
     )
+    ap.add_argument(
+        "--probe",
+        type=int,
+        default=0,
+        help="memory only: K > 0 runs the backward passes of the last K answer tokens alone "
+        "(the sweep still visits every token on tensors of the real shapes); no time rows",
+    )
     ap.add_argument("--quick", action="store_true", help="2 layers, 4 heads, T = 8 and 32")
     args = ap.parse_args()
     if args.quick:
@@ -66,9 +74,12 @@ def main() -> None:
         common = {"model": model, "image": args.image, "impl": args.attention,
                   "threads": args.threads, "methods": FIVE}  # fmt: skip
         for T, times in zip(answers, repeats):
-            spec = {**common, "T": T}
+            spec = {**common, "T": T, "probe": args.probe}
             floor = child({**spec, "mode": "floor"})
             got = child({**spec, "mode": "capture"})
+            if args.probe:  # memory only
+                rows.append((T, floor, got, None))
+                continue
             timed = child({**spec, "mode": "time", "repeats": times,
                            "warmup": min(args.warmup, T), "also_batched": args.batched_at == T})  # fmt: skip
             rows.append((T, floor, got, timed))
@@ -85,19 +96,26 @@ def _print_rows(rows: list) -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     first = None
     for T, floor, got, timed in rows:
-        time_ratio = timed["capture"] / timed["floor"]
+        time_ratio = timed["capture"] / timed["floor"] if timed else math.nan  # nan: a probe
         memory_ratio = got["working"] / floor["working"]
         first = first or (time_ratio, memory_ratio)
+        times = (
+            f"{_s(timed['capture'])} | {_s(timed['floor'])} | {time_ratio:.2f}x | "
+            f"{time_ratio / first[0]:.2f}x"
+            if timed
+            else "— | — | — | —"
+        )
         print(
-            f"| {got['N']} | {T} | {got['chunk']} | {_s(timed['capture'])} | "
-            f"{_s(timed['floor'])} | {time_ratio:.2f}x | {time_ratio / first[0]:.2f}x | "
+            f"| {got['N']} | {T} | {got['chunk']} | {times} | "
             f"{_mb(got['working'])} | {_mb(floor['working'])} | "
             f"{memory_ratio:.2f}x | {memory_ratio / first[1]:.2f}x |"
         )
-    growth = [time_ratio / first[0], memory_ratio / first[1]]
+    growth = [g for g in (time_ratio / first[0], memory_ratio / first[1]) if not math.isnan(g)]
     verdict = "within" if max(growth) <= BOUND else "OVER"
-    print(f"growth of the ratios from T = {rows[0][0]} to T = {rows[-1][0]}: time "
-          f"{growth[0]:.2f}x, memory {growth[1]:.2f}x ({verdict} the {BOUND}x bound)")  # fmt: skip
+    names = ("time", "memory")[-len(growth) :]
+    said = ", ".join(f"{name} {g:.2f}x" for name, g in zip(names, growth, strict=True))
+    print(f"growth of the ratios from T = {rows[0][0]} to T = {rows[-1][0]}: {said} "
+          f"({verdict} the {BOUND}x bound)")  # fmt: skip
 
 
 def _print_batched(T: int, loop: dict, batched: dict, timed: dict) -> None:

@@ -41,9 +41,15 @@ FIVE = ["glimpse", "tmme", "rollout", "raw_attention", "gradcam"]
 
 
 @contextlib.contextmanager
-def vjp_mode(batched: bool | None) -> Iterator[list[int]]:
+def vjp_mode(batched: bool | None, skip_before: int = 0) -> Iterator[list[int]]:
     """The capture's chunk VJPs one batched backward (True), a loop of plain ones (False), or
-    the library's choice (None: batched on accelerators only); yields the chunk sizes seen."""
+    the library's choice (None: batched on accelerators only); yields the chunk sizes seen.
+
+    ``skip_before``: chunks wholly before this answer token get zeros of the VJP's shape
+    instead of the VJP (the memory probe: the sweep still runs every token, at every block
+    size, on tensors of the real shapes; only the backward passes are skipped)."""
+    import torch
+
     from xattr import vjp
     from xattr.models import recording
 
@@ -51,6 +57,8 @@ def vjp_mode(batched: bool | None) -> Iterator[list[int]]:
 
     def counted(z, inputs, tokens, batched_=None):
         sizes.append(len(tokens))
+        if max(tokens) < skip_before:
+            return [torch.zeros(len(tokens), *x.shape, dtype=x.dtype) for x in inputs]
         return vjp.batched_vjp(z, inputs, tokens, batched if batched is not None else batched_)
 
     recording.batched_vjp = counted  # the name the captured gradient source calls
@@ -64,7 +72,8 @@ def vjp_mode(batched: bool | None) -> Iterator[list[int]]:
 def measure(spec: dict) -> dict:
     """One measurement in this process (see the module docstring): seconds and bytes.
 
-    Optional keys: ``batched`` (`vjp_mode`), ``warmup`` (the warm-up's answer length, the
+    Optional keys: ``batched`` (`vjp_mode`), ``probe`` (K: memory only, the backward passes
+    of the last K answer tokens alone; `vjp_mode`'s ``skip_before``), ``warmup`` (the warm-up's answer length, the
     measured one's by default), ``also_batched`` (time mode: also time the capture with
     batched VJPs, interleaved with the others)."""
     import numpy as np
@@ -86,13 +95,15 @@ def measure(spec: dict) -> dict:
     answer_ids = adapter.encode_answer(answer)
     chunks: list[int] = []
 
+    skip = max(0, spec["T"] - spec["probe"]) if spec.get("probe") else 0
+
     def floor(image: Image.Image = image, text: str = answer) -> None:
-        common_floor(adapter, image, QUESTION, adapter.encode_answer(text))
+        common_floor(adapter, image, QUESTION, adapter.encode_answer(text), skip_before=skip)
 
     def capture(
         image: Image.Image = image, text: str = answer, batched: bool | None = spec.get("batched")
     ) -> None:
-        with vjp_mode(batched) as seen:
+        with vjp_mode(batched, skip) as seen:
             xattr.explain(adapter, image, QUESTION, method=list(spec["methods"]), answer=text)
         chunks[:] = seen
 

@@ -36,10 +36,11 @@ def answer(length: int) -> str:
     return " ".join((WORDS * (1 + length // len(WORDS)))[:length])
 
 
-def floor(adapter: Any, image: Any, question: str, answer_ids: Any) -> None:
+def floor(adapter: Any, image: Any, question: str, answer_ids: Any, skip_before: int = 0) -> None:
     """The floor: one teacher-forced forward (the adapter's attention implementation) and one
     plain VJP of every answer token's logit into the input embeddings, the graph kept between
-    them: the time any gradient method must pay; its peak is a plain forward + backward."""
+    them: the time any gradient method must pay; its peak is a plain forward + backward.
+    ``skip_before``: no VJP for the answer tokens before it (a memory probe)."""
     import torch
 
     inputs = adapter.full_inputs(adapter.prepare(image, question), answer_ids)
@@ -56,6 +57,8 @@ def floor(adapter: Any, image: Any, question: str, answer_ids: Any) -> None:
     embeds = seen[-1]
     n_prompt = inputs["input_ids"].shape[1] - answer_ids.numel()
     for t, y in enumerate(answer_ids.tolist()):
+        if t < skip_before:
+            continue
         torch.autograd.grad(logits[n_prompt + t - 1, y], embeds, retain_graph=True)
 
 
