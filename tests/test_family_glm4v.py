@@ -5,6 +5,7 @@ GLM-4.6V MoE text model through the same adapter, and GLM's thinking answers as 
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from transformers import Glm4vImageProcessorPil
@@ -18,6 +19,7 @@ from support.families import (
     explain_quietly,
 )
 from support.reference import autograd_attention_gradients
+from xattr.metrics import DeletionInsertion
 from xattr.models import CaptureError
 from xattr.models.processors import IMAGE_ONLY_PROCESSORS
 from xattr.toy.build import build_tiny_model
@@ -78,6 +80,36 @@ def test_the_grid_under_the_real_pixel_budget_is_the_processors_token_count(
     tokens = adapter.tokenizer.convert_ids_to_tokens(ids[start - 1 : start + count + 1].tolist())
     assert tokens == ["<|begin_of_image|>", *["<|image|>"] * count, "<|end_of_image|>"]
     assert torch.equal(torch.nonzero(inputs["mm_token_type_ids"][0]).flatten(), layout.positions)
+
+
+@pytest.mark.parametrize(("size", "grid"), [((1400, 20), (1, 70)), ((20, 700), (35, 1))])
+def test_a_white_block_lights_its_own_token_at_an_extreme_aspect_ratio(
+    tiny_adapter, monkeypatch, size, grid
+):
+    """Under the real budget a 20 px side is scaled up to 28 px first: a white block in the
+    first, middle and last cell changes the language model's input at that cell's token most."""
+    adapter = tiny_adapter("glm4v")
+    monkeypatch.setattr(adapter, "processor", _real_budget_processor(adapter))
+    width, height = size
+
+    def visual_inputs(block=None):  # the image features the LM gets, in token order: [|V|, D]
+        prepared = adapter.prepare(SPEC.image(size, block=block), QUESTION)
+        with torch.no_grad():
+            features = adapter.model.model.get_image_features(
+                prepared.inputs["pixel_values"], prepared.inputs["image_grid_thw"]
+            ).pooler_output[0]
+        assert prepared.grids == [grid] and features.shape[0] == prepared.visual_index.numel()
+        return features
+
+    base = visual_inputs()
+    rows, cols = grid
+    for cell in (0, rows * cols // 2, rows * cols - 1):
+        r, c = divmod(cell, cols)
+        top, bottom = (r + 0.2) * height / rows, (r + 0.8) * height / rows
+        left, right = (c + 0.2) * width / cols, (c + 0.8) * width / cols
+        block = (round(top), round(left), round(bottom), round(right))
+        change = (visual_inputs(block) - base).norm(dim=-1)  # [|V|]
+        assert int(change.argmax()) == cell
 
 
 def test_an_aspect_ratio_the_processor_refuses_is_named(tiny_adapter):
@@ -199,6 +231,28 @@ def test_the_pixel_path_blends_like_the_processor_on_a_non_square_image(tiny_ada
     check_pixel_blend(
         tiny_adapter("glm4v"), SPEC.image(SPEC.geometry_size), atol=0.5 / 255 / 0.26 + 1e-5
     )
+
+
+@pytest.mark.parametrize("family", ["glm4v", "glm4v_moe"])
+def test_faithfulness_curves_blend_pixel_values_as_the_processor_blends_images(
+    tiny_adapter, family
+):
+    """Deletion / insertion on a non-square image: blending pixel_values (the fast path)
+    scores what blending the PIL images and processing each scores, up to uint8 rounding."""
+    adapter = tiny_adapter(family)
+    image = SPEC.image(SPEC.geometry_size, seed=5)
+    trace = adapter.trace(image, QUESTION, "red circle", gradients=False)
+    saliency = torch.randn(*trace.grid, generator=torch.Generator().manual_seed(0))
+    answer = trace.input_ids[trace.answer_positions]
+    curves = {}
+    for space in ("processed", "image"):
+        metric = DeletionInsertion(
+            fractions=[0.0, 0.25, 0.5, 0.75, 1.0], curves=["deletion", "insertion"], space=space
+        )
+        curves[space] = metric.curves_for(adapter, image, QUESTION, answer, saliency).scores
+    for curve in ("deletion", "insertion"):
+        np.testing.assert_allclose(curves["processed"][curve], curves["image"][curve], atol=2e-2)
+    assert DeletionInsertion()._processed_space(adapter)
 
 
 def test_glm46v_with_the_moe_text_model_loads_through_the_same_adapter(glm46v_moe_dir):
