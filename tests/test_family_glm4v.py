@@ -226,6 +226,23 @@ def test_the_routers_choose_the_same_experts_in_the_capture_as_in_a_plain_forwar
     assert not torch.equal(by_score, by_bias)
 
 
+def test_a_bf16_glm4v_moe_keeps_its_routers_in_fp32_and_runs_every_method(tiny_model_dir):
+    """transformers keeps the router weights and score biases in fp32 in a bf16 model; the
+    capture runs through the mixed dtypes, eager and SDPA."""
+    image = SPEC.image(SPEC.geometry_size)
+    for implementation in ("eager", "sdpa"):
+        adapter = xattr.models.load(
+            tiny_model_dir("glm4v_moe"), dtype="bfloat16", attn_implementation=implementation
+        )
+        (router,) = [
+            m for m in adapter.model.modules() if type(m).__name__ == "Glm4vMoeTextTopkRouter"
+        ]
+        assert router.weight.dtype == router.e_score_correction_bias.dtype == torch.float32
+        assert adapter.attention_modules()[1].q_proj.weight.dtype == torch.bfloat16
+        maps = explain_quietly(adapter, image, METHODS, "red circle")
+        assert all(torch.isfinite(x.visual).all() for x in maps.values()), implementation
+
+
 def test_the_pixel_path_blends_like_the_processor_on_a_non_square_image(tiny_adapter):
     # uint8 rounding of the PIL blend: half a grey level over the smallest CLIP std
     check_pixel_blend(

@@ -16,8 +16,9 @@ Positions. Image tokens get 3-D rotary positions (t, row, col) offset by the pos
 the first image token, and the text after the image resumes at that offset plus
 ``max(rows, cols)``, not at the next index. The model recomputes them from
 ``mm_token_type_ids`` (which the processor returns; appended answer tokens take 0, text) on
-every forward without a cache; the ``rope_deltas`` it keeps from the last generation are
-used only for cached decoding, so a capture after a generation sees the right positions.
+every forward from ``input_ids`` without a cache. The ``rope_deltas`` it keeps from the last
+generation serve only cached decoding and forwards from ``inputs_embeds``, neither of which a
+capture makes, so a capture after a generation (of another image) sees its own positions.
 Only half of each head's dimensions rotate (``partial_rotary_factor`` 0.5); the capture
 records the attention the model computes, so that is transparent to every method.
 """
