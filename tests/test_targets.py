@@ -54,6 +54,23 @@ def test_the_final_answer_and_the_reasoning_of_a_thinking_model():
         resolve(ENGLISH, "reasoning")
 
 
+def test_glm_thinking_answers_final_part_is_inside_its_answer_tags():
+    """GLM-4.1V-Thinking writes <think>…</think><answer>…</answer>: the tags are markup, the
+    final part is the text inside; an unclosed <answer> (a cut answer) runs to the end."""
+    texts = ["<think>", "It", " is", " red", ".", "</think>", "<answer>", "Red", ".", "</answer>"]
+    assert _ranges(resolve(texts, "final")) == [(7, 9, "Red.")]
+    assert _ranges(resolve(texts, "reasoning")) == [(1, 5, "It is red.")]
+    cut = ["<think>", "red", "</think>", "\n", "<answer>", " Red", " circle"]
+    assert _ranges(resolve(cut, "final")) == [(5, 7, " Red circle")]
+    with pytest.raises(TargetError, match="nothing final"):
+        resolve(["<think>", "red", "</think>", "<answer>", "</answer>"], "final")
+    spaced = ["<think>", " red", " </think>", " <answer>", " red", " </answer>"]  # word-level
+    assert _ranges(resolve(spaced, "reasoning")) == [(1, 2, " red")]
+    assert _ranges(resolve(spaced, "final")) == [(4, 5, " red")]
+    with pytest.raises(TargetError, match="thinking section is empty"):
+        resolve(["<think>", "</think>", "Red"], "reasoning")
+
+
 ANSWER = "red circle left of the blue square. the star is green."
 
 

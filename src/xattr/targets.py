@@ -15,7 +15,8 @@ tokens' display texts (`Trace.answer_tokens`), so a phrase is given as the answe
   or a blank line); the holistic map is the whole answer's.
 - ``"final"`` / ``"reasoning"``: after / inside the answer's thinking section
   (``<think> … </think>``); without one, ``"final"`` is the whole answer and
-  ``"reasoning"`` an error.
+  ``"reasoning"`` an error. A final part wrapped in ``<answer> … </answer>`` (GLM-4.1V-Thinking
+  writes ``<think>…</think><answer>…</answer>``) is the text inside the tags.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ Target = str | tuple[int, int] | None
 KEYWORDS = ("sentences", "final", "reasoning")
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+|(?<=[。！？])|\n\s*\n")
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"  # GLM-4.1V-Thinking's final-answer tags
 
 
 class TargetError(ValueError):
@@ -145,15 +147,27 @@ def thinking_part(texts: list[str], part: str) -> Span:
             f"the answer has no thinking section ({THINK_OPEN}…{THINK_CLOSE}): {answer!r}"
         )
     opening = answer.find(THINK_OPEN)
-    if part == "reasoning":
+    if part == "reasoning":  # whole tokens from after <think> up to the one </think> starts in
         begin = opening + len(THINK_OPEN) if 0 <= opening < close else 0
-        return _span(texts, begin, close)
-    begin = close + len(THINK_CLOSE)
-    rest = answer[begin:]
-    if not rest.strip():
-        raise TargetError(f"the answer ends with its thinking section: nothing final in {answer!r}")
+        spans = _offsets(texts)  # (a marker's token may carry a space before it: " </think>")
+        stop = next(t for t, (_, b) in enumerate(spans) if b > close)
+        first = next((t for t, (a, _) in enumerate(spans) if a >= begin), stop)
+        if first >= stop:
+            raise TargetError(f"the thinking section is empty: no reasoning in {answer!r}")
+        return Span("".join(texts[first:stop]), first, stop)
+    begin, end = close + len(THINK_CLOSE), len(answer)
+    rest = answer[begin:end]
     begin += len(rest) - len(rest.lstrip())
-    return _span(texts, begin, len(answer))
+    if answer.startswith(ANSWER_OPEN, begin):  # <answer> … </answer>: the text inside
+        begin += len(ANSWER_OPEN)
+        closing = answer.find(ANSWER_CLOSE, begin)
+        end = closing if closing >= 0 else end
+        inside = answer[begin:end]
+        begin += len(inside) - len(inside.lstrip())
+        end -= len(inside) - len(inside.rstrip())
+    if begin >= end:
+        raise TargetError(f"the answer ends with its thinking section: nothing final in {answer!r}")
+    return _span(texts, begin, end)
 
 
 def mask(span: Span, length: int) -> Tensor:

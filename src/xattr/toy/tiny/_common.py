@@ -212,12 +212,13 @@ def llama_tokenizer(
 
 
 def generation_config(config: PreTrainedConfig) -> GenerationConfig:
-    """Greedy generation that stops at the text model's eos token."""
+    """Greedy generation that stops at the text model's eos token(s) (ids a text config
+    does not declare, GLM-V's bos, are None)."""
     text = config.get_text_config()
     return GenerationConfig(
-        bos_token_id=text.bos_token_id,
-        eos_token_id=text.eos_token_id,
-        pad_token_id=text.pad_token_id,
+        bos_token_id=getattr(text, "bos_token_id", None),
+        eos_token_id=getattr(text, "eos_token_id", None),
+        pad_token_id=getattr(text, "pad_token_id", None),
         do_sample=False,
     )
 
