@@ -37,7 +37,7 @@ def test_every_registered_family_has_a_row_and_a_card():
     named = [row.split("|")[1].split("`")[1] for row in rows]
     assert named == xattr.models.available()
     for family in named:
-        assert xattr.models.ADAPTERS.get_class(family).card is not None, family
+        assert "card" in vars(xattr.models.ADAPTERS.get_class(family)), family  # its own
 
 
 def test_the_methods_column_follows_the_adapter(tiny_adapter):

@@ -54,7 +54,7 @@ def family_table() -> str:
         name = f"`{family}`" + "".join(f" (+ `{t}`)" for t in others)
         _, refused = family_methods(family)
         runs = "all" if not refused else "all but " + ", ".join(f"`{m}`" for m in refused)
-        card = cls.card
+        card = cls.__dict__.get("card")  # its own: a subclass's row is not its parent's
         cells = [
             name,
             ", ".join(f"`{c}`" for c in configs.get(family, [])) or "—",

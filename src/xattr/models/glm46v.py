@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from transformers import Glm46VProcessor
 
+from .base import FamilyCard
 from .glm4v import Glm4vAdapter, ImageOnlyGlmMixin
 from .processors import image_only_processor
 
@@ -20,3 +21,9 @@ class Glm46VImageOnlyProcessor(ImageOnlyGlmMixin, Glm46VProcessor):
 
 class Glm46VAdapter(Glm4vAdapter, family="glm46v"):
     """GLM-4.6V(-Flash): GLM-4.1V's layout and positions, dense or MoE text layers."""
+
+    card = FamilyCard(
+        visual_tokens="as `glm4v`",
+        tested="as `glm4v`; the MoE text sub-config through the same adapter",
+        caveats="the checkpoints' `model_type` not checked offline",
+    )

@@ -30,6 +30,7 @@ from torch import Tensor
 from transformers import Glm4vProcessor, ProcessorMixin
 
 from ..layout import LayoutError, VisualLayout
+from .base import FamilyCard
 from .processors import ImageOnlyProcessorMixin, image_only_processor
 from .qwen2_vl import Qwen2VLAdapter
 
@@ -59,6 +60,22 @@ class Glm4vImageOnlyProcessor(ImageOnlyGlmMixin, Glm4vProcessor):
 class Glm4vAdapter(Qwen2VLAdapter, family="glm4v"):
     """GLM-4.1V-9B-Thinking / -Base: Qwen2-VL's grid and pixel path inside GLM's image
     markers, with GLM's 3-D positions (module docstring)."""
+
+    card = FamilyCard(
+        visual_tokens=(
+            "one grid (`image_grid_thw / merge`, 14 px patches) over the resized image, between "
+            "`<|begin_of_image|>` and `<|end_of_image|>`"
+        ),
+        tested=(
+            "token counts under the real pixel budget incl. extreme aspect ratios; the model's "
+            "3-D positions over the grid; stale `rope_deltas` after generation"
+        ),
+        caveats=(
+            "`mm_token_type_ids` required; the budget counts 2·H·W and a side under 28 px is "
+            "scaled up first; aspect ratios of 200 and more refused; thinking answers: `final` "
+            "is the text inside `<answer>…</answer>`"
+        ),
+    )
 
     def visual_layout(self, inputs: dict[str, Tensor], image_size: tuple[int, int]) -> VisualLayout:
         """Qwen2-VL's grid, checked to be one run of image tokens between GLM's

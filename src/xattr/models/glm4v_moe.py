@@ -10,8 +10,21 @@ Attention is GLM-4.1V's, with biases on q, k and v; nothing in the capture depen
 
 from __future__ import annotations
 
+from .base import FamilyCard
 from .glm4v import Glm4vAdapter
 
 
 class Glm4vMoeAdapter(Glm4vAdapter, family="glm4v_moe"):
     """GLM-4.5V (106B total, 12B active): GLM-4.1V's layout with MoE text layers."""
+
+    card = FamilyCard(
+        visual_tokens="as `glm4v`",
+        tested=(
+            "as `glm4v`; gradients through the sigmoid top-k router equal autograd; routing "
+            "unchanged by the capture; bf16 with fp32 routers"
+        ),
+        caveats=(
+            "the router's expert choice is held fixed in the gradients (autograd's); "
+            "`<|begin_of_box|>` markers stay in `final`"
+        ),
+    )
