@@ -61,11 +61,12 @@ def vjp_mode(batched: bool | None, skip_before: int = 0) -> Iterator[list[int]]:
             return [torch.zeros(len(tokens), *x.shape, dtype=x.dtype) for x in inputs]
         return vjp.batched_vjp(z, inputs, tokens, batched if batched is not None else batched_)
 
+    before = recording.batched_vjp
     recording.batched_vjp = counted  # the name the captured gradient source calls
     try:
         yield sizes
     finally:
-        recording.batched_vjp = vjp.batched_vjp
+        recording.batched_vjp = before
     assert sizes or batched is None, "the capture never called recording.batched_vjp: stale"
 
 

@@ -63,3 +63,32 @@ def test_quick_prints_ratios_per_answer_length_and_batched_against_loop():
         assert int(t) == 8 and int(n) > 8 and int(chunk) == 8  # one chunk: the whole answer
         assert _value(secs, " s") > 0 and _value(ratio, "x") > 0 and _value(mem, " MB") >= 0
     assert re.search(r"batched / loop: time \S+x, working memory \S+x", done.stdout)
+
+
+def test_the_memory_probe_skips_the_backward_passes_before_its_last_tokens(monkeypatch):
+    """--probe K: chunks wholly before answer token T - K get zeros of the VJP's shape, the
+    others the real VJP (here a stand-in that records what it was asked)."""
+    import torch
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench_scale
+
+    from xattr import vjp
+    from xattr.models import recording
+
+    asked = []
+
+    def real(z, inputs, tokens, batched=None):
+        asked.append(list(tokens))
+        return [torch.ones(len(tokens), *x.shape) for x in inputs]
+
+    monkeypatch.setattr(vjp, "batched_vjp", real)
+    plain = recording.batched_vjp
+    z, x = torch.zeros(5), torch.zeros(2, 3)
+    with bench_scale.vjp_mode(None, skip_before=3) as sizes:
+        early = recording.batched_vjp(z, [x], [0, 1, 2])
+        late = recording.batched_vjp(z, [x], [2, 3])
+    assert asked == [[2, 3]] and sizes == [3, 2]
+    assert early[0].shape == (3, 2, 3) and not early[0].any()
+    assert late[0].shape == (2, 2, 3) and late[0].all()
+    assert recording.batched_vjp is plain  # put back as it was
