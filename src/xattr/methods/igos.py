@@ -47,8 +47,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..explanation import Explanation
-from ..images import blur_image, load_image
+from ..images import Region, blur_image, load_image
+from ..layout import Grid
 from ..trace import Trace, TraceError
+from ..views import PixelView, sample_mask
 from .base import (
     AttributionWarning,
     Attributor,
@@ -131,13 +133,9 @@ class IGOS(Attributor, name="igos"):
         weights = selected.float()  # [T]
 
         # families without the pixel-mask path fail here, with their own message
-        height, width = adapter.processed_size(prepared.inputs)
-        if len(trace.grids) != 1:
-            raise TraceError(
-                f"igos pools its mask onto one token grid; this trace holds {len(trace.grids)}"
-            )
+        height, width = adapter.processed_size(prepared)  # the mask box at the finest view's
         size = (min(self.mask_size, height), min(self.mask_size, width))
-        pixels = adapter.pixel_values_to_image(prepared.inputs["pixel_values"], prepared.inputs)
+        pixels = adapter.canvas_image(prepared)  # [C, H, W]
         edges = _edge_weights(pixels.detach().float().cpu(), self.tv_sigma)
         n_masks = 2 if self.variant == "igos++" else 1
         masks = torch.full((n_masks, *size), float(self.init)).requires_grad_(True)  # [n, h, w]
@@ -165,9 +163,10 @@ class IGOS(Attributor, name="igos"):
                 masks.copy_(step + (i / (i + self.momentum)) * (step - previous)).clamp_(0, 1)
                 previous = step
         final = masks.detach().prod(dim=0)  # [h, w] D * I (or M)
-        importance = _upsample(1 - final[None], (height, width))  # [1, H, W]
-        grid = trace.grids[0]
-        visual = F.adaptive_avg_pool2d(importance[None], grid)[0, 0]  # [gh, gw] area average
+        box = adapter.mask_box(prepared)
+        visual = torch.cat(
+            [_pool_onto(1 - final, box, (height, width), g).reshape(-1) for g in trace.layout.grids]
+        )  # [|V|] each grid's cells: the area average of the importance over their boxes
         meta: dict[str, Any] = {
             **counts,
             "objective": objective,
@@ -191,7 +190,7 @@ class IGOS(Attributor, name="igos"):
             return make_explanation(
                 trace,
                 "igos",
-                visual=visual.reshape(-1),
+                visual=visual,
                 prompt=None,  # type: ignore[arg-type]
                 token_relevance=logp[0] - logp[1],
                 token_mask=selected,
@@ -260,6 +259,17 @@ class IGOS(Attributor, name="igos"):
             + self.tv * bilateral_tv(m, _upsample(m[None], size)[0], edges, self.tv_beta)
             + l2 * ((1 - m) ** 2).sum()
         )
+
+
+def _pool_onto(importance: Tensor, box: Region, size: tuple[int, int], grid: Grid) -> Tensor:
+    """The coarse importance [h, w] over the mask ``box`` (seen at ``size`` = (H, W) pixels)
+    averaged over each cell of ``grid``'s box: [rows, cols]. The grid's box is sampled at the
+    mask box's pixel density (bilinear, as the views see the mask), then area-averaged."""
+    top, left, bottom, right = grid.box
+    sample_h = max(grid.rows, round(size[0] * (bottom - top) / (box[2] - box[0])))
+    sample_w = max(grid.cols, round(size[1] * (right - left) / (box[3] - box[1])))
+    seen = sample_mask(importance[None], box, PixelView(grid.box, (sample_h, sample_w)))
+    return F.adaptive_avg_pool2d(seen[None], grid.shape)[0, 0]
 
 
 def _upsample(masks: Tensor, size: tuple[int, int]) -> Tensor:

@@ -32,12 +32,14 @@ are exactly 0 everywhere as batch padding, which a mean-grey perturbation would 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from ..images import Region
+from ..images import FULL_IMAGE, Region
 from ..layout import Grid, LayoutError, VisualLayout
+from ..views import PixelView
 from .base import ModelAdapter
 
 
@@ -78,6 +80,23 @@ class TiledLayout:
         """The tag token in front of each frame's run, in prompt order."""
         tiles = [f"<row_{r + 1}_col_{c + 1}>" for r in range(self.rows) for c in range(self.cols)]
         return [*tiles, global_tag]
+
+    def views(self, frame: int) -> list[PixelView]:
+        """The frames in ``pixel_values`` order: the tiles of the stretched image row-major,
+        then the global one (or the one unsplit frame), each ``frame`` px square."""
+        size = (frame, frame)
+        if self.rows == 0:
+            return [PixelView(FULL_IMAGE, size)]
+        tiles = [
+            PixelView(
+                (r / self.rows, c / self.cols, (r + 1) / self.rows, (c + 1) / self.cols),
+                size,
+                f"tile {r},{c}",
+            )
+            for r in range(self.rows)
+            for c in range(self.cols)
+        ]
+        return [*tiles, PixelView(FULL_IMAGE, size, "global")]
 
     def grids(self, image: int = 0) -> list[Grid]:
         seen_box = (0.0, 0.0, self.seen, self.seen)
@@ -149,3 +168,7 @@ class Idefics3Adapter(ModelAdapter, family="idefics3"):
             return VisualLayout(positions, layout.grids())
         tiles = torch.cat(runs[:-1])[layout.stitched_order()]
         return VisualLayout(torch.cat([tiles, runs[-1]]), layout.grids())
+
+    def pixel_views(self, prepared: Any) -> list[PixelView]:
+        """The tiles, then the global frame (``pixel_values`` [1, frames, C, M, M])."""
+        return self.image_layout(prepared.image_size).views(self.frame_geometry()[0])

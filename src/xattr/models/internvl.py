@@ -34,6 +34,7 @@ from transformers import InternVLProcessor, ProcessorMixin
 from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import get_optimal_tiled_canvas
 
 from ..layout import Grid, LayoutError, VisualLayout
+from ..views import PixelView
 from .base import ModelAdapter
 from .processors import ImageOnlyProcessorMixin, image_only_processor
 from .prompting import CaptureError
@@ -136,3 +137,10 @@ class InternVLAdapter(ModelAdapter, family="internvl"):
                 f"view(s) of {side} x {side} tokens ({expected})"
             )
         return VisualLayout(positions, grids)
+
+    def pixel_views(self, prepared: Any) -> list[PixelView]:
+        """The tiles row-major, then the thumbnail (``pixel_values`` [views, C, S, S]): the
+        views are the token grids' boxes (each view is one grid)."""
+        size = tuple(int(v) for v in prepared.inputs["pixel_values"].shape[-2:])
+        grids = view_grids(prepared.image_size, self.processor.image_processor, self.view_side)
+        return [PixelView(g.box, size, g.name) for g in grids]  # type: ignore[arg-type]

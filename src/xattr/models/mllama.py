@@ -42,6 +42,7 @@ from transformers.models.mllama.image_processing_pil_mllama import (
 )
 
 from ..layout import Grid, LayoutError, VisualLayout
+from ..views import PixelView
 from .base import ModelAdapter
 from .prompting import PreparedInputs
 
@@ -113,3 +114,18 @@ class MllamaAdapter(ModelAdapter, family="mllama"):
         tail = mask[:, -1:].expand(-1, answer_ids.numel(), -1, -1)
         inputs["cross_attention_mask"] = torch.cat([mask, tail], dim=1).to(self.device)
         return inputs
+
+    def pixel_views(self, prepared: PreparedInputs) -> list[PixelView]:
+        """The canvas tiles row-major (``pixel_values`` [1, 1, max_tiles, C, T, T], the unused
+        slots after them); the canvas is the resized image padded at the bottom and right."""
+        rows, cols, tall, wide = self.canvas(prepared.image_size)  # type: ignore[arg-type]
+        size = tuple(int(v) for v in prepared.inputs["pixel_values"].shape[-2:])
+        return [
+            PixelView(
+                (r * tall / rows, c * wide / cols, (r + 1) * tall / rows, (c + 1) * wide / cols),
+                size,  # type: ignore[arg-type]
+                f"tile {r},{c}",
+            )
+            for r in range(rows)
+            for c in range(cols)
+        ]
