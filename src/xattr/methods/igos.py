@@ -7,7 +7,11 @@ Following the public iGOS++ code and its LVLM extension (lvlm-igos-summary.txt):
   processor's ``pixel_values`` space through `ModelAdapter.masked_answer_logprobs`
   (blending processed tensors = processing the blended image, up to resampling).
 - Masks live on a coarse ``mask_size`` grid (public default 32, clipped to the processed
-  image size) and are upsampled bilinearly to the processed image. As in the public code
+  size) over the image's mask box (`PixelMaskMixin.mask_box`, the part the views see) and
+  are upsampled bilinearly to the processed size (the mask box at the finest view's
+  resolution, `processed_size`); every view of the image (a tile, the thumbnail, a crop, or
+  the one resized image) sees that mask over its own box (`views.sample_mask`). With one
+  view the processed size is that view's and the blend is the public code's. As in the public code
   both masks hold **0 on important pixels**: deletion shows ``image * M + blur * (1 - M)``,
   insertion ``blur * M + image * (1 - M)``.
 - Score ``s(x) = sum_t log p(y_t | x)`` over the selected answer tokens (``token_policy``,
@@ -22,11 +26,12 @@ Following the public iGOS++ code and its LVLM extension (lvlm-igos-summary.txt):
 - Nesterov momentum ``e = i / (i + momentum)``, step ``lr``, masks clamped to [0, 1].
 
 Ours: masks start at ``init`` (1 = nothing deleted) everywhere; the bilateral weights
-``exp(-d^2 / tv_sigma)`` use the channel mean of neighbouring processed pixel differences;
+``exp(-d^2 / tv_sigma)`` use the channel mean of neighbouring processed pixel differences
+(on `canvas_image`: the finest view's pixels over the mask box);
 the four integrated-gradient terms of one iteration are evaluated in shared batches of
 ``batch_size`` blends (one backward per batch; the gradient equals the public code's four
 separate backward calls). The visual map is the final importance ``1 - D I`` (or ``1 - M``)
-at the processed resolution, area-averaged onto the image's token grid. Token relevance is
+area-averaged over each cell of every token grid, each grid on its own box. Token relevance is
 ``log p(y_t | image) - log p(y_t | blurred)``.
 
 Cost per iteration: ``4 * ig_steps`` (iGOS++) or ``2 * ig_steps`` (iGOS+) forward and

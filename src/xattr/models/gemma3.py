@@ -25,8 +25,8 @@ never applied by `Gemma3ForConditionalGeneration`, so the logit lens does not ap
 
 Pan-and-scan is off unless the checkpoint's image processor config sets
 ``do_pan_and_scan`` or ``load(..., pan_and_scan=True)`` asks for it. The pixel-mask path
-(iGOS, pixel-space faithfulness) exists for one view (``pixel_values`` is the stretched
-image, per-pixel affine up to bilinear resampling); with crops it is not supported.
+(iGOS, pixel-space faithfulness) sees the same views: the whole stretched image, then each
+crop, each taking the mask over its own box.
 """
 
 from __future__ import annotations

@@ -24,9 +24,10 @@ between a fine and a coarse view (`Explanation.visual_pixels` adds them per unit
 metrics on ``visual`` see the tiles). The prompt's tag tokens and the "\\n" row ends sit
 between the visual tokens and take attention that no image region gets. The stretch means a
 cell of the stitched grid is not square on the original image. The LM (Llama, at
-``model.model.text_model``) is full causal. No pixel-mask path (the global view is a second
-resampling of the image; iGOS reports it as not supported); the model also drops frames that
-are exactly 0 everywhere as batch padding, which a mean-grey perturbation would trigger.
+``model.model.text_model``) is full causal. The pixel-mask path's views are the tiles (each
+its box of the stretched image) and the global frame (`TiledLayout.views`); the model drops
+frames that are exactly 0 everywhere as batch padding, which a blend never makes unless the
+image and the baseline both are.
 """
 
 from __future__ import annotations

@@ -17,10 +17,9 @@ resolutions, and `Explanation.visual_pixels` combines the views.
 Caveats. The LM attention is plain causal (Qwen2 / Qwen3: 1-D RoPE, image tokens are
 ordinary positions). The LM is whatever ``text_config.model_type`` names: Qwen2 (2.5 / 3),
 Qwen3 (3.5), Llama (InternLM2-based conversions); GPT-OSS (InternVL3.5-GPT-OSS) uses
-attention sinks, which the capture refuses with a CaptureError. No pixel-mask path: the
-views are two separate resamplings of the image (the canvas and the thumbnail), not one
-processed image, so iGOS and pixel-space faithfulness are not supported (image-space
-faithfulness is).
+attention sinks, which the capture refuses with a CaptureError. The pixel-mask path (iGOS,
+pixel-space faithfulness) sees the same views: each tile and the thumbnail takes the mask
+over its own box, at its own resolution.
 """
 
 from __future__ import annotations

@@ -23,8 +23,9 @@ features take attention (and attention-based relevance) that belongs to no image
 methods that normalise over V ignore it. Very elongated images can unpad to zero rows (then
 only the base grid is left). The LM is causal (Mistral: a sliding window only if the
 checkpoint's ``text_config.sliding_window`` is set; the recorded mask is what every method
-uses). No pixel-mask path: the base view and the tiles are two different resamplings of the
-image, and the pixel path describes one grid; iGOS reports it as not supported.
+uses). Pixel-mask path (iGOS, pixel-space faithfulness): the views are the base (the whole
+image) and the canvas tiles (`anyres_views`), each tile's box reaching into the canvas
+padding where it lies; a mask over the image reaches both at their own resolutions.
 """
 
 from __future__ import annotations

@@ -23,8 +23,9 @@ before and after. The tanh gates and the MLP after each cross-attention are outs
 gradients pass through them.
 
 Not defined here: DEX-AR and Grad-CAM's hidden-state variant (they read the language model's
-hidden states, which hold text positions only), and iGOS / pixel-space faithfulness (tiles,
-as for the other tiled families). Grad-CAM reads the last cross-attention layer, the last
+hidden states, which hold text positions only). The pixel-mask path (iGOS, pixel-space
+faithfulness) takes the used tiles as its views, each its box of the padded canvas; the
+unused tile slots keep their zeros. Grad-CAM reads the last cross-attention layer, the last
 that sees the image. Text before ``<|image|>`` cannot see the image, but transformers gives
 those rows a uniform (unmasked) cross-attention whose MLP output it then zeroes; the
 recorded support is what the model computed.
