@@ -247,3 +247,21 @@ def test_igos_mask_peak_falls_on_the_queried_object():
         objective = expl.meta["objective"]
         assert min(objective[1:]) < objective[0], objective  # noisy blends: not monotone
     assert hits >= 2, f"peak on the queried object in {hits} of {len(chosen)} samples"
+
+
+def test_the_importance_is_averaged_over_every_grid_on_its_own_box():
+    """Hand-computed: importance 1 on the top-right quarter of a 4 x 4 mask over the image;
+    a whole-image 2 x 2 grid, a 1 x 1 grid on that quarter and a 2 x 1 grid on the right
+    half each average it over their own cells."""
+    from xattr.layout import Grid
+    from xattr.methods.igos import _pool_onto
+
+    importance = torch.zeros(4, 4)
+    importance[:2, 2:] = 1
+    full = (0.0, 0.0, 1.0, 1.0)
+    whole = _pool_onto(importance, full, (4, 4), Grid(2, 2))
+    assert whole.tolist() == [[0.0, 1.0], [0.0, 0.0]]
+    quarter = _pool_onto(importance, full, (4, 4), Grid(1, 1, box=(0.0, 0.5, 0.5, 1.0)))
+    assert quarter.tolist() == [[1.0]]
+    right = _pool_onto(importance, full, (4, 4), Grid(2, 1, box=(0.0, 0.5, 1.0, 1.0)))
+    assert right.tolist() == [[1.0], [0.0]]

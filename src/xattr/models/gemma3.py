@@ -43,7 +43,7 @@ from ..images import FULL_IMAGE, Region
 from ..layout import Grid, LayoutError, VisualLayout
 from ..views import PixelView
 from .base import ModelAdapter
-from .prompting import CaptureError
+from .prompting import CaptureError, PreparedInputs
 
 PAN_AND_SCAN_OPTIONS = (
     "do_pan_and_scan",
@@ -167,7 +167,7 @@ class Gemma3Adapter(ModelAdapter, family="gemma3"):
         return head(hidden.to(head.weight.device))
 
     # ------------------------------------------------ pixel_values layout (mask path)
-    def pixel_views(self, prepared: Any) -> list[PixelView]:
+    def pixel_views(self, prepared: PreparedInputs) -> list[PixelView]:
         """The whole image, then the pan-and-scan crops (``pixel_values`` [views, C, S, S])."""
         size = tuple(int(v) for v in prepared.inputs["pixel_values"].shape[-2:])
         boxes = [FULL_IMAGE, *pan_and_scan_boxes(prepared.image_size, self.image_options())]

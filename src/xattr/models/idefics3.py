@@ -33,7 +33,6 @@ image and the baseline both are.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -42,6 +41,7 @@ from ..images import FULL_IMAGE, Region
 from ..layout import Grid, LayoutError, VisualLayout
 from ..views import PixelView
 from .base import ModelAdapter
+from .prompting import PreparedInputs
 
 
 @dataclass(frozen=True)
@@ -170,6 +170,6 @@ class Idefics3Adapter(ModelAdapter, family="idefics3"):
         tiles = torch.cat(runs[:-1])[layout.stitched_order()]
         return VisualLayout(torch.cat([tiles, runs[-1]]), layout.grids())
 
-    def pixel_views(self, prepared: Any) -> list[PixelView]:
+    def pixel_views(self, prepared: PreparedInputs) -> list[PixelView]:
         """The tiles, then the global frame (``pixel_values`` [1, frames, C, M, M])."""
         return self.image_layout(prepared.image_size).views(self.frame_geometry()[0])

@@ -36,7 +36,7 @@ from ..layout import Grid, LayoutError, VisualLayout
 from ..views import PixelView
 from .base import ModelAdapter
 from .processors import ImageOnlyProcessorMixin, image_only_processor
-from .prompting import CaptureError
+from .prompting import CaptureError, PreparedInputs
 
 
 @image_only_processor("internvl")
@@ -137,7 +137,7 @@ class InternVLAdapter(ModelAdapter, family="internvl"):
             )
         return VisualLayout(positions, grids)
 
-    def pixel_views(self, prepared: Any) -> list[PixelView]:
+    def pixel_views(self, prepared: PreparedInputs) -> list[PixelView]:
         """The tiles row-major, then the thumbnail (``pixel_values`` [views, C, S, S]): the
         views are the token grids' boxes (each view is one grid)."""
         size = tuple(int(v) for v in prepared.inputs["pixel_values"].shape[-2:])

@@ -41,6 +41,7 @@ from ..images import FULL_IMAGE, Region
 from ..layout import Grid, LayoutError, VisualLayout
 from ..views import PixelView
 from .base import ModelAdapter
+from .prompting import PreparedInputs
 
 
 @dataclass(frozen=True)
@@ -225,7 +226,7 @@ class LlavaNextAdapter(ModelAdapter, family="llava_next"):
     def _check_single_views(self, inputs: dict[str, Tensor]) -> None:
         """Hook: OneVision lays out prompts of several images differently (no anyres)."""
 
-    def pixel_views(self, prepared: Any) -> list[PixelView]:
+    def pixel_views(self, prepared: PreparedInputs) -> list[PixelView]:
         """The base view, then the canvas tiles (``pixel_values`` [1, 1 + n, C, T, T])."""
         self._check_single_views(prepared.inputs)
         self._check_views()

@@ -39,6 +39,7 @@ from ..layout import Grid, LayoutError, VisualLayout
 from ..views import PixelView
 from .base import ModelAdapter
 from .processors import image_only_processor
+from .prompting import PreparedInputs
 
 _PROCESSING = "transformers.models.pixtral.processing_pixtral"
 _TORCHVISION_HELPER = "transformers.models.pixtral.image_processing_pixtral"
@@ -123,7 +124,7 @@ class Mistral3Adapter(ModelAdapter, family="mistral3"):
         return VisualLayout(positions, grids)
 
     # ------------------------------------------------ pixel_values layout (mask path)
-    def pixel_views(self, prepared: Any) -> list[PixelView]:
+    def pixel_views(self, prepared: PreparedInputs) -> list[PixelView]:
         """One view: the whole image resized to ``image_sizes[0]`` (``pixel_values`` [1, C, H, W])."""
         h, w = prepared.inputs["image_sizes"][0].tolist()
         return [PixelView(FULL_IMAGE, (int(h), int(w)))]

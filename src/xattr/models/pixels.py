@@ -29,13 +29,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from ..images import Region
 from ..views import PixelView, bounding_box, sample_mask
+
+if TYPE_CHECKING:
+    from .prompting import PreparedInputs
 
 
 class PixelMaskMixin:
@@ -44,12 +47,12 @@ class PixelMaskMixin:
     views first, how views map to and from it."""
 
     # ------------------------------------------------------------ family hooks
-    def pixel_views(self, prepared: Any) -> list[PixelView]:
+    def pixel_views(self, prepared: PreparedInputs) -> list[PixelView]:
         """The views of the prepared image, in ``pixel_values`` order."""
         raise NotImplementedError(self._no_pixel_path())
 
     def views_to_pixel_values(
-        self, views: Sequence[Tensor], prepared: Any, fill: float = 1.0
+        self, views: Sequence[Tensor], prepared: PreparedInputs, fill: float = 1.0
     ) -> Tensor:
         """Per-view images [B, C, h, w] -> B copies of the ``pixel_values`` layout [B, *pv];
         slots that hold no view take ``fill``. Default: ``pixel_values`` is frames
@@ -64,7 +67,7 @@ class PixelMaskMixin:
             stacked = torch.cat([stacked, pad], dim=1)
         return stacked.reshape(b, *pv.shape)
 
-    def pixel_values_to_views(self, pixel_values: Tensor, prepared: Any) -> list[Tensor]:
+    def pixel_values_to_views(self, pixel_values: Tensor, prepared: PreparedInputs) -> list[Tensor]:
         """``pixel_values`` -> each view's processed (normalised) image [C, h, w]."""
         views = self._check_frames(pixel_values, prepared)
         h, w = views[0].size
@@ -77,11 +80,11 @@ class PixelMaskMixin:
         """Whether this family describes its views (every built-in family does)."""
         return type(self).pixel_views is not PixelMaskMixin.pixel_views
 
-    def mask_box(self, prepared: Any) -> Region:
+    def mask_box(self, prepared: PreparedInputs) -> Region:
         """The box of the image the views see: the union of their boxes, clipped to the image."""
         return bounding_box([v.box for v in self.pixel_views(prepared)])
 
-    def processed_size(self, prepared: Any) -> tuple[int, int]:
+    def processed_size(self, prepared: PreparedInputs) -> tuple[int, int]:
         """(H, W) of the mask box at the finest view's resolution (per axis): the resolution
         of image-space masks (iGOS) and of `canvas_image`; one view's own (h, w) when it alone
         covers the mask box."""
@@ -96,7 +99,7 @@ class PixelMaskMixin:
     def mask_to_pixel_values(
         self,
         mask: Tensor,
-        prepared: Any,
+        prepared: PreparedInputs,
         *,
         box: Region | None = None,
         mode: str = "bilinear",
@@ -113,7 +116,7 @@ class PixelMaskMixin:
         ]
         return self.views_to_pixel_values(seen, prepared)
 
-    def canvas_image(self, prepared: Any) -> Tensor:
+    def canvas_image(self, prepared: PreparedInputs) -> Tensor:
         """The processed (normalised) image over the mask box at `processed_size`: [C, H, W].
         Each canvas pixel is read (bilinearly) from the finest view whose box holds its centre."""
         box = self.mask_box(prepared)
@@ -140,7 +143,7 @@ class PixelMaskMixin:
         assert out is not None
         return out
 
-    def _check_frames(self, pixel_values: Tensor, prepared: Any) -> list[PixelView]:
+    def _check_frames(self, pixel_values: Tensor, prepared: PreparedInputs) -> list[PixelView]:
         """The views, checked to be equal-sized frames at the end of ``pixel_values``."""
         views = self.pixel_views(prepared)
         sizes = {v.size for v in views}
@@ -162,7 +165,7 @@ class OneImagePixels:
     padded) image, [1, C, H, W] per prompt (a CLIP or SigLIP crop); mix in before `ModelAdapter`.
     The view's box is the one the processor keeps (`geometry.processor_region`)."""
 
-    def pixel_views(self, prepared: Any) -> list[PixelView]:
+    def pixel_views(self, prepared: PreparedInputs) -> list[PixelView]:
         """One view: the processor's box of the image at the ``pixel_values`` size."""
         from .geometry import processor_region
 

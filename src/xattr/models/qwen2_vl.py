@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -12,6 +11,7 @@ from ..images import FULL_IMAGE
 from ..layout import Grid, LayoutError, VisualLayout
 from ..views import PixelView
 from .base import ModelAdapter
+from .prompting import PreparedInputs
 
 
 class Qwen2VLAdapter(ModelAdapter, family="qwen2_vl"):
@@ -49,14 +49,14 @@ class Qwen2VLAdapter(ModelAdapter, family="qwen2_vl"):
         vision = self.model.config.vision_config
         return int(vision.patch_size), int(vision.temporal_patch_size)
 
-    def pixel_views(self, prepared: Any) -> list[PixelView]:
+    def pixel_views(self, prepared: PreparedInputs) -> list[PixelView]:
         """One view: the whole image resized to patch_size * (grid_h, grid_w) of ``image_grid_thw``."""
         _, gh, gw = (int(v) for v in prepared.inputs["image_grid_thw"][0])
         p, _ = self._patch_dims
         return [PixelView(FULL_IMAGE, (gh * p, gw * p))]
 
     def views_to_pixel_values(
-        self, views: Sequence[Tensor], prepared: Any, fill: float = 1.0
+        self, views: Sequence[Tensor], prepared: PreparedInputs, fill: float = 1.0
     ) -> Tensor:
         """The one view [B, C, H, W] -> [B, n, C*T*p*p] in the processor's patch order."""
         # patches grouped by merge block (h/m, w/m, m, m); each patch flattened as (C, T, p, p)
@@ -70,7 +70,7 @@ class Qwen2VLAdapter(ModelAdapter, family="qwen2_vl"):
         x = x.unsqueeze(6).expand(*x.shape[:6], tp, p, p)  # [B, .., C, T, p, p]
         return x.reshape(b, (h // p) * (w // p), c * tp * p * p)
 
-    def pixel_values_to_views(self, pixel_values: Tensor, prepared: Any) -> list[Tensor]:
+    def pixel_values_to_views(self, pixel_values: Tensor, prepared: PreparedInputs) -> list[Tensor]:
         """The image's patches [n, C*T*p*p] back to [C, H, W] (first temporal slice)."""
         (view,) = self.pixel_views(prepared)
         h, w = view.size
