@@ -147,8 +147,9 @@ def test_gradient_reaches_the_mask_through_every_view(tiny_adapter, family):
 def test_one_view_over_the_mask_box_agrees_with_the_single_view_path(tiny_adapter, family):
     """Where one view covers the mask box (the families the old path served), a mask at its
     processed resolution is its weight exactly, and a coarse mask is the old path's bilinear
-    upsampling (``F.interpolate``, align_corners=False) to float rounding: measured max |diff|
-    0 and below 1e-6 (asserted: 0 and 1e-6)."""
+    upsampling (``F.interpolate``, align_corners=False) up to float rounding: measured at
+    most 2.7e-6 over these families and mask shapes (F.interpolate's source coordinates are
+    float32, ours float64), asserted 1e-5."""
     adapter = tiny_adapter(family)
     _, _, prepared, _ = _prepared(adapter, family)
     if len(adapter.pixel_views(prepared)) > 1:
@@ -163,12 +164,13 @@ def test_one_view_over_the_mask_box_agrees_with_the_single_view_path(tiny_adapte
         adapter.mask_to_pixel_values(fine, prepared)[1], prepared
     )
     assert torch.equal(seen, fine[1].expand_as(seen))
-    coarse = torch.rand(2, 7, 5, generator=torch.Generator().manual_seed(2))
-    old = F.interpolate(coarse[:, None], size=(height, width), mode="bilinear", align_corners=False)
-    (seen,) = adapter.pixel_values_to_views(
-        adapter.mask_to_pixel_values(coarse, prepared)[1], prepared
-    )
-    assert float((seen[0] - old[1, 0]).abs().max()) <= 1e-6
+    for shape in [(7, 5), (32, 32), (3, 17)]:
+        coarse = torch.rand(2, *shape, generator=torch.Generator().manual_seed(2))
+        old = F.interpolate(coarse[:, None], (height, width), mode="bilinear", align_corners=False)
+        (seen,) = adapter.pixel_values_to_views(
+            adapter.mask_to_pixel_values(coarse, prepared)[1], prepared
+        )
+        assert float((seen[0] - old[1, 0]).abs().max()) <= 1e-5, shape
     canvas = adapter.canvas_image(prepared)
     (view,) = adapter.pixel_values_to_views(prepared.inputs["pixel_values"], prepared)
     assert torch.equal(canvas, view.float())

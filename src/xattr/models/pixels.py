@@ -9,7 +9,7 @@ its views (`PixelMaskMixin.pixel_views`: each view's box on the original image a
 
 A mask is defined over a box of the original image (by default the *mask box*: the part of
 the image the views see, the union of their boxes clipped to the image), at any resolution.
-Each view sees the mask cropped to its box and resampled to its (h, w) (`sample_mask`): the
+Each view sees the mask cropped to its box and resampled to its (h, w) (`views.sample_mask`): the
 view's pixel centres are mapped onto the mask and read bilinearly (or, for per-cell masks,
 nearest), after area-averaging the mask where it is finer than the view (antialias). So a
 tile, the thumbnail and a crop all see the same edit, each at its own resolution. A view's
@@ -22,7 +22,11 @@ The processors' resize, rescale and normalise are affine in each pixel value, so
 processing the blended image up to resampling (the mask meets each view after its resize
 instead of before), uint8 rounding and clipping. A mask of ones gives the image's
 ``pixel_values`` exactly, a mask of zeros the baseline's. With one view covering the mask
-box at its own resolution (the single-view families) the mask *is* that view's weight.
+box at its own resolution (the single-view families) the mask *is* that view's weight, and a
+coarse mask reaches it as ``F.interpolate(..., "bilinear", align_corners=False)`` would
+upsample it (the path before views): equal up to the float32 source coordinates
+``F.interpolate`` computes, measured at most 2.7e-6 on a mask in [0, 1] over the
+single-view families (``tests/test_pixel_views.py`` asserts 1e-5).
 """
 
 from __future__ import annotations
