@@ -191,3 +191,20 @@ def test_sample_mask_reads_a_crop_at_the_view_resolution():
     )
     coarse = PixelView(FULL_IMAGE, (1, 2))  # 2 mask px per view px: area-averaged first
     torch.testing.assert_close(sample_mask(mask, FULL_IMAGE, coarse), torch.tensor([[[0.5, 2.5]]]))
+
+
+def test_bad_masks_and_families_without_views_are_named():
+    from xattr.models.pixels import PixelMaskMixin
+
+    view = PixelView(FULL_IMAGE, (2, 2))
+    with pytest.raises(ValueError, match="unknown mask mode 'cubic'"):
+        sample_mask(torch.ones(1, 2, 2), FULL_IMAGE, view, "cubic")
+    with pytest.raises(ValueError, match=r"masks must be \[B, h, w\], got shape \(2, 2\)"):
+        sample_mask(torch.ones(2, 2), FULL_IMAGE, view)
+
+    class Bare(PixelMaskMixin):
+        family = "bare"
+
+    assert not Bare().has_pixel_path
+    with pytest.raises(NotImplementedError, match="not supported for bare"):
+        Bare().processed_size(None)

@@ -178,6 +178,7 @@ class IGOS(Attributor, name="igos"):
             "mask": final,
             "mask_grid": list(size),
             "processed_size": [height, width],
+            "mask_box": list(box),  # the mask's (top, left, bottom, right) on the image
             "logprob_image": logp[0],
             "logprob_blurred": logp[1],
         }
