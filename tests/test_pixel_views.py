@@ -208,3 +208,24 @@ def test_bad_masks_and_families_without_views_are_named():
     assert not Bare().has_pixel_path
     with pytest.raises(NotImplementedError, match="not supported for bare"):
         Bare().processed_size(None)
+
+
+@pytest.mark.parametrize("family", ["internvl", "idefics3", "mllama"])
+def test_the_canvas_image_is_the_tiles_stitched(tiny_adapter, family):
+    """iGOS's image over the mask box (`canvas_image`, for its edge weights): where tiles
+    partition the image at one resolution it is the tiles put side by side (mllama: cut at
+    the image's edge, before the canvas padding), whatever coarser view covers them too."""
+    adapter = tiny_adapter(family)
+    _, _, prepared, _ = _prepared(adapter, family)
+    views = adapter.pixel_views(prepared)
+    images = adapter.pixel_values_to_views(prepared.inputs["pixel_values"], prepared)
+    tiles = [(v, i) for v, i in zip(views, images, strict=True) if v.name.startswith("tile")]
+    rows = 1 + max(int(v.name.split()[1].split(",")[0]) for v, _ in tiles)
+    cols = len(tiles) // rows
+    stitched = torch.cat(
+        [torch.cat([i for _, i in tiles[r * cols : (r + 1) * cols]], dim=-1) for r in range(rows)],
+        dim=-2,
+    )  # [C, rows h, cols w]
+    height, width = adapter.processed_size(prepared)
+    assert len(tiles) > 1 and height <= stitched.shape[-2] and width <= stitched.shape[-1]
+    assert torch.equal(adapter.canvas_image(prepared), stitched[:, :height, :width].float())
