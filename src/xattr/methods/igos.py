@@ -11,9 +11,9 @@ Following the public iGOS++ code and its LVLM extension (lvlm-igos-summary.txt):
   are upsampled bilinearly to the processed size (the mask box at the finest view's
   resolution, `processed_size`); every view of the image (a tile, the thumbnail, a crop, or
   the one resized image) sees that mask over its own box (`views.sample_mask`). With one
-  view the processed size is that view's and the blend is the public code's. As in the public code
-  both masks hold **0 on important pixels**: deletion shows ``image * M + blur * (1 - M)``,
-  insertion ``blur * M + image * (1 - M)``.
+  view the processed size is that view's and the blend is the public code's. As in the
+  public code both masks hold **0 on important pixels**: deletion shows
+  ``image * M + blur * (1 - M)``, insertion ``blur * M + image * (1 - M)``.
 - Score ``s(x) = sum_t log p(y_t | x)`` over the selected answer tokens (``token_policy``,
   default "visual": the likelihood-ratio selection of `tokens`).
 - Integrated gradients: each term averages ``s`` over ``ig_steps`` blends ``alpha M``,
