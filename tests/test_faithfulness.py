@@ -412,13 +412,16 @@ def test_deletion_insertion_on_a_real_model(tiny_adapter):
         assert out[key] == pytest.approx(one_by_one[key], rel=1e-4, abs=1e-5), key
 
 
-@pytest.mark.parametrize("family", ["qwen2_5_vl", "llava"])
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "llava", "llava_next", "internvl", "idefics3"])
 def test_pixel_values_blending_matches_blending_the_image(tiny_adapter, family):
     """The fast path (process image and baseline once, blend pixel_values) scores the same
-    curves as blending PIL images and processing each, up to the uint8 rounding of the latter."""
+    curves as blending PIL images and processing each, up to the uint8 rounding of the latter
+    and, with several views (tiles and a thumbnail), the resampling of the cell edges."""
     adapter = tiny_adapter(family)
     size = SPECS[family].native_size
-    image = _noisy(3).resize((size, size))
+    image = _noisy(3).resize(
+        (size, size) if family in ("qwen2_5_vl", "llava") else SPECS[family].geometry_size
+    )
     trace = adapter.trace(image, QUESTION, "red circle", gradients=False)
     (gh, gw) = trace.grid
     sal = torch.randn(gh, gw, generator=torch.Generator().manual_seed(0))

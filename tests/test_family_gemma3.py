@@ -86,12 +86,12 @@ def test_the_layout_follows_the_pan_and_scan_switch(tiny_adapter, monkeypatch):
     assert [g.box for g in cropped.layout.grids[1:]] == [
         (0.0, i / 3, 1.0, (i + 1) / 3) for i in range(3)
     ]
-    with pytest.raises(NotImplementedError, match="not supported for gemma3 when pan-and-scan"):
-        adapter.processed_size(cropped.inputs)
+    views = adapter.pixel_views(cropped)  # the pixel-mask path sees the same views
+    assert [(v.name, v.box) for v in views] == [(g.name, g.box) for g in cropped.layout.grids]
     monkeypatch.setattr(adapter, "pan_and_scan", False)
     whole = adapter.prepare(image, QUESTION)
     assert [(g.name, g.box) for g in whole.layout.grids] == [("image", (0.0, 0.0, 1.0, 1.0))]
-    assert adapter.processed_size(whole.inputs) == (SPEC.native_size, SPEC.native_size)
+    assert adapter.processed_size(whole) == (SPEC.native_size, SPEC.native_size)
     with pytest.raises(LayoutError, match="emitted 4 view.*pan-and-scan"):  # other options
         adapter.visual_layout(cropped.inputs, image.size)
 

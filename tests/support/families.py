@@ -89,20 +89,21 @@ def assert_same_maps(actual: dict, expected: dict, atol: float = 1e-4) -> None:
 
 def check_pixel_blend(adapter, image: Image.Image, atol: float) -> None:
     """Blending two processed images with a per-pixel mask (the pixel-mask path) equals
-    processing the blended image, and pixel_values map to an image and back exactly."""
+    processing the blended image, and pixel_values map to the one view and back exactly."""
     import torch
 
     from xattr.images import blend_images, blur_image
 
     blurred = blur_image(image)
     prepared, baseline = adapter.prepare(image, QUESTION), adapter.prepare(blurred, QUESTION)
-    height, width = adapter.processed_size(prepared.inputs)
+    height, width = adapter.processed_size(prepared)
     assert (width, height) == image.size, "compare at a size the processor keeps"
     keep = np.random.default_rng(1).random((height, width)).astype(np.float32)
     expected = adapter.prepare(blend_images(image, blurred, keep), QUESTION).inputs["pixel_values"]
-    weight = adapter.mask_to_pixel_values(torch.from_numpy(keep)[None], prepared.inputs)[0]
+    weight = adapter.mask_to_pixel_values(torch.from_numpy(keep)[None], prepared)[0]
     pv, pv_base = prepared.inputs["pixel_values"], baseline.inputs["pixel_values"]
     torch.testing.assert_close(weight * pv + (1 - weight) * pv_base, expected, atol=atol, rtol=0)
-    image_t = adapter.pixel_values_to_image(pv, prepared.inputs)
-    assert image_t.shape == (3, height, width)
-    assert torch.equal(adapter.images_to_pixel_values(image_t[None], prepared.inputs)[0], pv)
+    (view,) = adapter.pixel_values_to_views(pv, prepared)
+    assert view.shape == (3, height, width)
+    # slots holding no view (mllama's unused tiles) are zeros in the processor's output
+    assert torch.equal(adapter.views_to_pixel_values([view[None]], prepared, fill=0.0)[0], pv)

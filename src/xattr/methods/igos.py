@@ -7,9 +7,13 @@ Following the public iGOS++ code and its LVLM extension (lvlm-igos-summary.txt):
   processor's ``pixel_values`` space through `ModelAdapter.masked_answer_logprobs`
   (blending processed tensors = processing the blended image, up to resampling).
 - Masks live on a coarse ``mask_size`` grid (public default 32, clipped to the processed
-  image size) and are upsampled bilinearly to the processed image. As in the public code
-  both masks hold **0 on important pixels**: deletion shows ``image * M + blur * (1 - M)``,
-  insertion ``blur * M + image * (1 - M)``.
+  size) over the image's mask box (`PixelMaskMixin.mask_box`, the part the views see) and
+  are upsampled bilinearly to the processed size (the mask box at the finest view's
+  resolution, `processed_size`); every view of the image (a tile, the thumbnail, a crop, or
+  the one resized image) sees that mask over its own box (`views.sample_mask`). With one
+  view the processed size is that view's and the blend is the public code's. As in the
+  public code both masks hold **0 on important pixels**: deletion shows
+  ``image * M + blur * (1 - M)``, insertion ``blur * M + image * (1 - M)``.
 - Score ``s(x) = sum_t log p(y_t | x)`` over the selected answer tokens (``token_policy``,
   default "visual": the likelihood-ratio selection of `tokens`).
 - Integrated gradients: each term averages ``s`` over ``ig_steps`` blends ``alpha M``,
@@ -22,11 +26,12 @@ Following the public iGOS++ code and its LVLM extension (lvlm-igos-summary.txt):
 - Nesterov momentum ``e = i / (i + momentum)``, step ``lr``, masks clamped to [0, 1].
 
 Ours: masks start at ``init`` (1 = nothing deleted) everywhere; the bilateral weights
-``exp(-d^2 / tv_sigma)`` use the channel mean of neighbouring processed pixel differences;
+``exp(-d^2 / tv_sigma)`` use the channel mean of neighbouring processed pixel differences
+(on `canvas_image`: the finest view's pixels over the mask box);
 the four integrated-gradient terms of one iteration are evaluated in shared batches of
 ``batch_size`` blends (one backward per batch; the gradient equals the public code's four
 separate backward calls). The visual map is the final importance ``1 - D I`` (or ``1 - M``)
-at the processed resolution, area-averaged onto the image's token grid. Token relevance is
+area-averaged over each cell of every token grid, each grid on its own box. Token relevance is
 ``log p(y_t | image) - log p(y_t | blurred)``.
 
 Cost per iteration: ``4 * ig_steps`` (iGOS++) or ``2 * ig_steps`` (iGOS+) forward and
@@ -47,8 +52,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..explanation import Explanation
-from ..images import blur_image, load_image
+from ..images import Region, blur_image, load_image
+from ..layout import Grid
 from ..trace import Trace, TraceError
+from ..views import PixelView, sample_mask
 from .base import (
     AttributionWarning,
     Attributor,
@@ -131,13 +138,9 @@ class IGOS(Attributor, name="igos"):
         weights = selected.float()  # [T]
 
         # families without the pixel-mask path fail here, with their own message
-        height, width = adapter.processed_size(prepared.inputs)
-        if len(trace.grids) != 1:
-            raise TraceError(
-                f"igos pools its mask onto one token grid; this trace holds {len(trace.grids)}"
-            )
+        height, width = adapter.processed_size(prepared)  # the mask box at the finest view's
         size = (min(self.mask_size, height), min(self.mask_size, width))
-        pixels = adapter.pixel_values_to_image(prepared.inputs["pixel_values"], prepared.inputs)
+        pixels = adapter.canvas_image(prepared)  # [C, H, W]
         edges = _edge_weights(pixels.detach().float().cpu(), self.tv_sigma)
         n_masks = 2 if self.variant == "igos++" else 1
         masks = torch.full((n_masks, *size), float(self.init)).requires_grad_(True)  # [n, h, w]
@@ -165,15 +168,17 @@ class IGOS(Attributor, name="igos"):
                 masks.copy_(step + (i / (i + self.momentum)) * (step - previous)).clamp_(0, 1)
                 previous = step
         final = masks.detach().prod(dim=0)  # [h, w] D * I (or M)
-        importance = _upsample(1 - final[None], (height, width))  # [1, H, W]
-        grid = trace.grids[0]
-        visual = F.adaptive_avg_pool2d(importance[None], grid)[0, 0]  # [gh, gw] area average
+        box = adapter.mask_box(prepared)
+        visual = torch.cat(
+            [_pool_onto(1 - final, box, (height, width), g).reshape(-1) for g in trace.layout.grids]
+        )  # [|V|] each grid's cells: the area average of the importance over their boxes
         meta: dict[str, Any] = {
             **counts,
             "objective": objective,
             "mask": final,
             "mask_grid": list(size),
             "processed_size": [height, width],
+            "mask_box": list(box),  # the mask's (top, left, bottom, right) on the image
             "logprob_image": logp[0],
             "logprob_blurred": logp[1],
         }
@@ -191,7 +196,7 @@ class IGOS(Attributor, name="igos"):
             return make_explanation(
                 trace,
                 "igos",
-                visual=visual.reshape(-1),
+                visual=visual,
                 prompt=None,  # type: ignore[arg-type]
                 token_relevance=logp[0] - logp[1],
                 token_mask=selected,
@@ -260,6 +265,17 @@ class IGOS(Attributor, name="igos"):
             + self.tv * bilateral_tv(m, _upsample(m[None], size)[0], edges, self.tv_beta)
             + l2 * ((1 - m) ** 2).sum()
         )
+
+
+def _pool_onto(importance: Tensor, box: Region, size: tuple[int, int], grid: Grid) -> Tensor:
+    """The coarse importance [h, w] over the mask ``box`` (seen at ``size`` = (H, W) pixels)
+    averaged over each cell of ``grid``'s box: [rows, cols]. The grid's box is sampled at the
+    mask box's pixel density (bilinear, as the views see the mask), then area-averaged."""
+    top, left, bottom, right = grid.box
+    sample_h = max(grid.rows, round(size[0] * (bottom - top) / (box[2] - box[0])))
+    sample_w = max(grid.cols, round(size[1] * (right - left) / (box[3] - box[1])))
+    seen = sample_mask(importance[None], box, PixelView(grid.box, (sample_h, sample_w)))
+    return F.adaptive_avg_pool2d(seen[None], grid.shape)[0, 0]
 
 
 def _upsample(masks: Tensor, size: tuple[int, int]) -> Tensor:

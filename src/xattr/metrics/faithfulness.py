@@ -202,10 +202,7 @@ class DeletionInsertion:
             return False
         from ..models.base import ModelAdapter
 
-        able = (
-            isinstance(adapter, ModelAdapter)
-            and type(adapter).processed_size is not ModelAdapter.processed_size
-        )
+        able = isinstance(adapter, ModelAdapter) and adapter.has_pixel_path
         if self.space == "processed" and not able:
             raise ValueError(f"{type(adapter).__name__} has no pixel_values blending path")
         return able
@@ -219,20 +216,24 @@ class DeletionInsertion:
         answer_ids: torch.Tensor,
         grid: tuple[int, ...],
         keeps: list[np.ndarray],
+        region: Region,
     ) -> torch.Tensor:
         """Scores of the blends made in pixel_values space: the image and the baseline are
-        processed once, and each grid cell maps exactly onto the pixels the model sees
-        (after the processor's resize or crop)."""
+        processed once, and every view's pixel takes the keep weight of the grid cell under
+        its centre on the image (the cell grid placed on ``region``, as in image space)."""
         prepared = adapter.prepare(image, question)
         baseline = adapter.prepare(base, question)
-        height, width = adapter.processed_size(prepared.inputs)
-        cells = torch.as_tensor(_cell_index(grid, (width, height)))  # [H, W] cell of each pixel
         weights = torch.as_tensor(np.stack(keeps), dtype=torch.float32)  # [B, cells]
+        weights = weights.reshape(len(keeps), *grid)  # [B, gh, gw] over region
         out = []
         with torch.no_grad():
             for start in range(0, len(keeps), self.batch_size):
-                chunk = weights[start : start + self.batch_size][:, cells]  # [b, H, W]
-                out.append(adapter.masked_answer_logprobs(prepared, baseline, chunk, answer_ids))
+                chunk = weights[start : start + self.batch_size]
+                out.append(
+                    adapter.masked_answer_logprobs(
+                        prepared, baseline, chunk, answer_ids, box=tuple(region), mode="nearest"
+                    )
+                )
         return torch.cat(out).float().cpu()
 
     def __call__(
@@ -319,7 +320,7 @@ class DeletionInsertion:
                 keeps.append(1.0 - removed if curve == "deletion" else removed)
         if self._processed_space(adapter):
             logp = self._score_processed(
-                adapter, image, base, question, answer_ids, sal.shape, keeps
+                adapter, image, base, question, answer_ids, sal.shape, keeps, region
             )
         else:
             cells = _cell_index(sal.shape, image.size, region)  # image space: place the grid

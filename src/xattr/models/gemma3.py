@@ -25,8 +25,8 @@ never applied by `Gemma3ForConditionalGeneration`, so the logit lens does not ap
 
 Pan-and-scan is off unless the checkpoint's image processor config sets
 ``do_pan_and_scan`` or ``load(..., pan_and_scan=True)`` asks for it. The pixel-mask path
-(iGOS, pixel-space faithfulness) exists for one view (``pixel_values`` is the stretched
-image, per-pixel affine up to bilinear resampling); with crops it is not supported.
+(iGOS, pixel-space faithfulness) sees the same views: the whole stretched image, then each
+crop, each taking the mask over its own box.
 """
 
 from __future__ import annotations
@@ -41,8 +41,9 @@ from transformers import Gemma3Processor
 
 from ..images import FULL_IMAGE, Region
 from ..layout import Grid, LayoutError, VisualLayout
+from ..views import PixelView
 from .base import FamilyCard, ModelAdapter
-from .prompting import CaptureError
+from .prompting import CaptureError, PreparedInputs
 
 PAN_AND_SCAN_OPTIONS = (
     "do_pan_and_scan",
@@ -175,25 +176,11 @@ class Gemma3Adapter(ModelAdapter, family="gemma3"):
         return head(hidden.to(head.weight.device))
 
     # ------------------------------------------------ pixel_values layout (mask path)
-    def _one_view(self, inputs: dict[str, Tensor]) -> Tensor:
-        pixel_values = inputs["pixel_values"]  # [views, C, S, S]
-        if pixel_values.shape[0] != 1:
-            raise NotImplementedError(
-                f"{self._no_pixel_path()} when pan-and-scan adds crops "
-                f"({pixel_values.shape[0]} views); load with pan_and_scan=False"
-            )
-        return pixel_values
-
-    def processed_size(self, inputs: dict[str, Tensor]) -> tuple[int, int]:
-        """(S, S): the one view the vision tower sees."""
-        h, w = self._one_view(inputs).shape[-2:]
-        return int(h), int(w)
-
-    def images_to_pixel_values(self, images: Tensor, inputs: dict[str, Tensor]) -> Tensor:
-        """[B, C, S, S] -> [B, 1, C, S, S] (one view's ``pixel_values`` is [1, C, S, S])."""
-        self._one_view(inputs)
-        return images[:, None]
-
-    def pixel_values_to_image(self, pixel_values: Tensor, inputs: dict[str, Tensor]) -> Tensor:
-        """[1, C, S, S] -> [C, S, S]."""
-        return self._one_view({"pixel_values": pixel_values})[0]
+    def pixel_views(self, prepared: PreparedInputs) -> list[PixelView]:
+        """The whole image, then the pan-and-scan crops (``pixel_values`` [views, C, S, S])."""
+        size = tuple(int(v) for v in prepared.inputs["pixel_values"].shape[-2:])
+        boxes = [FULL_IMAGE, *pan_and_scan_boxes(prepared.image_size, self.image_options())]
+        names = ["original", *(f"crop {i}" for i in range(1, len(boxes)))]
+        if len(boxes) == 1:
+            names = ["image"]
+        return [PixelView(b, size, n) for b, n in zip(boxes, names, strict=True)]  # type: ignore[arg-type]

@@ -24,9 +24,10 @@ between a fine and a coarse view (`Explanation.visual_pixels` adds them per unit
 metrics on ``visual`` see the tiles). The prompt's tag tokens and the "\\n" row ends sit
 between the visual tokens and take attention that no image region gets. The stretch means a
 cell of the stitched grid is not square on the original image. The LM (Llama, at
-``model.model.text_model``) is full causal. No pixel-mask path (the global view is a second
-resampling of the image; iGOS reports it as not supported); the model also drops frames that
-are exactly 0 everywhere as batch padding, which a mean-grey perturbation would trigger.
+``model.model.text_model``) is full causal. The pixel-mask path's views are the tiles (each
+its box of the stretched image) and the global frame (`TiledLayout.views`); the model drops
+frames that are exactly 0 everywhere as batch padding, which a blend never makes unless the
+image and the baseline both are.
 """
 
 from __future__ import annotations
@@ -36,9 +37,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..images import Region
+from ..images import FULL_IMAGE, Region
 from ..layout import Grid, LayoutError, VisualLayout
+from ..views import PixelView
 from .base import FamilyCard, ModelAdapter
+from .prompting import PreparedInputs
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,23 @@ class TiledLayout:
         """The tag token in front of each frame's run, in prompt order."""
         tiles = [f"<row_{r + 1}_col_{c + 1}>" for r in range(self.rows) for c in range(self.cols)]
         return [*tiles, global_tag]
+
+    def views(self, frame: int) -> list[PixelView]:
+        """The frames in ``pixel_values`` order: the tiles of the stretched image row-major,
+        then the global one (or the one unsplit frame), each ``frame`` px square."""
+        size = (frame, frame)
+        if self.rows == 0:
+            return [PixelView(FULL_IMAGE, size)]
+        tiles = [
+            PixelView(
+                (r / self.rows, c / self.cols, (r + 1) / self.rows, (c + 1) / self.cols),
+                size,
+                f"tile {r},{c}",
+            )
+            for r in range(self.rows)
+            for c in range(self.cols)
+        ]
+        return [*tiles, PixelView(FULL_IMAGE, size, "global")]
 
     def grids(self, image: int = 0) -> list[Grid]:
         seen_box = (0.0, 0.0, self.seen, self.seen)
@@ -155,3 +175,7 @@ class Idefics3Adapter(ModelAdapter, family="idefics3"):
             return VisualLayout(positions, layout.grids())
         tiles = torch.cat(runs[:-1])[layout.stitched_order()]
         return VisualLayout(torch.cat([tiles, runs[-1]]), layout.grids())
+
+    def pixel_views(self, prepared: PreparedInputs) -> list[PixelView]:
+        """The tiles, then the global frame (``pixel_values`` [1, frames, C, M, M])."""
+        return self.image_layout(prepared.image_size).views(self.frame_geometry()[0])

@@ -17,10 +17,9 @@ resolutions, and `Explanation.visual_pixels` combines the views.
 Caveats. The LM attention is plain causal (Qwen2 / Qwen3: 1-D RoPE, image tokens are
 ordinary positions). The LM is whatever ``text_config.model_type`` names: Qwen2 (2.5 / 3),
 Qwen3 (3.5), Llama (InternLM2-based conversions); GPT-OSS (InternVL3.5-GPT-OSS) uses
-attention sinks, which the capture refuses with a CaptureError. No pixel-mask path: the
-views are two separate resamplings of the image (the canvas and the thumbnail), not one
-processed image, so iGOS and pixel-space faithfulness are not supported (image-space
-faithfulness is).
+attention sinks, which the capture refuses with a CaptureError. The pixel-mask path (iGOS,
+pixel-space faithfulness) sees the same views: each tile and the thumbnail takes the mask
+over its own box, at its own resolution.
 """
 
 from __future__ import annotations
@@ -34,9 +33,10 @@ from transformers import InternVLProcessor, ProcessorMixin
 from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import get_optimal_tiled_canvas
 
 from ..layout import Grid, LayoutError, VisualLayout
+from ..views import PixelView
 from .base import FamilyCard, ModelAdapter
 from .processors import ImageOnlyProcessorMixin, image_only_processor
-from .prompting import CaptureError
+from .prompting import CaptureError, PreparedInputs
 
 
 @image_only_processor("internvl")
@@ -145,3 +145,10 @@ class InternVLAdapter(ModelAdapter, family="internvl"):
                 f"view(s) of {side} x {side} tokens ({expected})"
             )
         return VisualLayout(positions, grids)
+
+    def pixel_views(self, prepared: PreparedInputs) -> list[PixelView]:
+        """The tiles row-major, then the thumbnail (``pixel_values`` [views, C, S, S]): the
+        views are the token grids' boxes (each view is one grid)."""
+        size = tuple(int(v) for v in prepared.inputs["pixel_values"].shape[-2:])
+        grids = view_grids(prepared.image_size, self.processor.image_processor, self.view_side)
+        return [PixelView(g.box, size, g.name) for g in grids]  # type: ignore[arg-type]

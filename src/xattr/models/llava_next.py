@@ -23,8 +23,9 @@ features take attention (and attention-based relevance) that belongs to no image
 methods that normalise over V ignore it. Very elongated images can unpad to zero rows (then
 only the base grid is left). The LM is causal (Mistral: a sliding window only if the
 checkpoint's ``text_config.sliding_window`` is set; the recorded mask is what every method
-uses). No pixel-mask path: the base view and the tiles are two different resamplings of the
-image, and the pixel path describes one grid; iGOS reports it as not supported.
+uses). Pixel-mask path (iGOS, pixel-space faithfulness): the views are the base (the whole
+image) and the canvas tiles (`anyres_views`), each tile's box reaching into the canvas
+padding where it lies; a mask over the image reaches both at their own resolutions.
 """
 
 from __future__ import annotations
@@ -36,9 +37,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..images import Region
+from ..images import FULL_IMAGE, Region
 from ..layout import Grid, LayoutError, VisualLayout
+from ..views import PixelView
 from .base import FamilyCard, ModelAdapter
+from .prompting import PreparedInputs
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,43 @@ class AnyresLayout:
         return out
 
 
+def anyres_canvas(
+    image_hw: tuple[int, int], pinpoints: list[list[int]]
+) -> tuple[int, int, int, int, int, int]:
+    """(canvas H, W, resized image H, W, pad top, left) of the processor's anyres canvas for
+    an image of original ``(H, W)``: best resolution, aspect-kept resize with ceil
+    (``get_patch_output_size``), centred pad."""
+    from transformers.image_processing_utils import select_best_resolution
+
+    height, width = (int(v) for v in image_hw)
+    best_h, best_w = select_best_resolution((height, width), pinpoints)
+    scale_w, scale_h = best_w / width, best_h / height
+    if scale_w < scale_h:
+        new_w, new_h = best_w, min(math.ceil(height * scale_w), best_h)
+    else:
+        new_h, new_w = best_h, min(math.ceil(width * scale_h), best_w)
+    return best_h, best_w, new_h, new_w, (best_h - new_h) // 2, (best_w - new_w) // 2
+
+
+def anyres_views(
+    image_hw: tuple[int, int], *, tile: int, pinpoints: list[list[int]]
+) -> list[PixelView]:
+    """The ``pixel_values`` views of one image: the base (whole image squashed to one tile),
+    then the canvas tiles row-major, each box reaching into the canvas padding where it lies."""
+    best_h, best_w, new_h, new_w, pad_top, pad_left = anyres_canvas(image_hw, pinpoints)
+    views = [PixelView(FULL_IMAGE, (tile, tile), "base")]
+    for r in range(best_h // tile):
+        for c in range(best_w // tile):
+            box = (
+                (r * tile - pad_top) / new_h,
+                (c * tile - pad_left) / new_w,
+                ((r + 1) * tile - pad_top) / new_h,
+                ((c + 1) * tile - pad_left) / new_w,
+            )
+            views.append(PixelView(box, (tile, tile), f"tile {r},{c}"))
+    return views
+
+
 def anyres_layout(
     image_hw: tuple[int, int],
     *,
@@ -91,20 +131,11 @@ def anyres_layout(
     (the conv floors), so a cell of stitched index ``t`` covers canvas pixels
     ``[(t // g) T + (t % g) p, + p)``; the grid's box runs from its first cell to its last.
     """
-    from transformers.image_processing_utils import select_best_resolution
-
     height, width = (int(v) for v in image_hw)
     g = tile // patch
     seen = g * patch / tile
     base_box = (0.0, 0.0, seen, seen)
-    best_h, best_w = select_best_resolution((height, width), pinpoints)
-    # the processor's aspect-kept resize onto the canvas (get_patch_output_size) and centred pad
-    scale_w, scale_h = best_w / width, best_h / height
-    if scale_w < scale_h:
-        new_w, new_h = best_w, min(math.ceil(height * scale_w), best_h)
-    else:
-        new_h, new_w = best_h, min(math.ceil(width * scale_h), best_w)
-    pad_top, pad_left = (best_h - new_h) // 2, (best_w - new_w) // 2
+    best_h, best_w, new_h, new_w, pad_top, pad_left = anyres_canvas(image_hw, pinpoints)
     # the model's stitched grid and unpad_image (same float expressions, int() truncates)
     full_h, full_w = (best_h // tile) * g, (best_w // tile) * g
     r0, r1, c0, c1 = 0, full_h, 0, full_w
@@ -200,6 +231,17 @@ class LlavaNextAdapter(ModelAdapter, family="llava_next"):
 
     def _check_single_views(self, inputs: dict[str, Tensor]) -> None:
         """Hook: OneVision lays out prompts of several images differently (no anyres)."""
+
+    def pixel_views(self, prepared: PreparedInputs) -> list[PixelView]:
+        """The base view, then the canvas tiles (``pixel_values`` [1, 1 + n, C, T, T])."""
+        self._check_single_views(prepared.inputs)
+        self._check_views()
+        width, height = prepared.image_size
+        return anyres_views(
+            (height, width),
+            tile=int(self.model.config.vision_config.image_size),
+            pinpoints=[list(p) for p in self.model.config.image_grid_pinpoints],
+        )
 
 
 def _get(config: Any, key: str) -> Any:

@@ -17,7 +17,7 @@ features nearest its centre, not an average over its box, so relevance near shar
 sit half a cell off; prompts with several images (``batch_num_images > 1``) use another
 layout (one padded-square view per image) and are refused. The LM (Qwen2) is full causal
 (``use_sliding_window`` is off in the released checkpoints; the recorded mask is used either way).
-No pixel-mask path, as for LLaVA-NeXT.
+The pixel-mask path's views are LLaVA-NeXT's (the base, then the canvas tiles).
 """
 
 from __future__ import annotations

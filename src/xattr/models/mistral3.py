@@ -34,9 +34,12 @@ import torch
 from torch import Tensor
 from transformers import ProcessorMixin
 
+from ..images import FULL_IMAGE
 from ..layout import Grid, LayoutError, VisualLayout
+from ..views import PixelView
 from .base import FamilyCard, ModelAdapter
 from .processors import image_only_processor
+from .prompting import PreparedInputs
 
 _PROCESSING = "transformers.models.pixtral.processing_pixtral"
 _TORCHVISION_HELPER = "transformers.models.pixtral.image_processing_pixtral"
@@ -127,18 +130,7 @@ class Mistral3Adapter(ModelAdapter, family="mistral3"):
         return VisualLayout(positions, grids)
 
     # ------------------------------------------------ pixel_values layout (mask path)
-    def processed_size(self, inputs: dict[str, Tensor]) -> tuple[int, int]:
-        """(H, W) of the first image after the resize: ``image_sizes[0]``."""
-        h, w = inputs["image_sizes"][0].tolist()
-        return int(h), int(w)
-
-    def images_to_pixel_values(self, images: Tensor, inputs: dict[str, Tensor]) -> Tensor:
-        """[B, C, H, W] -> [B, 1, C, H, W] (one unpadded image's ``pixel_values`` is [1, C, H, W])."""
-        if tuple(inputs["pixel_values"].shape[-2:]) != tuple(images.shape[-2:]):
-            raise ValueError("the pixel-mask path takes one image per prompt (no batch padding)")
-        return images[:, None]
-
-    def pixel_values_to_image(self, pixel_values: Tensor, inputs: dict[str, Tensor]) -> Tensor:
-        """[n, C, Hmax, Wmax] -> the first image [C, H, W] (batch padding cut off)."""
-        h, w = self.processed_size(inputs)
-        return pixel_values[0, :, :h, :w]
+    def pixel_views(self, prepared: PreparedInputs) -> list[PixelView]:
+        """One view: the whole image resized to ``image_sizes[0]`` (``pixel_values`` [1, C, H, W])."""
+        h, w = prepared.inputs["image_sizes"][0].tolist()
+        return [PixelView(FULL_IMAGE, (int(h), int(w)))]

@@ -23,8 +23,9 @@ before and after. The tanh gates and the MLP after each cross-attention are outs
 gradients pass through them.
 
 Not defined here: DEX-AR and Grad-CAM's hidden-state variant (they read the language model's
-hidden states, which hold text positions only), and iGOS / pixel-space faithfulness (tiles,
-as for the other tiled families). Grad-CAM reads the last cross-attention layer, the last
+hidden states, which hold text positions only). The pixel-mask path (iGOS, pixel-space
+faithfulness) takes the used tiles as its views, each its box of the padded canvas; the
+unused tile slots keep their zeros. Grad-CAM reads the last cross-attention layer, the last
 that sees the image. Text before ``<|image|>`` cannot see the image, but transformers gives
 those rows a uniform (unmasked) cross-attention whose MLP output it then zeroes; the
 recorded support is what the model computed.
@@ -42,6 +43,7 @@ from transformers.models.mllama.image_processing_pil_mllama import (
 )
 
 from ..layout import Grid, LayoutError, VisualLayout
+from ..views import PixelView
 from .base import FamilyCard, ModelAdapter
 from .prompting import PreparedInputs
 
@@ -131,3 +133,18 @@ class MllamaAdapter(ModelAdapter, family="mllama"):
         tail = mask[:, -1:].expand(-1, answer_ids.numel(), -1, -1)
         inputs["cross_attention_mask"] = torch.cat([mask, tail], dim=1).to(self.device)
         return inputs
+
+    def pixel_views(self, prepared: PreparedInputs) -> list[PixelView]:
+        """The canvas tiles row-major (``pixel_values`` [1, 1, max_tiles, C, T, T], the unused
+        slots after them); the canvas is the resized image padded at the bottom and right."""
+        rows, cols, tall, wide = self.canvas(prepared.image_size)  # type: ignore[arg-type]
+        size = tuple(int(v) for v in prepared.inputs["pixel_values"].shape[-2:])
+        return [
+            PixelView(
+                (r * tall / rows, c * wide / cols, (r + 1) * tall / rows, (c + 1) * wide / cols),
+                size,  # type: ignore[arg-type]
+                f"tile {r},{c}",
+            )
+            for r in range(rows)
+            for c in range(cols)
+        ]

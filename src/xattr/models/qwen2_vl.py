@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
+from ..images import FULL_IMAGE
 from ..layout import Grid, LayoutError, VisualLayout
+from ..views import PixelView
 from .base import FamilyCard, ModelAdapter
+from .prompting import PreparedInputs
 
 
 class Qwen2VLAdapter(ModelAdapter, family="qwen2_vl"):
@@ -49,16 +54,19 @@ class Qwen2VLAdapter(ModelAdapter, family="qwen2_vl"):
         vision = self.model.config.vision_config
         return int(vision.patch_size), int(vision.temporal_patch_size)
 
-    def processed_size(self, inputs: dict[str, Tensor]) -> tuple[int, int]:
-        """(H, W) = patch_size * (grid_h, grid_w) of the first image's ``image_grid_thw``."""
-        _, gh, gw = (int(v) for v in inputs["image_grid_thw"][0])
+    def pixel_views(self, prepared: PreparedInputs) -> list[PixelView]:
+        """One view: the whole image resized to patch_size * (grid_h, grid_w) of ``image_grid_thw``."""
+        _, gh, gw = (int(v) for v in prepared.inputs["image_grid_thw"][0])
         p, _ = self._patch_dims
-        return gh * p, gw * p
+        return [PixelView(FULL_IMAGE, (gh * p, gw * p))]
 
-    def images_to_pixel_values(self, images: Tensor, inputs: dict[str, Tensor]) -> Tensor:
-        """[B, C, H, W] -> [B, n, C*T*p*p] in the processor's patch order (see the comments)."""
+    def views_to_pixel_values(
+        self, views: Sequence[Tensor], prepared: PreparedInputs, fill: float = 1.0
+    ) -> Tensor:
+        """The one view [B, C, H, W] -> [B, n, C*T*p*p] in the processor's patch order."""
         # patches grouped by merge block (h/m, w/m, m, m); each patch flattened as (C, T, p, p)
         # with the frame repeated over the temporal axis T
+        (images,) = views
         b, c, h, w = images.shape
         p, tp = self._patch_dims
         m = self.merge_size
@@ -67,16 +75,17 @@ class Qwen2VLAdapter(ModelAdapter, family="qwen2_vl"):
         x = x.unsqueeze(6).expand(*x.shape[:6], tp, p, p)  # [B, .., C, T, p, p]
         return x.reshape(b, (h // p) * (w // p), c * tp * p * p)
 
-    def pixel_values_to_image(self, pixel_values: Tensor, inputs: dict[str, Tensor]) -> Tensor:
-        """The first image's patches [n, C*T*p*p] back to [C, H, W] (first temporal slice)."""
-        h, w = self.processed_size(inputs)
+    def pixel_values_to_views(self, pixel_values: Tensor, prepared: PreparedInputs) -> list[Tensor]:
+        """The image's patches [n, C*T*p*p] back to [C, H, W] (first temporal slice)."""
+        (view,) = self.pixel_views(prepared)
+        h, w = view.size
         p, tp = self._patch_dims
         m = self.merge_size
         n = (h // p) * (w // p)
         x = pixel_values[:n].reshape(h // (p * m), w // (p * m), m, m, -1, tp, p, p)
         x = x[:, :, :, :, :, 0]  # [h/pm, w/pm, m, m, C, p, p]
         x = x.permute(4, 0, 2, 5, 1, 3, 6)  # [C, h/pm, m, p, w/pm, m, p]
-        return x.reshape(x.shape[0], h, w)
+        return [x.reshape(x.shape[0], h, w)]
 
 
 class Qwen25VLAdapter(Qwen2VLAdapter, family="qwen2_5_vl"):

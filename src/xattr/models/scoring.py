@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..images import ImageLike
+from ..images import ImageLike, Region
 from .capture import eval_mode, frozen_parameters
 from .prompting import CaptureError, PreparedInputs
 
@@ -84,17 +84,22 @@ class ScoringMixin:
         keep: Tensor,
         answer_ids: Tensor,
         *,
+        box: Region | None = None,
+        mode: str = "bilinear",
         noise: float = 0.0,
         generator: torch.Generator | None = None,
     ) -> Tensor:
         """Teacher-forced log p(y_t | blend_b) for B blends, differentiable in ``keep``: [B, T].
 
-        ``keep`` [B, H, W] in [0, 1] at the processed resolution (`processed_size`) weighs
+        ``keep`` [B, h, w] in [0, 1] is a mask over ``box`` of the original image (default
+        the mask box the views see, `PixelMaskMixin.mask_box`), at any resolution; every view
+        sees its crop of it (`views.sample_mask`, ``mode`` bilinear or nearest) and weighs
         the image against ``baseline`` (the same prompt on a perturbed image, e.g. blurred):
-        ``pv = keep * pv_image + (1 - keep) * pv_baseline`` in `pixel_values` space, plus
-        Gaussian noise of std ``noise`` there (iGOS's integrated-gradient noise). Parameters
-        stay frozen; the graph runs from ``keep`` through the vision tower and the LM. One
-        call is one forward pass over B images; the caller chunks and runs the backward.
+        ``pv = w * pv_image + (1 - w) * pv_baseline`` in `pixel_values` space, plus Gaussian
+        noise of std ``noise`` there (iGOS's integrated-gradient noise). Parameters stay
+        frozen; the graph runs from ``keep`` through the vision tower and the LM. One call is
+        one forward pass over B images (all their views); the caller chunks and runs the
+        backward.
         """
         if prepared.prompt_ids.numel() != baseline.prompt_ids.numel():
             raise CaptureError(
@@ -116,7 +121,9 @@ class ScoringMixin:
             stack.enter_context(torch.set_grad_enabled(keep.requires_grad))
             pv = prepared.inputs["pixel_values"].to(device)
             pv_base = baseline.inputs["pixel_values"].to(device)
-            weight = self.mask_to_pixel_values(keep.to(device, pv.dtype), prepared.inputs)  # type: ignore[attr-defined]
+            weight = self.mask_to_pixel_values(  # type: ignore[attr-defined]
+                keep.to(device, pv.dtype), prepared, box=box, mode=mode
+            )  # [B, *pv]
             blended = weight * pv + (1 - weight) * pv_base  # [B, *pv]
             if noise > 0:
                 eps = torch.randn(blended.shape, generator=generator, dtype=blended.dtype)

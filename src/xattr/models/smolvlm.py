@@ -10,7 +10,7 @@ frame unseen, so the stitched grid's cells are uniform over the seen box up to h
 gap per tile), the 256M / 500M ones 512 / 16 / 4 (8 x 8). Caveats as for Idefics3 (two
 overlapping views, tags and "\\n" between the visual tokens, the stretch, all-zero frames
 dropped as padding); the LM (SmolLM2, a Llama at ``model.model.text_model``) is full causal.
-Video prompts are not explained. No pixel-mask path.
+Video prompts are not explained. The pixel-mask path is Idefics3's (tiles, then the global frame).
 
 The real processor needs torchvision (its video processor) and ``num2words`` (video prompts)
 to be built; `SmolVLMImageOnlyProcessor` is the image-only stand-in used without them.
