@@ -5,7 +5,7 @@ the sliding layers only.
 Layout. The image processor resizes the image, keeping its aspect ratio, to the largest
 ``H x W`` whose sides are whole multiples of ``pooling_kernel_size * patch_size`` (48 px in
 the checkpoints) and whose patches fit the budget ``max_soft_tokens * pooling_kernel_size^2``
-(280 soft tokens by default; 70 to 1120 allowed). A side that would round to zero becomes one
+(280 soft tokens by default; 70, 140, 560 or 1120 with ``load(..., max_soft_tokens=N)``). A side that would round to zero becomes one
 cell, the other then ``floor(long / short)`` cells up to the budget (1 x 280 at the limit). The
 vision tower pools the patches ``k x k`` into ``(H / 48) x (W / 48)`` soft tokens in raster
 order, written as ``<|image|>`` between ``<|image>`` and ``<image|>`` (not visual tokens).
@@ -28,17 +28,22 @@ same number of query heads, so a trace's ``layer_heads`` is uniform. Attention i
 ``use_bidirectional_attention="all"`` (a non-causal encoder) is refused.
 
 Audio and video inputs are out of scope: a question holding an audio or video token is
-refused. The pixel-mask path (iGOS, pixel-space faithfulness) maps the processed image to
+refused. E2B and E4B carry an audio tower that transformers runs eager only; asked for SDPA,
+the adapter gives it to the text and vision models and keeps the audio tower eager. The pixel-mask path (iGOS, pixel-space faithfulness) maps the processed image to
 the processor's patch list and back.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from transformers import Gemma4Processor, ProcessorMixin
+from transformers.models.gemma4.image_processing_pil_gemma4 import (
+    _SUPPORTED_SOFT_TOKENS as SOFT_TOKEN_BUDGETS,
+)
 
 from ..layout import Grid, LayoutError, VisualLayout
 from .base import ModelAdapter
@@ -77,8 +82,18 @@ class Gemma4ImageOnlyProcessor(ImageOnlyProcessorMixin, Gemma4Processor):
         ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
 
 
+def has_audio_tower(path: str | Path) -> bool:
+    """Whether a checkpoint's config (hub id or directory) declares an audio tower."""
+    from transformers import PretrainedConfig
+
+    config, _ = PretrainedConfig.get_config_dict(str(path))
+    return config.get("audio_config") is not None
+
+
 class Gemma4Adapter(ModelAdapter, family="gemma4"):
     """gemma-4-*-it (module docstring)."""
+
+    max_soft_tokens: int | None = None  # None: the image processor's budget (280 in Google's)
 
     def __init__(self, model: nn.Module, processor: Any, **kwargs: Any) -> None:
         if getattr(model.config, "vision_config", None) is None:
@@ -91,11 +106,36 @@ class Gemma4Adapter(ModelAdapter, family="gemma4"):
             )
         super().__init__(model, processor, **kwargs)
 
+    @classmethod
+    def load(cls, path: str | Path, *, max_soft_tokens: int | None = None, **kwargs: Any) -> Any:
+        """`ModelAdapter.load`; ``max_soft_tokens`` sets the image token budget of every
+        processor call (one of 70, 140, 280, 560, 1120; default: the image processor's).
+        One attention implementation other than eager is given to the text and vision models
+        only where the checkpoint has an audio tower (E2B, E4B), which transformers runs
+        eager only (asking it for SDPA fails to load)."""
+        if max_soft_tokens is not None and max_soft_tokens not in SOFT_TOKEN_BUDGETS:
+            raise CaptureError(
+                f"max_soft_tokens={max_soft_tokens}: Gemma 4's processor takes one of "
+                f"{SOFT_TOKEN_BUDGETS}"
+            )
+        impl = kwargs.get("attn_implementation")
+        if isinstance(impl, str) and impl != "eager" and has_audio_tower(path):
+            kwargs["attn_implementation"] = {
+                "text_config": impl,
+                "vision_config": impl,
+                "audio_config": "eager",
+            }
+        adapter = super().load(path, **kwargs)
+        adapter.max_soft_tokens = max_soft_tokens
+        return adapter
+
     # ------------------------------------------------------------ processing
     def process(self, image: Any, text: str) -> dict[str, Tensor]:
-        """The processor call; the chat template already writes ``<bos>``."""
+        """The processor call with the soft-token budget (`load`); the chat template already
+        writes ``<bos>``."""
+        budget = {} if self.max_soft_tokens is None else {"max_soft_tokens": self.max_soft_tokens}
         out = self.processor(
-            images=[image], text=[text], return_tensors="pt", add_special_tokens=False
+            images=[image], text=[text], return_tensors="pt", add_special_tokens=False, **budget
         )
         return dict(out)
 

@@ -35,6 +35,14 @@ GEOMETRY_SIZE = (144, 64)
 LAYER_TYPES = ("sliding_attention", "full_attention", "sliding_attention", "full_attention")
 KV_SHARED_LAYERS = 2
 
+AUDIO = {  # a tiny conformer audio tower (never run: xattr takes no audio)
+    "hidden_size": 32,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "output_proj_dims": 32,
+    "subsampling_conv_channels": [8, 4],
+}
+
 SPECIALS = (
     "<pad>",
     "<eos>",
@@ -126,11 +134,13 @@ def build(
     patch_size: int = PATCH_SIZE,
     sliding_window: int = 8,
     bidirectional: str | None = "vision",
+    audio: bool = False,
     extra_words: Any = (),
     with_tokenizer: PreTrainedTokenizerFast | None = None,
 ) -> Path:
     """A tiny Gemma 4 (module docstring); ``bidirectional`` is the text config's
-    ``use_bidirectional_attention`` ("vision" or None). ``image_size`` is fixed by the
+    ``use_bidirectional_attention`` ("vision" or None); ``audio`` adds a tiny audio tower
+    (E2B and E4B have one, eager attention only). ``image_size`` is fixed by the
     soft-token budget and is accepted for the common builder signature only."""
     if image_size != NATIVE_SIZE:
         raise ValueError(f"the tiny Gemma 4 keeps {NATIVE_SIZE} px images, not {image_size}")
@@ -171,7 +181,7 @@ def build(
     config = Gemma4Config(
         text_config=text,
         vision_config=vision,
-        audio_config=None,
+        audio_config=AUDIO if audio else None,
         boi_token_id=ids("<|image>"),
         eoi_token_id=ids("<image|>"),
         image_token_id=ids("<|image|>"),
