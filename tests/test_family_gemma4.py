@@ -49,6 +49,7 @@ TINY_GRIDS = {
     (96, 96): (8, 8),  # kept as is
     (144, 64): (5, 12),  # x 1.046: 67 x 151 px -> 60 x 144
     (300, 40): (3, 22),  # x 0.917: 37 x 275 px -> 36 x 264
+    (40, 300): (22, 3),
     (1000, 10): (1, 70),  # 1:100: one 12 px row, 840 px long (the 70-token cap)
     (10, 1000): (70, 1),
 }
@@ -94,6 +95,43 @@ def test_load_sets_the_soft_token_budget(tiny_model_dir):
     assert adapter.prepare(SPEC.image(), QUESTION).grids == [(11, 11)]
     with pytest.raises(CaptureError, match="max_soft_tokens=100.*70, 140, 280, 560, 1120"):
         xattr.models.load(tiny_model_dir("gemma4"), max_soft_tokens=100)
+
+
+def _visual_embeddings(adapter, image) -> torch.Tensor:
+    """The language model's input embeddings at the soft tokens, in raster order: [|V|, D]."""
+    prepared = adapter.prepare(image, QUESTION)
+    seen = {}
+
+    def grab(_module, _args, kwargs):
+        seen["embeds"] = kwargs["inputs_embeds"].detach()[0]
+
+    handle = adapter.language_model().register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            adapter.model(**prepared.inputs)
+    finally:
+        handle.remove()
+    return seen["embeds"][prepared.visual_index]
+
+
+@pytest.mark.parametrize("size", [(300, 40), (40, 300)])
+def test_a_white_block_lights_its_cell_at_a_long_aspect_ratio(tiny_adapter, size):
+    """Resized 300 x 40 -> 264 x 36 (3 x 22 cells, each side scaled apart; and transposed): a white block in
+    the middle of cell (r, c) of the original changes soft token (r, c) the most."""
+    adapter = tiny_adapter("gemma4")
+    width, height = size
+    rows, cols = TINY_GRIDS[size]
+    base = _visual_embeddings(adapter, SPEC.image(size))
+    for r, c in {(0, 0), (rows - 1, cols - 1), (rows // 2, cols // 2), (0, cols - 1)}:
+        h, w = height / rows, width / cols
+        block = (
+            round((r + 0.25) * h),
+            round((c + 0.25) * w),
+            round((r + 0.75) * h),
+            round((c + 0.75) * w),
+        )
+        moved = _visual_embeddings(adapter, SPEC.image(size, block=block))
+        assert int((moved - base).norm(dim=-1).argmax()) == r * cols + c, (r, c)
 
 
 def test_the_soft_tokens_are_one_block_between_their_markers(tiny_adapter):
