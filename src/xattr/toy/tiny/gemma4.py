@@ -74,8 +74,9 @@ NAMED = {
 
 # Gemma 4 "it", reduced to one image and text: <bos> first, turns between <|turn> and <turn|>,
 # the assistant's role rendered "model", the image placeholder <|image|> (the processor expands
-# it to <|image> + soft tokens + <image|>). The official template also renders system turns,
-# tools and the thinking switch, which a single visual question does not use.
+# it to <|image> + soft tokens + <image|>), and, thinking being off by default, an empty
+# thought channel opening the model's turn. The official template also renders system turns
+# and tools, which a single visual question does not use.
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
     "{% for message in messages %}"
@@ -87,7 +88,9 @@ CHAT_TEMPLATE = (
     "{% elif item['type'] == 'text' %}{{ item['text'] | trim }}{% endif %}"
     "{% endfor %}{% endif %}<turn|>\n"
     "{% endfor %}"
-    "{% if add_generation_prompt %}<|turn>model\n{% endif %}"
+    "{% if add_generation_prompt %}<|turn>model\n"
+    "{% if not enable_thinking | default(false) %}<|channel>thought\n<channel|>{% endif %}"
+    "{% endif %}"
 )
 
 
@@ -96,7 +99,7 @@ def tokenizer(extra_words: Any = ()) -> PreTrainedTokenizerFast:
     return _common.tokenizer(
         SPECIALS,
         chat_template=CHAT_TEMPLATE,
-        extra_words=("model", *extra_words),  # the assistant's role name
+        extra_words=("model", "thought", *extra_words),  # role and channel names
         bos="<bos>",
         eos="<eos>",
         pad="<pad>",
