@@ -412,7 +412,9 @@ def test_deletion_insertion_on_a_real_model(tiny_adapter):
         assert out[key] == pytest.approx(one_by_one[key], rel=1e-4, abs=1e-5), key
 
 
-@pytest.mark.parametrize("family", ["qwen2_5_vl", "llava", "llava_next", "internvl", "idefics3"])
+@pytest.mark.parametrize(
+    "family", ["qwen2_5_vl", "llava", "llava_next", "internvl", "idefics3", "gemma4"]
+)
 def test_pixel_values_blending_matches_blending_the_image(tiny_adapter, family):
     """The fast path (process image and baseline once, blend pixel_values) scores the same
     curves as blending PIL images and processing each, up to the uint8 rounding of the latter

@@ -119,7 +119,10 @@ def test_sdpa_trace_recomputes_the_eager_attention(tiny_adapter, sdpa_adapter, f
         torch.testing.assert_close(
             b.attentions[layer], a.attentions[layer].float(), rtol=1e-4, atol=1e-5
         )
-    torch.testing.assert_close(b.gradients_for([1]), a.gradients_for([1]), rtol=1e-4, atol=1e-6)
+    grads = a.gradients_for([1])
+    # float32 rounding grows with the gradients' size (Gemma 4's reach 0.4: 1.5e-6 apart)
+    atol = max(1e-6, 1e-5 * float(grads.abs().max()))
+    torch.testing.assert_close(b.gradients_for([1]), grads, rtol=1e-4, atol=atol)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

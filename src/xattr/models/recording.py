@@ -374,6 +374,8 @@ class CapturedGradients(GradientSource):
     def bytes_per_token(self, layers: Sequence[int]) -> int:
         out = self.outputs[0]
         n, heads, item = out.shape[1], out.shape[2], out.element_size()
-        # d z / d o for every layer, plus what the backward itself holds per token
-        # (an eager softmax backward keeps about two [H, N, N] tensors alive at a time)
-        return len(layers) * out[0].numel() * item + 2 * heads * n * n * item
+        # d z / d o for every layer (head sizes may differ by layer: Gemma 4's full layers),
+        # plus what the backward itself holds per token (an eager softmax backward keeps
+        # about two [H, N, N] tensors alive at a time)
+        d_out = sum(self.outputs[layer][0].numel() for layer in layers)
+        return d_out * item + 2 * heads * n * n * item
