@@ -29,9 +29,11 @@ parallel on the same normed input, which the methods do not need to know. Logits
 LM head's times ``text_config.logit_scale``, and so is the logit lens (`unembed`).
 
 Caveats. The chat template writes ``<BOS_TOKEN>``, so the prompt is tokenised without
-adding it again. The pixel-mask path (iGOS, pixel-space faithfulness) exists for an untiled
-image only (one view: ``pixel_values`` is the stretched image); a tiled one raises
-NotImplementedError.
+adding it again. No pixel-mask path: a tiled image's views are two separate resamplings of
+it (the canvas and the thumbnail), not one processed image, so iGOS and pixel-space
+faithfulness are not supported (image-space faithfulness is). An untiled image has one view
+that could take it, but a path that exists for some images only would break the metrics
+that choose the pixel space by family (`DeletionInsertion`'s ``space="auto"``).
 """
 
 from __future__ import annotations
@@ -105,27 +107,3 @@ class AyaVisionAdapter(ModelAdapter, family="aya_vision"):
         """The LM head times ``logit_scale``, as `AyaVisionForConditionalGeneration` computes."""
         scale = float(self.model.config.get_text_config().logit_scale)
         return super().unembed(hidden) * scale
-
-    # ------------------------------------------------ pixel_values layout (mask path)
-    def _one_view(self, inputs: dict[str, Tensor]) -> Tensor:
-        pixel_values = inputs["pixel_values"]  # [views, C, S, S]
-        if pixel_values.shape[0] != 1:
-            raise NotImplementedError(
-                f"{self._no_pixel_path()} when the image is tiled "
-                f"({pixel_values.shape[0]} views: tiles and a thumbnail)"
-            )
-        return pixel_values
-
-    def processed_size(self, inputs: dict[str, Tensor]) -> tuple[int, int]:
-        """(S, S): the one view the vision tower sees (an untiled image)."""
-        h, w = self._one_view(inputs).shape[-2:]
-        return int(h), int(w)
-
-    def images_to_pixel_values(self, images: Tensor, inputs: dict[str, Tensor]) -> Tensor:
-        """[B, C, S, S] -> [B, 1, C, S, S] (one view's ``pixel_values`` is [1, C, S, S])."""
-        self._one_view(inputs)
-        return images[:, None]
-
-    def pixel_values_to_image(self, pixel_values: Tensor, inputs: dict[str, Tensor]) -> Tensor:
-        """[1, C, S, S] -> [C, S, S]."""
-        return self._one_view({"pixel_values": pixel_values})[0]

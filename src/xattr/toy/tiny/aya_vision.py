@@ -130,23 +130,19 @@ def build(
     patch_size: int = 8,
     max_tiles: int = REAL_MAX_TILES,
     sliding_window: int = SLIDING_WINDOW,
+    text_model_type: str = "cohere2",
     extra_words: Any = (),
 ) -> Path:
     """A tiny Aya Vision: ``image_size`` px tiles of ``patch_size`` px patches, pixel-shuffled
-    2 x 2 into ``(image_size / patch_size / 2)^2`` tokens per view; text layers alternate
-    sliding-window (``sliding_window``) and global attention, the last one global."""
+    2 x 2 into ``(image_size / patch_size / 2)^2`` tokens per view. A ``cohere2`` language
+    model alternates sliding-window (``sliding_window``) and global layers, the last one
+    global; ``cohere`` (Command R's) is causal everywhere."""
     tok = tokenizer(extra_words)
-    layer_types = [
-        "full_attention" if (i + 1) % 2 == 0 else "sliding_attention"
-        for i in range(sizes.text_layers)
-    ]
-    text = {
-        "model_type": "cohere2",
+    text: dict[str, Any] = {
+        "model_type": text_model_type,
         **sizes.text_kwargs(len(tok)),
         "max_position_embeddings": 2048,
         "logit_scale": 0.25,  # aya-vision-8b's (Cohere2Config's default is 0.0625)
-        "layer_types": layer_types,
-        "sliding_window": sliding_window,
         "bos_token_id": tok.bos_token_id,
         "eos_token_id": [
             tok.convert_tokens_to_ids("<|END_RESPONSE|>"),
@@ -154,6 +150,12 @@ def build(
         ],
         "pad_token_id": tok.pad_token_id,
     }
+    if text_model_type == "cohere2":
+        text["sliding_window"] = sliding_window
+        text["layer_types"] = [
+            "full_attention" if (i + 1) % 2 == 0 else "sliding_attention"
+            for i in range(sizes.text_layers)
+        ]
     vision = {
         "model_type": "siglip_vision_model",
         "hidden_size": sizes.vision_hidden,
