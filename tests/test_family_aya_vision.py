@@ -14,7 +14,13 @@ import torch
 import transformers
 
 import xattr
-from support.families import QUESTION, SPECS, assert_same_maps, explain_quietly
+from support.families import (
+    QUESTION,
+    SPECS,
+    assert_same_maps,
+    check_one_view_raster_order,
+    explain_quietly,
+)
 from xattr.layout import LayoutError
 from xattr.metrics.faithfulness import DeletionInsertion
 from xattr.models import CaptureError, internvl
@@ -210,6 +216,12 @@ def test_faithfulness_runs_in_image_space_and_igos_is_refused(tiny_adapter):
     assert all(math.isfinite(v) for v in out.values())
     with pytest.raises(NotImplementedError, match="not supported for aya_vision"):
         adapter.processed_size(adapter.prepare(SPEC.image(), QUESTION).inputs)
+
+
+def test_the_merged_tokens_are_in_raster_order_over_a_view(tiny_adapter):
+    """After the projector's 2 x 2 pixel shuffle, token (r, c) of a view holds that view's (r, c) square:
+    whitening exactly one token's square changes that token, and it alone by a clear margin."""
+    check_one_view_raster_order(tiny_adapter("aya_vision"), SPEC)
 
 
 # ------------------------------------------------------------------------ bad input

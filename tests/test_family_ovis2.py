@@ -13,7 +13,12 @@ import pytest
 import torch
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-from support.families import QUESTION, SPECS, explain_quietly
+from support.families import (
+    QUESTION,
+    SPECS,
+    check_one_view_raster_order,
+    explain_quietly,
+)
 from xattr.layout import LayoutError
 from xattr.metrics.faithfulness import DeletionInsertion
 from xattr.models import CaptureError
@@ -149,6 +154,12 @@ def test_the_tiny_prompt_holds_the_thumbnail_then_nine_tiles(tiny_adapter):
     assert names == ["thumbnail"] + [f"tile {r},{c}" for r in range(3) for c in range(3)]
     assert prepared.grids == [(4, 4)] * 10
     assert int(prepared.prompt_index[0]) > int(prepared.visual_index[-1])
+
+
+def test_the_merged_tokens_are_in_raster_order_over_a_view(tiny_adapter):
+    """After the 2 x 2 hidden-stride merge, token (r, c) of a view holds that view's (r, c) square:
+    whitening exactly one token's square changes that token, and it alone by a clear margin."""
+    check_one_view_raster_order(tiny_adapter("ovis2"), SPEC)
 
 
 def test_views_the_separators_do_not_state_are_refused(tiny_adapter):
