@@ -19,11 +19,11 @@ returns no canvas, so the grids are recomputed from its config (`internvl.view_g
 same GOT-OCR2 rule) and checked against the views and tokens it emitted. Every region is
 seen twice when tiled (tile and thumbnail); `Explanation.visual_pixels` combines the views.
 
-Attention. The language model is Cohere2 for aya-vision-8b: sliding-window layers (window
-4096, with RoPE) interleaved with global layers (every 4th, causal, *no* positional
-encoding), plain causal otherwise (image tokens are ordinary positions). The capture
-records each layer's real mask (``j > i - W`` on sliding layers), and every method sums and
-propagates over it. The LM is whatever ``text_config.model_type`` names (Cohere for a
+Attention. The language model is Cohere2 for aya-vision-8b: causal sliding-window layers
+(``j > i - W``, W = 4096, with RoPE) interleaved with causal global layers (every 4th, *no*
+positional encoding): Cohere2Config's defaults. Image tokens are ordinary positions. The
+capture records each layer's real mask, and every method sums and propagates over it; at
+N < W (13 views: about 2,200 image tokens) the windows clip nothing until the answer is long. The LM is whatever ``text_config.model_type`` names (Cohere for a
 checkpoint built on Command R / Aya Expanse); a Cohere block runs attention and MLP in
 parallel on the same normed input, which the methods do not need to know. Logits are the
 LM head's times ``text_config.logit_scale``, and so is the logit lens (`unembed`).
