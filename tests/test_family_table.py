@@ -42,11 +42,15 @@ def test_every_registered_family_has_a_row_and_a_card():
 
 def test_the_methods_column_follows_the_adapter(tiny_adapter):
     runs, refused = family_methods("mllama")
-    assert "dexar" in refused and "igos" in refused  # refused by name; no pixel-mask path
-    assert "glimpse" in runs
+    assert refused == ["dexar"] and "igos" in runs  # refused by name; tiles have a pixel path
     assert family_methods("qwen2_5_vl")[1] == []  # every method
-    for family in ("mllama", "qwen2_5_vl", "llava_next"):  # igos listed iff the path exists
-        assert tiny_adapter(family).has_pixel_path == ("igos" in family_methods(family)[0])
+    assert tiny_adapter("mllama").has_pixel_path
+
+    class NoViews(xattr.models.ModelAdapter):  # not registered: no family name
+        def visual_layout(self, inputs, image_size):
+            raise NotImplementedError
+
+    assert family_methods(NoViews)[1] == ["igos"]  # perturbation needs the pixel-mask path
 
 
 def test_a_stale_table_is_reported():

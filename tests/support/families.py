@@ -8,6 +8,7 @@ come from its adapter (``refused_methods``)."""
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -107,3 +108,38 @@ def check_pixel_blend(adapter, image: Image.Image, atol: float) -> None:
     assert view.shape == (3, height, width)
     # slots holding no view (mllama's unused tiles) are zeros in the processor's output
     assert torch.equal(adapter.views_to_pixel_values([view[None]], prepared, fill=0.0)[0], pv)
+
+
+def visual_input_embeddings(adapter: Any, image: Image.Image) -> torch.Tensor:
+    """The language model's input embeddings at the visual positions, in V order: [|V|, D]."""
+    prepared = adapter.prepare(image, QUESTION)
+    seen = {}
+
+    def grab(_module, _args, kwargs):
+        seen["embeds"] = kwargs["inputs_embeds"].detach()[0]
+
+    handle = adapter.language_model().register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            adapter.model(**prepared.inputs)
+    finally:
+        handle.remove()
+    return seen["embeds"][prepared.visual_index]
+
+
+def check_one_view_raster_order(adapter: Any, spec: FamilySpec) -> None:
+    """On a native-size (one-view) image, whitening exactly the pixel square of token (r, c)
+    changes that token's input embedding the most, by a clear margin, for every token: the
+    merged visual tokens are in raster order over the view."""
+    base = visual_input_embeddings(adapter, spec.image())
+    side = math.isqrt(base.shape[0])
+    assert side * side == base.shape[0], "one square view"
+    px = spec.native_size // side
+    for r in range(side):
+        for c in range(side):
+            block = (r * px, c * px, (r + 1) * px, (c + 1) * px)
+            moved = visual_input_embeddings(adapter, spec.image(block=block))
+            change = (moved - base).norm(dim=-1)  # [|V|]
+            top2 = change.topk(2).values
+            assert int(change.argmax()) == r * side + c, (r, c)
+            assert float(top2[0]) > 2 * float(top2[1]), (r, c, top2.tolist())

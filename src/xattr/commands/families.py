@@ -28,12 +28,13 @@ def configs_by_family() -> dict[str, list[str]]:
     return found
 
 
-def family_methods(family: str) -> tuple[list[str], list[str]]:
-    """(the registered methods ``family`` runs, those it does not), by name."""
+def family_methods(family: str | type) -> tuple[list[str], list[str]]:
+    """(the registered methods ``family`` (a name or an adapter class) runs, those it does
+    not), by name."""
     from .. import methods, models
     from ..models.pixels import family_has_pixel_path
 
-    cls = models.ADAPTERS.get_class(family)
+    cls = models.ADAPTERS.get_class(family) if isinstance(family, str) else family
     runs, refused = [], []
     for name in methods.available():
         perturbs = methods.get(name).needs.model  # blends the image: needs the pixel-mask path

@@ -181,3 +181,14 @@ class OneImagePixels:
         h, w = prepared.inputs["pixel_values"].shape[-2:]
         box = processor_region(prepared.image_size, self.processor.image_processor)  # type: ignore[attr-defined]
         return [PixelView(box, (int(h), int(w)))]
+
+
+class ViewPerGridPixels:
+    """The pixel-mask path of processors whose ``pixel_values`` is one square frame per view,
+    [views, C, S, S], each view one token grid of the layout, in the grids' order (tiles and a
+    thumbnail, as Aya Vision and Ovis2 emit them); mix in before `ModelAdapter`."""
+
+    def pixel_views(self, prepared: PreparedInputs) -> list[PixelView]:
+        """A view per grid: the grid's box of the image at the frame size."""
+        h, w = prepared.inputs["pixel_values"].shape[-2:]
+        return [PixelView(g.box, (int(h), int(w)), g.name) for g in prepared.layout.grids]
