@@ -110,3 +110,18 @@ def test_the_sweep_keeps_the_support_blocks_of_one_block_size_only(monkeypatch):
     monkeypatch.setattr(sweep, "_support", watched)
     xattr.methods.explain_all(trace, ["glimpse"], budget=1)  # one token per chunk
     assert len(sizes) == 2 * 12 and max(sizes) == 1
+
+
+def test_the_sweep_trims_the_heap_once_per_chunk_on_a_cpu(monkeypatch):
+    """Freed heap pages go back to the OS after every chunk (`xattr.heap`): a long answer's
+    RSS then follows its live tensors (docs/performance.md, "Long answers")."""
+    from xattr import heap
+    from xattr.methods import sweep
+
+    assert heap.trim_heap() in (True, False)  # callable here, whatever the C library
+    calls = []
+    monkeypatch.setattr(sweep, "trim_heap", lambda: calls.append(1) or True)
+    trace, *_ = _trace(sliding_window())
+    monkeypatch.setenv("XATTR_GRADIENT_MEMORY", "1")  # one answer token per chunk
+    methods.get("glimpse").attribute(trace)
+    assert len(calls) == T

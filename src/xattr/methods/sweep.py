@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from ..explanation import Explanation
+from ..heap import trim_heap
 from ..trace import LINEAR, SOFTMAX, Trace
 from .base import Attributor, Needs
 from .numerics import finite_flag, raise_first_bad, working_dtype
@@ -258,6 +259,8 @@ def run_sweep(
         _check(attention_ok, gradients_ok, tokens, list(reversed(needed)))
         for c in live:
             call(c, c.end_chunk)
+        if trace.device.type == "cpu":  # freed heap pages back to the OS (`xattr.heap`)
+            trim_heap()
     return report
 
 
