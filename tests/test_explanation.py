@@ -57,3 +57,26 @@ def test_save_load_round_trip(tmp_path):
 def test_load_from_a_folder_without_an_explanation(tmp_path):
     with pytest.raises(FileNotFoundError, match="explanation.json"):
         Explanation.load(tmp_path)
+
+
+def test_visual_pixels_over_a_box_are_the_whole_image_composition_at_the_same_centres():
+    """Tiles and a thumbnail: 6 x 8 pixels over the top-left quarter are pixels of the
+    12 x 16 composition of the whole image (their centres coincide), for the quarter and
+    for a box that is not a union of tiles."""
+    from xattr.layout import Grid
+
+    tiles = [
+        Grid(2, 2, 0, (r / 2, c / 2, (r + 1) / 2, (c + 1) / 2)) for r in (0, 1) for c in (0, 1)
+    ]
+    grids = [*tiles, Grid(3, 3)]
+    gen = torch.Generator().manual_seed(0)
+    maps = [torch.randn(*g.shape, generator=gen) for g in grids]
+    expl = Explanation("t", maps[0], ["a"], torch.ones(1), grids=grids, more_maps=maps[1:])
+    whole = expl.visual_pixels((12, 16))
+    torch.testing.assert_close(expl.visual_pixels((12, 16), box=(0.0, 0.0, 1.0, 1.0)), whole)
+    quarter = expl.visual_pixels((6, 8), box=(0.0, 0.0, 0.5, 0.5))
+    torch.testing.assert_close(quarter, whole[:6, :8], rtol=1e-6, atol=1e-6)
+    middle = expl.visual_pixels((6, 8), box=(0.25, 0.25, 0.75, 0.75))
+    torch.testing.assert_close(middle, whole[3:9, 4:12], rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="positive extent"):
+        expl.visual_pixels((6, 8), box=(0.5, 0.0, 0.5, 1.0))

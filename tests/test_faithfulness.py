@@ -8,12 +8,14 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageFilter
 
 from support.families import SPECS
 from xattr.explanation import Explanation
+from xattr.layout import Grid, canvas_grid
 from xattr.metrics import DeletionInsertion, MetricUndefinedWarning
-from xattr.metrics.faithfulness import _cell_index
+from xattr.metrics.faithfulness import _cell_index, canvas_saliency
 
 # Any MetricUndefinedWarning not expected by a pytest.warns block fails the test.
 pytestmark = pytest.mark.filterwarnings("error::xattr.metrics.MetricUndefinedWarning")
@@ -313,7 +315,7 @@ def test_images_sent_equal_forward_passes_in_one_batched_call(curves):
 def test_call_scores_the_answer_of_the_trace_and_the_visual_map():
     model = CellModel()
     trace = SimpleNamespace(input_ids=torch.tensor([1, 2, 3, 9, 4]), answer_positions=[3, 4])
-    expl = SimpleNamespace(visual=torch.tensor(PERFECT, dtype=torch.float32))
+    expl = Explanation("test", torch.tensor(PERFECT), ["a", "b"], torch.ones(2))
     out = metric()(model, white(), "q", trace, expl)
     assert out["deletion_auc"] == pytest.approx(0.375)
     assert model.calls[0]["answer"].tolist() == [9, 4]
@@ -413,28 +415,31 @@ def test_deletion_insertion_on_a_real_model(tiny_adapter):
 
 
 @pytest.mark.parametrize(
-    "family", ["qwen2_5_vl", "llava", "llava_next", "internvl", "idefics3", "gemma4"]
+    "family",
+    ["qwen2_5_vl", "llava", "llava_next", "internvl", "idefics3", "gemma4", "gemma3"],
 )
 def test_pixel_values_blending_matches_blending_the_image(tiny_adapter, family):
     """The fast path (process image and baseline once, blend pixel_values) scores the same
     curves as blending PIL images and processing each, up to the uint8 rounding of the latter
-    and, with several views (tiles and a thumbnail), the resampling of the cell edges."""
+    and, with several views (tiles and a thumbnail), the resampling of the cell edges. The
+    map is a random one per grid, ranked over the canvas of all grids (`canvas_saliency`)."""
     adapter = tiny_adapter(family)
     size = SPECS[family].native_size
     image = _noisy(3).resize(
         (size, size) if family in ("qwen2_5_vl", "llava") else SPECS[family].geometry_size
     )
     trace = adapter.trace(image, QUESTION, "red circle", gradients=False)
-    (gh, gw) = trace.grid
-    sal = torch.randn(gh, gw, generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(0)
+    grids = list(trace.layout.grids)
+    sal, box = canvas_saliency(_expl([torch.randn(*g.shape, generator=gen) for g in grids], grids))
     fractions = [0.0, 0.25, 0.5, 0.75, 1.0]
     fast = DeletionInsertion(
         fractions=fractions, curves=["deletion", "insertion"], space="processed"
     )
     slow = DeletionInsertion(fractions=fractions, curves=["deletion", "insertion"], space="image")
     answer = trace.input_ids[trace.answer_positions]
-    a = fast.curves_for(adapter, image, QUESTION, answer, sal)
-    b = slow.curves_for(adapter, image, QUESTION, answer, sal)
+    a = fast.curves_for(adapter, image, QUESTION, answer, sal, region=box)
+    b = slow.curves_for(adapter, image, QUESTION, answer, sal, region=box)
     for curve in ("deletion", "insertion"):
         np.testing.assert_allclose(a.scores[curve], b.scores[curve], atol=2e-2)
     assert fast._processed_space(adapter) and DeletionInsertion()._processed_space(adapter)
@@ -447,3 +452,179 @@ def test_cell_index_places_the_grid_on_its_region():
     np.testing.assert_array_equal(index[0], want_row)
     np.testing.assert_array_equal(index[3], want_row + 2)
     np.testing.assert_array_equal(index[:2], np.stack([want_row, want_row]))
+
+
+# ------------------------------------------------------- the whole image: every grid counts
+def _tiles_and_thumbnail(n: int = 3, cells: int = 4) -> list[Grid]:
+    """n x n tiles of cells x cells tokens over the image, then a thumbnail (InternVL's order)."""
+    tiles = [
+        Grid(cells, cells, 0, (r / n, c / n, (r + 1) / n, (c + 1) / n), f"tile {r},{c}")
+        for r in range(n)
+        for c in range(n)
+    ]
+    return [*tiles, Grid(cells, cells, 0, (0.0, 0.0, 1.0, 1.0), "thumbnail")]
+
+
+def _expl(maps: list[torch.Tensor], grids: list[Grid]) -> Explanation:
+    return Explanation(
+        "test", maps[0], ["a"], torch.ones(1), grids=list(grids), more_maps=list(maps[1:])
+    )
+
+
+def test_canvas_grid_is_the_finest_grid_over_every_box():
+    """Hand-computed canvases: tiles set the density, the union of the boxes the extent."""
+    full = (0.0, 0.0, 1.0, 1.0)
+    thirds = [(0.0, c / 3, 1.0, (c + 1) / 3) for c in range(3)]
+    cases = [
+        (_tiles_and_thumbnail(), (12, 12), full),  # InternVL / Aya Vision: tiles first
+        ([Grid(4, 4, box=full), Grid(4, 12, box=full)], (4, 12), full),  # LLaVA-NeXT
+        ([Grid(4, 4, box=full), *(Grid(4, 4, box=b) for b in thirds)], (4, 12), full),  # Gemma 3
+        ([Grid(8, 8, box=(0.0, 1 / 6, 1.0, 5 / 6))], (8, 8), (0.0, 1 / 6, 1.0, 5 / 6)),  # crop
+        ([Grid(4, 12, box=(0.0, 0.0, 1.0, 1.021))], (4, 12), (0.0, 0.0, 1.0, 1.021)),  # padded
+        (
+            [Grid(2, 2, box=(0.25, 0.25, 0.75, 0.5)), Grid(2, 2, box=(0.25, 0.5, 0.75, 0.75))],
+            (2, 4),
+            (0.25, 0.25, 0.75, 0.75),
+        ),
+        ([Grid(2, 2, image=0), Grid(8, 8, image=1)], (2, 2), full),  # image 1 is not image 0
+    ]
+    for grids, shape, box in cases:
+        canvas = canvas_grid(grids)
+        assert canvas.shape == shape and canvas.box == pytest.approx(box), grids
+    with pytest.raises(ValueError, match="no token grid covers image 1"):
+        canvas_grid([Grid(2, 2)], image=1)
+
+
+def test_canvas_saliency_composes_every_grid_at_the_cell_centres():
+    """Tiles: each tile's map is its block of the 12 x 12 canvas, exactly. A thumbnail alone:
+    its plain bilinear upsampling to 12 x 12, per unit of area (x 1/9, its cells are 9 times
+    a tile cell's). One grid: its own map over its own box."""
+    grids = _tiles_and_thumbnail()
+    gen = torch.Generator().manual_seed(0)
+    tiles = [torch.randn(4, 4, generator=gen) for _ in range(9)]
+    sal, box = canvas_saliency(_expl([*tiles, torch.zeros(4, 4)], grids))
+    blocks = torch.cat([torch.cat(tiles[3 * r : 3 * r + 3], dim=1) for r in range(3)], dim=0)
+    assert box == (0.0, 0.0, 1.0, 1.0)
+    torch.testing.assert_close(sal, blocks, rtol=0, atol=0)
+    thumb = torch.randn(4, 4, generator=gen)
+    sal, _ = canvas_saliency(_expl([*(torch.zeros(4, 4) for _ in range(9)), thumb], grids))
+    up = F.interpolate(thumb[None, None], size=(12, 12), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(sal, up[0, 0] / 9, rtol=1e-6, atol=1e-7)
+    one = torch.randn(8, 8, generator=gen, dtype=torch.float64)
+    crop = Grid(8, 8, box=(0.0, 1 / 6, 1.0, 5 / 6))
+    sal, box = canvas_saliency(_expl([one], [crop]))
+    assert sal is one and box == crop.box
+
+
+def _internvl_layout(tiny_adapter) -> tuple[object, Image.Image, list[Grid]]:
+    """InternVL's tiny model on a 165 x 150 image: 3 x 3 tiles of 4 x 4 tokens, a thumbnail."""
+    adapter = tiny_adapter("internvl")
+    image = _noisy(11).resize(SPECS["internvl"].geometry_size)
+    grids = list(adapter.prepare(image, QUESTION).layout.grids)
+    assert [g.name for g in grids] == [f"tile {r},{c}" for r in range(3) for c in range(3)] + [
+        "thumbnail"
+    ]
+    assert all(g.shape == (4, 4) for g in grids)
+    return adapter, image, grids
+
+
+def _tile_2_1_first(grids: list[Grid]) -> Explanation:
+    """Tile 2,1 (bottom middle) salient everywhere; tile 0,0 a ramp peaking at its corner (so
+    ranking tile 0,0's map alone deletes the top-left corner first); thumbnail and the other
+    tiles zero."""
+    maps = [torch.zeros(4, 4) for _ in grids]
+    maps[0] = torch.arange(16, dtype=torch.float32).reshape(4, 4) / 16
+    maps[7] = torch.full((4, 4), 2.0)
+    assert grids[7].name == "tile 2,1"
+    return _expl(maps, grids)
+
+
+def _inside(box, n_pixels_y: int, n_pixels_x: int, view=(0.0, 0.0, 1.0, 1.0)) -> np.ndarray:
+    """[H, W] bool: pixels (over ``view`` of the image) whose centres fall inside ``box``."""
+    top, left, bottom, right = box
+    ys = view[0] + (np.arange(n_pixels_y) + 0.5) / n_pixels_y * (view[2] - view[0])
+    xs = view[1] + (np.arange(n_pixels_x) + 0.5) / n_pixels_x * (view[3] - view[1])
+    return ((ys >= top) & (ys < bottom))[:, None] & ((xs >= left) & (xs < right))[None, :]
+
+
+def test_a_tile_outside_the_first_deletes_first_on_the_image(tiny_adapter):
+    """InternVL (tiles, then the thumbnail): a map on tile 2,1 deletes exactly tile 2,1's
+    pixels at the first step, k = 16 of the 144 canvas cells (fraction 1/9)."""
+    _, image, grids = _internvl_layout(tiny_adapter)
+    model = CellModel()  # records the images; its scores do not matter here
+    m = metric(fractions=[0.0, 1 / 9, 0.5, 1.0], curves=["deletion", "insertion"])
+    m(
+        model,
+        image,
+        QUESTION,
+        SimpleNamespace(input_ids=ANSWER, answer_positions=[0, 1]),
+        _tile_2_1_first(grids),
+    )
+    sent = [np.asarray(im) for im in model.calls[0]["images"]]
+    assert len(sent) == m.forward_passes() == 6
+    region = _inside(grids[7].box, image.height, image.width)
+    assert 0 < region.sum() < region.size / 8
+    original = np.asarray(image)
+    deleted, inserted = sent[2], sent[4]  # f = 1/9 of each curve
+    np.testing.assert_array_equal(deleted[region], 0)
+    np.testing.assert_array_equal(deleted[~region], original[~region])
+    np.testing.assert_array_equal(inserted[region], original[region])
+    np.testing.assert_array_equal(inserted[~region], 0)
+
+
+def test_a_tile_outside_the_first_deletes_first_in_every_view(tiny_adapter, monkeypatch):
+    """The same map in pixel_values space: the first deletion's mask keeps every view but
+    tile 2,1's, which it deletes whole, and the thumbnail loses the pixels over tile 2,1."""
+    adapter, image, grids = _internvl_layout(tiny_adapter)
+    seen = []
+
+    def fake(prepared, baseline, keep, answer_ids, *, box=None, mode="bilinear", **_):
+        seen.append((keep.clone(), box, mode))
+        kept = keep.flatten(1).mean(1)  # [B]: a score that tells the original from the baseline
+        return kept[:, None].expand(-1, answer_ids.numel())
+
+    monkeypatch.setattr(adapter, "masked_answer_logprobs", fake)
+    m = metric(fractions=[0.0, 1 / 9, 1.0], space="processed")
+    m(
+        adapter,
+        image,
+        QUESTION,
+        SimpleNamespace(input_ids=ANSWER, answer_positions=[0, 1]),
+        _tile_2_1_first(grids),
+    )
+    keep = torch.cat([k for k, _, _ in seen])  # [3, 12, 12]: original, baseline, f = 1/9
+    box, mode = seen[0][1], seen[0][2]
+    assert keep.shape == (3, 12, 12) and box == pytest.approx((0.0, 0.0, 1.0, 1.0))
+    want = torch.ones(12, 12)
+    want[8:12, 4:8] = 0  # tile 2,1's 16 cells of the canvas
+    torch.testing.assert_close(keep[2], want)
+    prepared = adapter.prepare(image, QUESTION)
+    weights = adapter.mask_to_pixel_values(keep[2:], prepared, box=box, mode=mode)[0]
+    views = adapter.pixel_values_to_views(weights, prepared)
+    for view, seen_weight in zip(adapter.pixel_views(prepared), views, strict=True):
+        h, w = view.size
+        expected = ~_inside(grids[7].box, h, w, view.box)  # kept where not over tile 2,1
+        assert (seen_weight == torch.as_tensor(expected, dtype=seen_weight.dtype)).all(), view
+    assert not views[7].any() and views[0].all()  # tile 2,1 deleted, tile 0,0 kept
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "llava"])
+def test_one_grid_families_rank_their_map_as_before(tiny_adapter, family):
+    """One grid (llava: a centre crop): the canvas is that grid and its map, so the metric
+    scores exactly what ranking ``expl.visual`` over ``expl.image_region`` scores."""
+    adapter = tiny_adapter(family)
+    image = _noisy(5).resize(SPECS[family].geometry_size)
+    trace = adapter.trace(image, QUESTION, "red circle", gradients=False)
+    (grid,) = trace.layout.grids
+    sal = torch.randn(*grid.shape, generator=torch.Generator().manual_seed(1))
+    expl = Explanation(
+        "test", sal, trace.answer_tokens, torch.ones(trace.num_answer_tokens), grids=[grid]
+    )
+    ranked, box = canvas_saliency(expl)
+    assert ranked is sal and box == grid.box == expl.image_region
+    if family == "llava":
+        assert box != (0.0, 0.0, 1.0, 1.0)  # the crop is kept as the region
+    m = DeletionInsertion(fractions=[0.0, 0.5, 1.0], curves=["deletion", "insertion"])
+    answer = trace.input_ids[trace.answer_positions]
+    before = m.score(adapter, image, QUESTION, answer, expl.visual, region=expl.image_region)
+    assert m(adapter, image, QUESTION, trace, expl) == before

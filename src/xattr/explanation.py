@@ -8,7 +8,9 @@ upsampled (bilinear) onto the box of the image it covers and scaled by
 contributes relevance *per unit of image area*; the contributions of grids that overlap
 (a tile and the thumbnail over the same region) add up. Pixels no grid covers (outside a
 centre crop) get the smallest value of any (scaled) grid map. With one grid over the whole
-image this is the plain upsampled map.
+image this is the plain upsampled map. The pixels may also be spread over a box of the image
+(``box``): the same rule read at those pixels' centres (a grid on exactly that box: its plain
+upsampled map).
 """
 
 from __future__ import annotations
@@ -80,9 +82,12 @@ class Explanation:
         return self.grids[0].box
 
     # ------------------------------------------------------------------ pixels
-    def visual_pixels(self, size: tuple[int, int], image: int = 0) -> Tensor:
-        """The visual map on image ``image``'s ``size`` = (height, width) pixels (`compose`)."""
-        return compose(self.visual_maps, self.grids, size, image)
+    def visual_pixels(
+        self, size: tuple[int, int], image: int = 0, box: Region = FULL_IMAGE
+    ) -> Tensor:
+        """The visual map on image ``image``'s ``size`` = (height, width) pixels spread over
+        ``box`` of it (default the whole image) (`compose`)."""
+        return compose(self.visual_maps, self.grids, size, image, box)
 
     def token_pixels(self, t: int, size: tuple[int, int], image: int = 0) -> Tensor:
         """Answer token ``t``'s own map on the image's pixels (needs ``return_token_maps``)."""
@@ -184,34 +189,55 @@ class Explanation:
         return cls.from_parts(info, load_file(str(src / "tensors.safetensors")))
 
 
-def compose(maps: list[Tensor], grids: list[Grid], size: tuple[int, int], image: int = 0) -> Tensor:
-    """Per-grid maps composed on image ``image``'s pixels by the rule in the module docstring."""
+def compose(
+    maps: list[Tensor],
+    grids: list[Grid],
+    size: tuple[int, int],
+    image: int = 0,
+    box: Region = FULL_IMAGE,
+) -> Tensor:
+    """Per-grid maps composed on image ``image``'s pixels by the rule in the module docstring;
+    the ``size`` = (height, width) pixels cover ``box`` of the image."""
     height, width = int(size[0]), int(size[1])
+    box = tuple(float(x) for x in box)  # type: ignore[assignment]
+    if not (box[2] > box[0] and box[3] > box[1]):
+        raise ValueError(f"box must be (top, left, bottom, right) with positive extent, got {box}")
     mine = [(m, g) for m, g in zip(maps, grids, strict=True) if g.image == image]
     if not mine:
         raise ValueError(f"no token grid covers image {image}")
-    if len(mine) == 1 and mine[0][1].box == FULL_IMAGE:  # the common case, exactly bilinear
+    if len(mine) == 1 and mine[0][1].box == box:  # the common case, exactly bilinear
         v = mine[0][0].detach().float()[None, None]
         return F.interpolate(v, size=(height, width), mode="bilinear", align_corners=False)[0, 0]
     reference = mine[0][1].cell_area
-    total = torch.zeros(height, width)
+    # float64 inside: a cell centre that falls on a finer grid's cell centre reads that
+    # cell's value to float32 precision (equal cells stay tied), then float32 out
+    total = torch.zeros(height, width, dtype=torch.float64)
     covered = torch.zeros(height, width, dtype=torch.bool)
     lowest = float("inf")
     for values, g in mine:
         scale = reference / g.cell_area
-        placed, inside = _place(values.detach().float(), g.box, height, width)
+        placed, inside = _place(values.detach().double(), g.box, height, width, box)
         total += placed * scale
         covered |= inside
         lowest = min(lowest, float(values.min()) * scale)
-    return total.masked_fill(~covered, lowest)
+    return total.masked_fill(~covered, lowest).float()
 
 
-def _place(values: Tensor, box: Region, height: int, width: int) -> tuple[Tensor, Tensor]:
-    """A [h, w] map bilinearly placed on ``box`` of a (height, width) image; zero outside."""
+def _place(
+    values: Tensor, box: Region, height: int, width: int, view: Region = FULL_IMAGE
+) -> tuple[Tensor, Tensor]:
+    """A [h, w] map bilinearly placed on ``box`` of the image, read at the centres of
+    (height, width) pixels spread over ``view`` of it; zero outside ``box``."""
     top, left, bottom, right = box
-    # pixel centres in grid_sample's [-1, 1] coordinates of the box (align_corners=False)
-    ys = ((torch.arange(height) + 0.5) / height - top) / (bottom - top) * 2 - 1  # [H]
-    xs = ((torch.arange(width) + 0.5) / width - left) / (right - left) * 2 - 1  # [W]
+    v_top, v_left, v_bottom, v_right = view
+    # pixel centres as fractions of the image, then in grid_sample's [-1, 1] coordinates of
+    # the box (align_corners=False)
+    rows = torch.arange(height, dtype=values.dtype)
+    cols = torch.arange(width, dtype=values.dtype)
+    ys = v_top + (rows + 0.5) / height * (v_bottom - v_top)  # [H]
+    xs = v_left + (cols + 0.5) / width * (v_right - v_left)  # [W]
+    ys = (ys - top) / (bottom - top) * 2 - 1
+    xs = (xs - left) / (right - left) * 2 - 1
     gy, gx = torch.meshgrid(ys, xs, indexing="ij")
     grid = torch.stack([gx, gy], dim=-1)[None]  # [1, H, W, 2] as (x, y)
     out = F.grid_sample(

@@ -78,6 +78,31 @@ def as_grids(grids: Sequence[Grid | tuple[int, int]] | tuple[int, int]) -> tuple
     return tuple(out)
 
 
+def canvas_grid(grids: Sequence[Grid], image: int = 0) -> Grid:
+    """One grid over everything image ``image``'s grids cover, at the finest grid's density.
+
+    Its box is the bounding box of theirs (not clipped: a padded canvas may pass the image);
+    along each axis it holds as many cells as the densest grid would over that box
+    (``round(max rows / box height * canvas height)``), so tiles of a canvas and crops are
+    whole blocks of its cells and a coarser grid (a thumbnail) is read at its cells' centres.
+    One grid alone is its own canvas. Used to rank cells of the whole image (faithfulness).
+    """
+    mine = [g for g in grids if g.image == image]
+    if not mine:
+        raise LayoutError(f"no token grid covers image {image}")
+    if len(mine) == 1:
+        return Grid(mine[0].rows, mine[0].cols, image, mine[0].box, "canvas")
+    top = min(g.box[0] for g in mine)
+    left = min(g.box[1] for g in mine)
+    bottom = max(g.box[2] for g in mine)
+    right = max(g.box[3] for g in mine)
+    rows = max(g.rows / (g.box[2] - g.box[0]) for g in mine) * (bottom - top)
+    cols = max(g.cols / (g.box[3] - g.box[1]) for g in mine) * (right - left)
+    return Grid(
+        max(1, round(rows)), max(1, round(cols)), image, (top, left, bottom, right), "canvas"
+    )
+
+
 @dataclass(frozen=True)
 class VisualLayout:
     """The visual tokens of a sequence: positions, grid after grid, raster order in each."""

@@ -1,23 +1,29 @@
 """Faithfulness with the model in the loop: deletion / insertion curves and normalised perplexity.
 
-SPEC §7. An explanation ranks the cells of its token grid (the visual map ``S``, one cell
-per visual token of the first image, mapped onto the image's pixels). Cells are perturbed
-in order of decreasing saliency:
+SPEC §7. An explanation ranks the cells of a grid over the image (the visual map ``S``,
+mapped onto the image's pixels). The grid is the explanation's *canvas*
+(`layout.canvas_grid`): the box every token grid of the first image covers together, cut
+into cells at the finest grid's density, and ``S`` is the explanation's map composed from
+all its grids (`Explanation.visual_pixels`, the rule maps are shown by) read at each cell's
+centre. With one grid (single-view families) the canvas is that grid and ``S`` its map;
+with tiles and a thumbnail the cells are the tiles' token cells over the whole image, each
+ranked by its tile's value plus the thumbnail's read there. Cells are perturbed in order of
+decreasing saliency:
 
 - **deletion**: at fraction ``f`` the top ``k(f)`` cells of the *original* image are replaced
   by the baseline image;
 - **insertion**: at fraction ``f`` the top ``k(f)`` cells of the *baseline* image are replaced
   by the original image.
 
-``k(f) = floor(f * n + 1/2)`` whole cells of ``n`` (round half up). The baseline is a
-Gaussian blur of the image by default (``perturbation="blur"``), or its per-channel mean
-colour (``"mean"``), or black (``"zero"``). Cells tied in saliency share the removal: when
-the cut at ``k`` falls inside a group of equal values, every cell of that group is blended
-towards the baseline by the same weight ``(k - #cells above the group) / #group``, so the
-result never depends on how tied cells happen to be ordered (a constant map blends the whole
-image uniformly). A grid cell covers the pixels whose centres fall inside it
-(nearest-neighbour: pixel row ``y`` of ``H`` belongs to grid row ``floor((y + 1/2) h / H)``),
-so image sizes need not be multiples of the grid.
+``k(f) = floor(f * n + 1/2)`` whole cells of the ``n`` canvas cells (round half up). The
+baseline is a Gaussian blur of the image by default (``perturbation="blur"``), or its
+per-channel mean colour (``"mean"``), or black (``"zero"``). Cells tied in saliency share
+the removal: when the cut at ``k`` falls inside a group of equal values, every cell of that
+group is blended towards the baseline by the same weight
+``(k - #cells above the group) / #group``, so the result never depends on how tied cells
+happen to be ordered (a constant map blends the whole image uniformly). A grid cell covers
+the pixels whose centres fall inside it (nearest-neighbour: pixel row ``y`` of ``H`` belongs
+to grid row ``floor((y + 1/2) h / H)``), so image sizes need not be multiples of the grid.
 
 Score of an image: ``s = (1/T) sum_t log p(y_t | image, question, y_<t)``, the mean
 teacher-forced log-likelihood of the original answer (``adapter.answer_logprobs``, which runs
@@ -54,14 +60,19 @@ import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
 from PIL import Image
+from torch import Tensor
 
 from ..images import FULL_IMAGE, ImageLike, Region, blend_images, blur_image, load_image
+from ..layout import canvas_grid
 from ._base import undefined
+
+if TYPE_CHECKING:
+    from ..explanation import Explanation
 
 PERTURBATIONS = ("blur", "mean", "zero")
 CURVES = ("deletion", "insertion")
@@ -107,8 +118,9 @@ class DeletionInsertion:
     ``faithfulness_passes`` (extra forward passes for the sample).
 
     Called as a model metric, ``metric(adapter, image, question, trace, expl) -> dict``: the
-    answer is the one in ``trace`` and the map is ``expl.visual``. ``score`` takes answer ids
-    and a map directly; ``curves`` returns the raw curves for plotting.
+    answer is the one in ``trace`` and the map is ``expl``'s over its canvas
+    (`canvas_saliency`). ``score`` takes answer ids and a map over a box directly;
+    ``curves_for`` returns the raw curves for plotting.
     """
 
     costs: ClassVar[tuple[str, ...]] = ("faithfulness_passes",)  # columns that are not scores
@@ -243,8 +255,8 @@ class DeletionInsertion:
         if trace.input_ids is None:
             raise ValueError("the trace has no input_ids, so the answer to score is unknown")
         answer_ids = trace.input_ids[trace.answer_positions]
-        region = getattr(expl, "image_region", FULL_IMAGE)
-        return self.score(adapter, image, question, answer_ids, expl.visual, region=region)
+        saliency, region = canvas_saliency(expl)
+        return self.score(adapter, image, question, answer_ids, saliency, region=region)
 
     def score(
         self,
@@ -255,8 +267,8 @@ class DeletionInsertion:
         saliency: Any,
         region: Region = FULL_IMAGE,
     ) -> dict[str, float]:
-        """The outputs for a saliency map on the token grid (same as ``__call__``); ``region``
-        is the box of the image the grid covers (`Explanation.image_region`)."""
+        """The outputs for a saliency map on a grid of cells over ``region`` of the image
+        (``__call__`` passes `canvas_saliency`)."""
         result = self.curves_for(adapter, image, question, answer_ids, saliency, region=region)
         out: dict[str, float] = {}
         if result is None:  # NaN map: warned already
@@ -350,6 +362,17 @@ class DeletionInsertion:
         return FaithfulnessCurves(
             fractions, scores, s_orig, s_base, passes=len(keeps), undefined_reason=reason
         )
+
+
+def canvas_saliency(expl: Explanation) -> tuple[Tensor, Region]:
+    """The map ``expl`` ranks: [rows, cols] over its canvas (`layout.canvas_grid` of the first
+    image's grids), and the canvas's box; the composed map (`Explanation.visual_pixels`) read
+    at the cells' centres, or the one grid's own map when there is one grid."""
+    canvas = canvas_grid(expl.grids)
+    mine = [m for m, g in zip(expl.visual_maps, expl.grids, strict=True) if g.image == 0]
+    if len(mine) == 1:
+        return mine[0], canvas.box  # itself, in its own dtype
+    return expl.visual_pixels(canvas.shape, box=canvas.box), canvas.box
 
 
 def _as_grid(saliency: Any) -> np.ndarray:
