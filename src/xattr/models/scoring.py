@@ -70,12 +70,17 @@ class ScoringMixin:
                     "one size so the batch needs no padding"
                 )
             batch = [self.full_inputs(p, answer_ids) for p in chunk]  # type: ignore[attr-defined]
-            # Sequence tensors stack on the batch axis; per-image tensors (Qwen's patches and
-            # image_grid_thw, tiled pixel_values) concatenate on axis 0 just the same.
-            merged = {k: torch.cat([b[k] for b in batch]) for k in batch[0]}
+            merged = self.merge_inputs(batch)
             with eval_mode(self.model):
                 rows.append(answer_logprob_rows(self.model, merged, n_prompt, answer_ids).cpu())
         return torch.cat(rows)
+
+    def merge_inputs(self, batch: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
+        """One batch from several prompts' inputs of equal length. Sequence tensors stack on
+        the batch axis; per-image tensors (Qwen's patches and image_grid_thw, tiled
+        pixel_values) concatenate on axis 0 just the same (override where a family packs
+        its images otherwise)."""
+        return {k: torch.cat([b[k] for b in batch]) for k in batch[0]}
 
     def masked_answer_logprobs(
         self,
