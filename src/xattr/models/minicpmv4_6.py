@@ -170,8 +170,8 @@ class MiniCPMV4_6Adapter(ModelAdapter, family="minicpmv4_6"):
         ),
         caveats=(
             "every region is seen twice (overview and slice); markers, image-id digits and row "
-            "breaks are not visual tokens; the real tokenizer's marker strings not checked "
-            "offline; linear layers as `qwen3_5`"
+            "breaks are not visual tokens; three of four LM layers are Gated DeltaNet (as "
+            "`qwen3_5`); the real tokenizer's marker strings not checked offline"
         ),
     )
 
