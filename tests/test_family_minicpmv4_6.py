@@ -272,3 +272,16 @@ def test_a_slicing_rule_the_processor_does_not_follow_is_refused_by_name(tiny_ad
     assert "expected runs of [15, 15, 15, 15, 15, 15, 15]" in message and "3 x 2 slices" in message
     with pytest.raises(LayoutError, match="3 x 2 slices"):
         xattr.explain(adapter, image, QUESTION, answer="red circle", method="raw_attention")
+
+
+def test_the_tiny_folder_is_an_ordinary_minicpm_v_4_6_folder(tiny_model_dir, tiny_adapter):
+    """Saved under the real processor class; the real settings but for the slice side."""
+    import json
+
+    folder = tiny_model_dir(FAMILY)
+    saved = json.loads((folder / "processor_config.json").read_text())
+    assert saved["processor_class"] == "MiniCPMV4_6Processor"
+    assert json.loads((folder / "config.json").read_text())["model_type"] == FAMILY
+    ip = tiny_adapter(FAMILY).processor.image_processor
+    settings = {key: getattr(ip, key) for key in builder.REAL_PROCESSOR}
+    assert settings == {**builder.REAL_PROCESSOR, "scale_resolution": builder.TINY_SCALE}

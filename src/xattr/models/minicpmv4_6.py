@@ -12,8 +12,9 @@ to ``rows x cols`` equal slices of about S^2 px each, again multiples of m, and 
 Tokens. There is no cross-attention resampler: each frame (overview, slice) is a NaViT grid
 of patches; after vision layer ``insert_layer_id`` a window-attention merger turns every
 2 x 2 patch window into one vector (window order = raster order of the windows), and the
-final merger concatenates 2 x 2 of those into one LLM token (16x). So token (i, j) of a frame
-is exactly the ``m x m`` px block (4 x 4 patches) at (i m, j m) of that frame, in raster order,
+final merger concatenates 2 x 2 of those into one LLM token (16x; in "4x" the window merger
+is skipped and a token is 2 x 2 patches). So token (i, j) of a frame is exactly the
+``m x m`` px block (4 x 4 patches) at (i m, j m) of that frame, in raster order,
 and its box on the original image is exact: the overview's ``r x c`` tokens tile the whole
 image, and since the slices are equal parts of one uniformly resized image, their tokens
 stitched together (slice row by slice row) form one ``rows*t_h x cols*t_w`` grid over the
@@ -47,6 +48,7 @@ from transformers import MiniCPMV4_6Processor, ProcessorMixin
 from ..layout import Grid, LayoutError, VisualLayout
 from .base import FamilyCard, ModelAdapter
 from .processors import ImageOnlyProcessorMixin, image_only_processor
+from .qwen3_5 import token_mixers
 
 
 @image_only_processor("minicpmv4_6")
@@ -176,9 +178,8 @@ class MiniCPMV4_6Adapter(ModelAdapter, family="minicpmv4_6"):
     )
 
     def attention_modules(self) -> list[nn.Module]:
-        """Each layer's token mixer: ``linear_attn`` (Gated DeltaNet) or ``self_attn``."""
-        layers = self.language_model().layers
-        return [getattr(layer, "linear_attn", None) or layer.self_attn for layer in layers]
+        """Each layer's token mixer, as in `qwen3_5`: ``linear_attn`` or ``self_attn``."""
+        return token_mixers(self.language_model())
 
     def merge_inputs(self, batch: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
         """As the processor packs several images: every frame's patches in one sequence,
