@@ -45,5 +45,11 @@ class Qwen3_5Adapter(Qwen3VLAdapter, family="qwen3_5"):
 
     def attention_modules(self) -> list[nn.Module]:
         """Each layer's token mixer: ``linear_attn`` (Gated DeltaNet) or ``self_attn``."""
-        layers = self.language_model().layers
-        return [getattr(layer, "linear_attn", None) or layer.self_attn for layer in layers]
+        return token_mixers(self.language_model())
+
+
+def token_mixers(language_model: nn.Module) -> list[nn.Module]:
+    """Each layer's token mixer in a Qwen3.5 language model: ``linear_attn`` (Gated DeltaNet)
+    or ``self_attn`` (softmax), input to output."""
+    layers = language_model.layers
+    return [getattr(layer, "linear_attn", None) or layer.self_attn for layer in layers]

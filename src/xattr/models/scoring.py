@@ -70,12 +70,17 @@ class ScoringMixin:
                     "one size so the batch needs no padding"
                 )
             batch = [self.full_inputs(p, answer_ids) for p in chunk]  # type: ignore[attr-defined]
-            # Sequence tensors stack on the batch axis; per-image tensors (Qwen's patches and
-            # image_grid_thw, tiled pixel_values) concatenate on axis 0 just the same.
-            merged = {k: torch.cat([b[k] for b in batch]) for k in batch[0]}
+            merged = self.merge_inputs(batch)
             with eval_mode(self.model):
                 rows.append(answer_logprob_rows(self.model, merged, n_prompt, answer_ids).cpu())
         return torch.cat(rows)
+
+    def merge_inputs(self, batch: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
+        """One batch from several prompts' inputs of equal length. Sequence tensors stack on
+        the batch axis; per-image tensors (Qwen's patches and image_grid_thw, tiled
+        pixel_values) concatenate on axis 0 just the same (override where a family packs
+        its images otherwise)."""
+        return {k: torch.cat([b[k] for b in batch]) for k in batch[0]}
 
     def masked_answer_logprobs(
         self,
@@ -106,13 +111,7 @@ class ScoringMixin:
                 "image and baseline prompts differ in length; resize the baseline alike"
             )
         answer_ids = torch.as_tensor(answer_ids, dtype=torch.long).reshape(-1).cpu()
-        n_blend = int(keep.shape[0])
         full = self.full_inputs(prepared, answer_ids)  # type: ignore[attr-defined]
-        batch = {
-            k: v.repeat(n_blend, *[1] * (v.dim() - 1))
-            for k, v in full.items()
-            if k != "pixel_values"
-        }
         device = self.device  # type: ignore[attr-defined]
         with contextlib.ExitStack() as stack:
             stack.enter_context(eval_mode(self.model))
@@ -128,5 +127,6 @@ class ScoringMixin:
             if noise > 0:
                 eps = torch.randn(blended.shape, generator=generator, dtype=blended.dtype)
                 blended = blended + noise * eps.to(blended.device)
-            batch["pixel_values"] = blended.flatten(0, 1)  # Qwen [B*n, D]; LLaVA [B, 3, S, S]
+            # B copies of the prompt, each with its blend, packed as the family batches images
+            batch = self.merge_inputs([{**full, "pixel_values": b} for b in blended])
             return answer_logprob_rows(self.model, batch, prepared.prompt_ids.numel(), answer_ids)
