@@ -126,7 +126,6 @@ class Molmo2ImageOnlyProcessor(ImageOnlyProcessorMixin, Molmo2Processor):
     need torchvision), with `Molmo2TorchImageProcessor`; saves as the real class."""
 
     real_name = "Molmo2Processor"
-    attributes = ["image_processor", "tokenizer"]
 
     def __init__(
         self,

@@ -7,7 +7,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from transformers import Molmo2Config, Molmo2ForConditionalGeneration, PreTrainedTokenizerFast
+import torch
+from transformers import (
+    Molmo2Config,
+    Molmo2ForConditionalGeneration,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+)
 from transformers.image_utils import IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_STD
 
 from xattr.models.molmo2 import Molmo2ImageOnlyProcessor, Molmo2TorchImageProcessor
@@ -136,4 +142,18 @@ def build(
     proc = Molmo2ImageOnlyProcessor(
         image_processor=image_processor, tokenizer=tok, chat_template=tok.chat_template
     )
-    return _common.save(Molmo2ForConditionalGeneration, config, proc, out_dir, seed)
+    return _common.save(
+        Molmo2ForConditionalGeneration, config, proc, out_dir, seed, adjust=_visible_image
+    )
+
+
+def _visible_image(model: PreTrainedModel) -> None:
+    """transformers draws every weight with std 0.02, so the pooled image features (a gated
+    MLP: quadratic in its input) come out near 1e-9 and a random model cannot see the image;
+    the ViT and adapter weights get std 1/sqrt(fan_in) (features of order one), the adapter's
+    output projection a tenth of that (features near the token embeddings' scale)."""
+    towers = (model.model.vision_tower, model.model.multi_modal_projector)
+    for module in (m for tower in towers for m in tower.modules()):
+        if isinstance(module, torch.nn.Linear):
+            module.weight.normal_(0.0, module.in_features**-0.5)
+    model.model.multi_modal_projector.image_projector.down_proj.weight.mul_(0.1)
