@@ -1,5 +1,5 @@
-"""Tiny Molmo2: 28 px crops of 4 px patches (7 x 7 per crop, odd as the real 27 x 27),
-overlap margins of 1 patch, up to 6 crops, 2 x 2 attention pooling, a Qwen3-style LM with
+"""Tiny Molmo2: 24 px crops of 4 px patches (6 x 6 per crop; 28 px gives 7 x 7, odd as the
+real 27 x 27), overlap margins of 1 patch, up to 8 crops, 2 x 2 attention pooling, a Qwen3-style LM with
 the real Molmo2 text model (per-head q/k norm)."""
 
 from __future__ import annotations
@@ -21,27 +21,33 @@ from xattr.models.molmo2 import Molmo2ImageOnlyProcessor, Molmo2TorchImageProces
 from . import _common
 from ._common import TinySizes
 
-NATIVE_SIZE = 28  # one crop: a square image of this size is one crop, neither tiled nor resized
-# (W, H) = 1.5 : 1 -> a 2 x 3 tiling: a 68 x 48 px canvas (17 x 12 patches, 9 x 6 tokens, the
-# last column half padding) of 6 overlapping crops, plus the 4 x 4 low-res view
-GEOMETRY_SIZE = (60, 40)
+NATIVE_SIZE = 24  # one crop: a square image of this size is one crop, neither tiled nor resized
+# (W, H) = 80 x 26 -> a 1 x 4 tiling: 4 crops overlapping by 2 patches on a 72 x 24 px canvas
+# (18 x 6 patches, 9 x 3 tokens) and the 3 x 3 low-res view: each low-res token's box holds
+# exactly 3 high-res ones, so a block inside one cell lies mostly inside one cell of the other
+# grid. The odd 7-patch crops of the real layout (27 patches: a padded last row/column)
+# are the family test's (`image_size=28`).
+GEOMETRY_SIZE = (80, 26)
 TEST_OPTIONS: dict[str, Any] = {}
 NO_SDPA = None
 
-SPECIALS = (
-    "<|endoftext|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|image|>",
-    "<|video|>",
+SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+# Molmo2's image and video tokens live in an extra vocabulary after the base one (ids from
+# ``vocab_size`` on, ``additional_vocab_size`` of them): embedded, but outside the LM head,
+# so the model never writes them. The order follows the real config's ids (<im_start> =
+# vocab_size, <im_end> +1, <im_patch> +2, <low_res_im_start> +4, <frame_start> +7,
+# <frame_end> +8); the others fill the gaps.
+EXTRA_VOCAB = (
+    "<im_start>",
+    "<im_end>",
     "<im_patch>",
     "<im_col>",
-    "<im_start>",
     "<low_res_im_start>",
-    "<im_end>",
+    "<|image|>",
+    "<im_low>",
     "<frame_start>",
     "<frame_end>",
-    "<im_low>",
+    "<|video|>",
 )
 NAMED = {"image_token": "<|image|>", "video_token": "<|video|>"}
 
@@ -74,6 +80,7 @@ def tokenizer(extra_words: Any = ()) -> PreTrainedTokenizerFast:
         pad="<|endoftext|>",
         extra_special=SPECIALS[1:],
         named=NAMED,
+        tail=EXTRA_VOCAB,
     )
 
 
@@ -84,7 +91,7 @@ def build(
     seed: int = 0,
     image_size: int = NATIVE_SIZE,
     patch_size: int = 4,
-    max_crops: int = 6,
+    max_crops: int = 8,
     extra_words: Any = (),
     with_tokenizer: PreTrainedTokenizerFast | None = None,
 ) -> Path:
@@ -110,9 +117,9 @@ def build(
         "text_hidden_size": sizes.text_hidden,
     }
     text = {
-        **sizes.text_kwargs(len(tok)),
+        **sizes.text_kwargs(len(tok) - len(EXTRA_VOCAB)),
         "head_dim": sizes.head_dim,
-        "additional_vocab_size": 0,
+        "additional_vocab_size": len(EXTRA_VOCAB),
         "max_position_embeddings": 2048,
         "bos_token_id": tok.convert_tokens_to_ids("<|endoftext|>"),
         "eos_token_id": tok.eos_token_id,
