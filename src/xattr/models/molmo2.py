@@ -237,16 +237,16 @@ class Molmo2Adapter(ModelAdapter, family="molmo2"):
 
     card = FamilyCard(
         visual_tokens=(
-            "low-res view (14 × 14) + high-res canvas of overlapping crops, overlaps dropped, "
+            "low-res view (14 × 14) + high-res canvas of overlapping crops (overlaps dropped), "
             "2 × 2 patches attention-pooled per token"
         ),
         tested=(
-            "grids and boxes vs image_grids / image_token_pooling; the recorded mask is "
-            "causal ∪ image block"
+            "grids and pooling windows vs image_grids / image_token_pooling (real config); "
+            "each token lights alone on its own window; recorded mask is causal ∪ image block"
         ),
         caveats=(
-            "all image tokens (separators too) attend both ways; edge tokens cover one "
-            "padded patch row/column; videos refused"
+            "all image tokens (separators too) attend both ways; edge tokens cover one padded "
+            "patch row/column; videos refused; without torchvision a torch stand-in resizes"
         ),
     )
 
