@@ -5,13 +5,14 @@ one bidirectional block over every image token.
 Views. The image processor stretches the image (aspect not kept, bilinear without
 antialias) to the ``crop`` px square (378 in the real checkpoints): the *low-res* view.
 It also picks a tiling ``th x tw`` (1 to ``max_crops`` crops) and stretches the image to a
-canvas of ``t * window + margins`` px per axis (``window = crop - margins``, the margins
-``overlap_margins`` patches on each side, [4, 4]), then cuts ``crop`` px squares every
+canvas of ``t * window + margins`` px per axis (the margins ``overlap_margins`` patches on
+each side, [4, 4]; ``window = crop - margins``: 19 patches of 14 px), then cuts ``crop`` px squares every
 ``window`` px: neighbouring crops overlap by the two margins. ``pixel_values`` holds the
 low-res view then the crops row-major, each as ``crop/patch`` squared patches of
 ``patch * patch * 3`` values ([views, P, p*p*3], a patch flattened (row, col, channel)).
 
-Tokens. The ViT runs on each view alone. Overlaps are resolved before pooling: of each
+Tokens. The ViT runs on each view alone; a patch's feature is its hidden states at the ViT
+layers ``vision_feature_layer`` concatenated. Overlaps are resolved before pooling: of each
 crop only its interior is kept (its inner margins dropped; an edge crop also keeps the
 margin on the canvas border), so every canvas patch is read from exactly one crop and the
 kept patches tile the canvas without gap or overlap (``image_token_pooling``). The canvas
@@ -24,11 +25,14 @@ of canvas patches, i.e. that box of the image (the canvas is the image stretched
 may straddle two crops' kept parts. The low-res view's 27 x 27 patches are pooled the same
 way (14 x 14 tokens, the last row/column one patch high/wide). A grid is therefore the
 padded window grid over a box that reaches past the image by the padding, and each cell
-clipped to the image is exactly its token's pixels.
+clipped to the image is exactly its token's patches (of the stretched image: the bilinear
+resize reads about one source pixel past a cell's edge).
 
 Prompt. The processor expands ``<|image|>`` into ``<low_res_im_start>`` (low-res rows of
 ``<im_patch>`` each closed by ``<im_col>``) ``<im_end>`` ``<im_start>`` (high-res rows,
-each closed by ``<im_col>``) ``<im_end>``. Only ``<im_patch>`` tokens are visual tokens
+each closed by ``<im_col>``) ``<im_end>`` (the ``<im_col>`` tokens as the processor's
+``image_use_col_tokens`` / ``use_single_crop_col_tokens`` say; the layout reads only the
+``<im_patch>`` positions). Only ``<im_patch>`` tokens are visual tokens
 (their embedding *plus* the pooled feature); the start/end/column tokens are separators.
 Grids: ``low-res`` then ``high-res``.
 
