@@ -254,3 +254,5 @@ def test_videos_are_refused_by_name(tiny_adapter):
         adapter.prepare([image, image], QUESTION)
     with pytest.raises(CaptureError, match="frames"):
         adapter.prepare(np.zeros((2, 24, 24, 3), dtype=np.uint8), QUESTION)
+    with pytest.raises(CaptureError, match="video"):
+        adapter.prepare("clip.mp4", QUESTION)  # refused by name, before any file is read

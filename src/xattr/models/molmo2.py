@@ -69,6 +69,7 @@ from .processors import ImageOnlyProcessorMixin, image_only_processor
 from .prompting import CaptureError, PreparedInputs
 
 VIDEO_TOKENS = ("<|video|>", "<frame_start>", "<frame_end>")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 
 
 class Molmo2TorchImageProcessor(Molmo2ImageProcessor):
@@ -257,12 +258,14 @@ class Molmo2Adapter(ModelAdapter, family="molmo2"):
     # ------------------------------------------------------------ processing
     def prepare(self, image: Any, question: str) -> PreparedInputs:
         """`PromptingMixin.prepare`, after refusing video inputs (frames or video tokens)."""
-        is_frames = isinstance(image, (list, tuple)) or (
-            isinstance(image, (np.ndarray, Tensor)) and image.ndim == 4
+        is_frames = (
+            isinstance(image, (list, tuple))
+            or (isinstance(image, (np.ndarray, Tensor)) and image.ndim == 4)
+            or (isinstance(image, (str, Path)) and Path(image).suffix.lower() in VIDEO_SUFFIXES)
         )
         named = [t for t in VIDEO_TOKENS if t in str(question)]
         if is_frames or named:
-            what = f"the question contains {named}" if named else "a sequence of frames"
+            what = f"the question contains {named}" if named else "a video (frames)"
             raise CaptureError(
                 f"{what}: Molmo2's video input is out of scope for xattr, which explains one "
                 "image and a text question"
