@@ -151,8 +151,7 @@ def tokenizer(
     a BPE from the saved vocabulary and merges (Qwen3.5); ``tail`` special tokens take the
     last ids (Molmo2's extra vocabulary beyond the LM head).
     """
-    specials = tuple(specials)
-    tail = tuple(tail)
+    specials, extra_special, tail = tuple(specials), tuple(extra_special), tuple(tail)
     if tail and bpe:
         raise ValueError("tail tokens are for word-level tokenizers")
     table = vocab(specials, extra_words, tail)
@@ -169,7 +168,7 @@ def tokenizer(
         unk_token=UNK,
         eos_token=eos,
         pad_token=pad,
-        extra_special_tokens=list(dict.fromkeys([*extra_special, *tail])),
+        extra_special_tokens=[*extra_special, *(t for t in tail if t not in extra_special)],
         padding_side="left",
         **kwargs,
     )
