@@ -83,9 +83,13 @@ class TinySizes:
         }
 
 
-def vocab(specials: Iterable[str], extra_words: Iterable[str] = ()) -> dict[str, int]:
-    """Token -> id: specials (``<unk>`` first), then words, punctuation and single digits."""
+def vocab(
+    specials: Iterable[str], extra_words: Iterable[str] = (), tail: Iterable[str] = ()
+) -> dict[str, int]:
+    """Token -> id: specials (``<unk>`` first), then words, punctuation and single digits,
+    then the ``tail`` tokens (the last ids: an extra vocabulary the LM head does not cover)."""
     tokens = [UNK, *specials, *WORDS, *(w.lower() for w in extra_words), *PUNCTUATION, *DIGITS]
+    tokens += list(tail)
     return {tok: i for i, tok in enumerate(dict.fromkeys(tokens))}
 
 
@@ -137,16 +141,20 @@ def tokenizer(
     pad: str,
     extra_special: Iterable[str] = (),
     named: Mapping[str, str] | None = None,
+    tail: Iterable[str] = (),
 ) -> PreTrainedTokenizerFast:
     """A small fast word-level tokenizer with a family's special tokens and chat template.
 
     ``named`` gives tokens the processor looks up by attribute (``{"image_token": "<image>"}``);
     ``prepend_bos`` adds ``bos`` in front when ``add_special_tokens`` (Llama style); ``bpe``
     makes it a byte-level BPE (`byte_level_bpe`) for families whose tokenizer class rebuilds
-    a BPE from the saved vocabulary and merges (Qwen3.5).
+    a BPE from the saved vocabulary and merges (Qwen3.5); ``tail`` special tokens take the
+    last ids (Molmo2's extra vocabulary beyond the LM head).
     """
-    specials = tuple(specials)
-    table = vocab(specials, extra_words)
+    specials, extra_special, tail = tuple(specials), tuple(extra_special), tuple(tail)
+    if tail and bpe:
+        raise ValueError("tail tokens are for word-level tokenizers")
+    table = vocab(specials, extra_words, tail)
     backend = byte_level_bpe(specials, extra_words) if bpe else word_level(table)
     if prepend_bos and bos is not None:
         backend.post_processor = processors.TemplateProcessing(
@@ -160,7 +168,7 @@ def tokenizer(
         unk_token=UNK,
         eos_token=eos,
         pad_token=pad,
-        extra_special_tokens=list(extra_special),
+        extra_special_tokens=[*extra_special, *(t for t in tail if t not in extra_special)],
         padding_side="left",
         **kwargs,
     )
