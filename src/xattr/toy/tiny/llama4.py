@@ -18,18 +18,18 @@ from typing import Any
 from transformers import (
     Llama4Config,
     Llama4ForConditionalGeneration,
-    Llama4ImageProcessor,
     Llama4Processor,
     PreTrainedTokenizerFast,
 )
 from transformers.models.llama4.processing_llama4 import chat_template as CHAT_TEMPLATE
 
+from ...models.llama4_images import Llama4ImagesWithoutTorchvision
 from . import _common
 from ._common import TinySizes
 
 NATIVE_SIZE = 64  # one tile: a square image of this size is neither tiled nor resized
-# (W, H) = 160 x 100: a 1 x 3 canvas of 64 px tiles (the image resized to 102 x 64, padded on
-# the right to 192 x 64, its last tile mostly padding) and the global image, 4 views
+# (W, H) = 160 x 100: a 2 x 3 canvas of 64 px tiles (the image kept at 160 x 100, padded to
+# 192 x 128: the right column and the bottom row reach into the padding) and the global view
 GEOMETRY_SIZE = (160, 100)
 TEST_OPTIONS = {"text_layers": 4}  # three chunked RoPE layers, then one global NoPE layer
 CHUNK = 16  # attention chunk: the one-tile prompt (about 35 tokens) crosses two boundaries
@@ -85,10 +85,13 @@ def tokenizer(extra_words: Any = ()) -> PreTrainedTokenizerFast:
     )
 
 
-def image_processor(tile: int, max_tiles: int) -> Llama4ImageProcessor:
+def image_processor(tile: int, max_tiles: int) -> Llama4ImagesWithoutTorchvision:
     """Llama 4's image processor with ``tile`` px tiles, ``max_tiles`` of them (mean / std 0.5,
-    bilinear, as the checkpoint's)."""
-    return Llama4ImageProcessor(size={"height": tile, "width": tile}, max_patches=max_tiles)
+    bilinear, as the checkpoint's): the torchvision-free stand-in, which computes the real
+    one's output and saves as it (`xattr.models.llama4_images`)."""
+    return Llama4ImagesWithoutTorchvision(
+        size={"height": tile, "width": tile}, max_patches=max_tiles
+    )
 
 
 def processor(
