@@ -13,8 +13,9 @@ global view's run (untiled: ``<|image|>`` and the one view's run), then ``<|imag
 separators and markers are text tokens, not visual tokens. A tile's box is its square of the
 canvas mapped back onto the original image, so the right and bottom tiles reach into the
 padding (fractions above 1); the global view covers the whole image. The processor returns
-the canvas (``aspect_ratios``) but not the resized size, so the grids are recomputed from its
-config (`llama4_images.tiling`) and checked against the canvas, views and tokens it emitted.
+neither the canvas (its ``aspect_ratios`` are dropped) nor the resized size, so the grids are recomputed from its
+config (`llama4_images.tiling`) and checked against the views, the tokens and the canvas
+its separators spell.
 
 Attention. Three of every four language-model layers attend within fixed chunks of the
 sequence (``attention_chunk_size``, 8192 in Scout): a token sees the earlier tokens of its own
@@ -153,6 +154,16 @@ class Llama4Adapter(ViewPerGridPixels, ModelAdapter, family="llama4"):
             height, width, tile, int(images.max_patches), bool(images.resize_to_max_canvas)
         )
 
+    def emitted_canvas(self, ids: Tensor) -> tuple[int, int]:
+        """(rows, cols) of the canvas the prompt's separators spell: a y separator closes
+        each tile row, x separators sit between a row's tiles; none: one tile."""
+        tok = self.tokenizer
+        rows = int((ids == tok.convert_tokens_to_ids(self.processor.tile_global_token)).sum())
+        between = int((ids == tok.convert_tokens_to_ids(self.processor.tile_token)).sum())
+        if rows == 0:
+            return (1, 1) if between == 0 else (0, between + 1)
+        return (rows, between // rows + 1)
+
     def visual_layout(self, inputs: dict[str, Tensor], image_size: tuple[int, int]) -> VisualLayout:
         """The ``<|patch|>`` positions, view after view, and each view's grid: the canvas
         tiles recomputed from the processor config, then the global view."""
@@ -171,21 +182,13 @@ class Llama4Adapter(ViewPerGridPixels, ModelAdapter, family="llama4"):
         else:
             grids = [Grid(side, side, box=plan.tile_box(0, 0))]
         views = int(inputs["pixel_values"].shape[0])  # [views, C, S, S]
-        canvas = (
-            [int(v) for v in inputs["aspect_ratios"].reshape(-1)[:2]]
-            if "aspect_ratios" in inputs
-            else None
-        )
+        canvas = self.emitted_canvas(ids)
         expected = len(grids) * side * side
-        if (
-            positions.numel() != expected
-            or views != len(grids)
-            or canvas not in (None, [plan.rows, plan.cols])
-        ):
+        if positions.numel() != expected or views != len(grids) or canvas != (plan.rows, plan.cols):
             raise LayoutError(
-                f"the processor emitted {views} view(s), canvas {canvas} and "
-                f"{positions.numel()} image tokens, but its config tiles a "
-                f"{image_size[0]}x{image_size[1]} image onto {plan.rows} x {plan.cols} tiles: "
-                f"{len(grids)} view(s) of {side} x {side} tokens ({expected})"
+                f"the processor emitted {views} view(s), a {canvas[0]} x {canvas[1]} canvas "
+                f"(by its separators) and {positions.numel()} image tokens, but its config "
+                f"tiles a {image_size[0]}x{image_size[1]} image onto {plan.rows} x {plan.cols} "
+                f"tiles: {len(grids)} view(s) of {side} x {side} tokens ({expected})"
             )
         return VisualLayout(positions, grids)

@@ -22,7 +22,7 @@ with the real processor where torchvision loads.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -107,9 +107,9 @@ class Llama4ImagesWithoutTorchvision(PilBackend):
     torchvision is installed."""
 
     resample = 2  # bilinear
-    image_mean = [0.5, 0.5, 0.5]
-    image_std = [0.5, 0.5, 0.5]
-    size = {"height": 336, "width": 336}
+    image_mean: ClassVar[list[float]] = [0.5, 0.5, 0.5]
+    image_std: ClassVar[list[float]] = [0.5, 0.5, 0.5]
+    size: ClassVar[dict[str, int]] = {"height": 336, "width": 336}
     do_resize = True
     do_rescale = True
     do_normalize = True
@@ -117,7 +117,7 @@ class Llama4ImagesWithoutTorchvision(PilBackend):
     max_patches = 16
     resize_to_max_canvas = False
     valid_kwargs = Llama4ImagesKwargs
-    model_input_names = ["pixel_values"]
+    model_input_names: ClassVar[list[str]] = ["pixel_values"]
 
     def to_dict(self) -> dict[str, Any]:
         out = super().to_dict()

@@ -28,9 +28,11 @@ from . import _common
 from ._common import TinySizes
 
 NATIVE_SIZE = 64  # one tile: a square image of this size is neither tiled nor resized
-# (W, H) = 160 x 100: a 2 x 3 canvas of 64 px tiles (the image kept at 160 x 100, padded to
-# 192 x 128: the right column and the bottom row reach into the padding) and the global view
-GEOMETRY_SIZE = (160, 100)
+# (W, H) = 192 x 128: a 2 x 3 canvas of 64 px tiles the image fills unresized, and the global
+# view: each global cell holds 2 x 3 whole tile cells, so a block inside a tile cell lies inside
+# one global cell (the padding tiles are tested on their own, tests/test_family_llama4.py)
+GEOMETRY_SIZE = (192, 128)
+PADDED_SIZE = (160, 100)  # the same canvas, the right column and bottom row on the padding
 TEST_OPTIONS = {"text_layers": 4}  # three chunked RoPE layers, then one global NoPE layer
 CHUNK = 16  # attention chunk: the one-tile prompt (about 35 tokens) crosses two boundaries
 FLOOR_SCALE = 8  # temperature tuning's floor: the query scale steps every 8 positions
