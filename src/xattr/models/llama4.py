@@ -95,7 +95,8 @@ class Llama4Adapter(ViewPerGridPixels, ModelAdapter, family="llama4"):
         caveats=(
             "every region is seen twice when tiled; chunked layers hide earlier chunks (the "
             "answer sees the image only through the global layers once it is a chunk away); "
-            "real tokenizer untested (none published)"
+            "without torchvision a stand-in image processor runs (checked bit-exact only where "
+            "torchvision loads); real tokenizer untested (none published)"
         ),
     )
 
