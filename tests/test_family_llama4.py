@@ -20,6 +20,7 @@ import xattr
 from support.families import (
     QUESTION,
     SPECS,
+    assert_same_maps,
     check_one_view_raster_order,
     explain_quietly,
 )
@@ -29,6 +30,7 @@ from xattr.metrics.faithfulness import DeletionInsertion
 from xattr.models import CaptureError, llama4
 from xattr.models.llama4_images import Llama4ImagesWithoutTorchvision, tiling
 from xattr.models.recording import recording
+from xattr.toy.build import build_tiny_model
 from xattr.toy.tiny import llama4 as builder
 
 SPEC = SPECS["llama4"]
@@ -158,19 +160,27 @@ TORCHVISION = transformers.utils.is_torchvision_available()
 
 @pytest.mark.skipif(not TORCHVISION, reason="the real Llama4ImageProcessor needs torchvision")
 @pytest.mark.parametrize("size", [s for s, _, _ in REAL_CANVASES] + [(160, 100), (1, 1)])
-def test_the_torchvision_free_image_processor_is_bit_exact(size):
+@pytest.mark.parametrize("to_max_canvas", [False, True])
+def test_the_torchvision_free_image_processor_is_bit_exact(size, to_max_canvas):
     """Where torchvision loads, the stand-in's pixel_values and canvases equal the real
-    processor's, bit for bit (bfloat16), at the real and the tiny settings."""
+    processor's, bit for bit (bfloat16), at the real and the tiny settings, with and without
+    ``resize_to_max_canvas``."""
     from transformers import Llama4ImageProcessor
 
     image = SPEC.image(size, seed=3)
     for tile, tiles in [(builder.REAL_TILE, builder.REAL_MAX_TILES), (64, builder.MAX_TILES)]:
-        options = {"size": {"height": tile, "width": tile}, "max_patches": tiles}
+        options = {
+            "size": {"height": tile, "width": tile},
+            "max_patches": tiles,
+            "resize_to_max_canvas": to_max_canvas,
+        }
         real = Llama4ImageProcessor(**options)(image, return_tensors="pt")
         mine = Llama4ImagesWithoutTorchvision(**options)(image, return_tensors="pt")
         assert mine["pixel_values"].dtype == real["pixel_values"].dtype == torch.bfloat16
         assert torch.equal(mine["pixel_values"], real["pixel_values"])
         assert torch.equal(mine["aspect_ratios"], real["aspect_ratios"])
+        plan = tiling(image.height, image.width, tile, tiles, to_max_canvas)
+        assert real["aspect_ratios"].tolist() == [[plan.rows, plan.cols]]
 
 
 def test_the_saved_processor_names_the_real_classes(tiny_model_dir):
@@ -414,3 +424,34 @@ def test_a_second_image_block_is_refused(tiny_adapter):
     adapter = tiny_adapter("llama4")
     with pytest.raises(CaptureError, match="holds 2 images; llama4 takes one"):
         adapter.prepare(SPEC.image(), f"<|image_start|> {QUESTION}")
+
+
+# ------------------------------------------------- a language model without QK norm
+@pytest.fixture(scope="module")
+def no_qk_norm_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny_llama4_no_qk_norm")
+    return build_tiny_model("llama4", out, text_layers=4, use_qk_norm=False)
+
+
+def test_without_qk_norm_the_queries_are_the_rotated_projections_and_sdpa_agrees(no_qk_norm_dir):
+    """``use_qk_norm`` off (the 128-expert checkpoint): no layer norms its queries, the
+    recorded RoPE queries keep the projection's per-pair lengths unnormed, and every method's
+    maps under SDPA equal eager's."""
+    eager = xattr.models.load(no_qk_norm_dir)
+    sdpa = xattr.models.load(no_qk_norm_dir, attn_implementation="sdpa")
+    layers = eager.language_model().layers
+    assert not any(hasattr(layer.self_attn, "qk_norm") for layer in layers)
+    image = SPEC.image(builder.PADDED_SIZE)
+    trace = eager.trace(image, QUESTION, ANSWER, gradients=False)
+    xs, records = _recorded(eager, trace)
+    attn = layers[0].self_attn
+    got = records[0].query[0]  # [H, N, d]
+    with torch.no_grad():
+        raw = attn.q_proj(xs[0]).view(got.shape[1], -1, got.shape[2]).transpose(0, 1)
+    pairs = lambda t: t.reshape(*t.shape[:-1], -1, 2).norm(dim=-1)  # noqa: E731
+    torch.testing.assert_close(pairs(got), pairs(raw), rtol=1e-4, atol=1e-6)
+    methods = ["glimpse", "rollout", "raw_attention", "gradcam", "dexar"]
+    assert_same_maps(
+        explain_quietly(sdpa, image, methods, "red circle"),
+        explain_quietly(eager, image, methods, "red circle"),
+    )
