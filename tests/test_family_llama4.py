@@ -199,6 +199,35 @@ def test_the_saved_processor_names_the_real_classes(tiny_model_dir):
     assert isinstance(processor, expected)
 
 
+def test_the_stand_in_reads_a_hub_style_folder(tiny_model_dir, tiny_adapter, tmp_path):
+    """The hub checkpoints keep the image processor in preprocessor_config.json (under an
+    older class name, with keys the stand-in does not take) and the template in
+    chat_template.json: the stand-in loads them into the same processor output."""
+    import json
+    import shutil
+
+    folder = tmp_path / "hub_style"
+    shutil.copytree(tiny_model_dir("llama4"), folder)
+    config = json.loads((folder / "processor_config.json").read_text())
+    images = config.pop("image_processor")
+    images.update(
+        image_processor_type="Llama4ImageProcessorFast", crop_size=None, default_to_square=True
+    )
+    (folder / "processor_config.json").write_text(json.dumps(config))
+    (folder / "preprocessor_config.json").write_text(json.dumps(images))
+    template = (folder / "chat_template.jinja").read_text()
+    (folder / "chat_template.jinja").unlink()
+    (folder / "chat_template.json").write_text(json.dumps({"chat_template": template}))
+    processor = llama4.Llama4ProcessorWithoutTorchvision.from_pretrained(folder)
+    assert processor.image_processor.max_patches == builder.MAX_TILES
+    reference = tiny_adapter("llama4").processor
+    assert processor.chat_template == reference.chat_template
+    image = SPEC.image(builder.PADDED_SIZE)
+    a, b = _prompt(processor, image), _prompt(reference, image)
+    assert torch.equal(a["input_ids"], b["input_ids"])
+    assert torch.equal(a["pixel_values"], b["pixel_values"])
+
+
 # ------------------------------------------------------------------ the tiny model's layout
 def test_the_layout_is_the_patch_tokens_of_one_image_block(tiny_adapter):
     """The tiny prompt: one <|begin_of_text|> (the template's), 2 x 3 tiles then the global

@@ -42,6 +42,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from transformers import AutoTokenizer, Llama4Processor
+from transformers.utils import cached_file
 
 from ..images import FULL_IMAGE
 from ..layout import Grid, LayoutError, VisualLayout
@@ -61,20 +62,51 @@ class Llama4ProcessorWithoutTorchvision(ImageOnlyProcessorMixin, Llama4Processor
 
     @classmethod
     def from_pretrained(cls, path: str | Path, **kwargs: Any) -> Llama4ProcessorWithoutTorchvision:
-        """The processor of a checkpoint folder, its image processor built from the saved config."""
-        folder = Path(path)
-        config = json.loads((folder / "processor_config.json").read_text(encoding="utf-8"))
-        images = dict(config.pop("image_processor"))
-        images.pop("image_processor_type", None)
-        config.pop("processor_class", None)
-        template = folder / "chat_template.jinja"
-        chat_template = template.read_text(encoding="utf-8") if template.exists() else None
+        """The processor of a checkpoint (folder or hub id), its image processor built from the
+        saved config: nested in ``processor_config.json`` (as transformers 5 saves it) or in
+        ``preprocessor_config.json`` (as the hub checkpoints ship it)."""
+        config = _read_json(path, "processor_config.json") or {}
+        images = config.pop("image_processor", None) or _read_json(path, "preprocessor_config.json")
+        if images is None:
+            raise CaptureError(f"{path} holds no Llama 4 image processor config")
+        known = set(Llama4ImagesWithoutTorchvision.valid_kwargs.__annotations__)
+        images = {k: v for k, v in images.items() if k in known}
         return cls(
             image_processor=Llama4ImagesWithoutTorchvision(**images),
-            tokenizer=AutoTokenizer.from_pretrained(str(folder)),
-            chat_template=chat_template,
-            **config,
+            tokenizer=AutoTokenizer.from_pretrained(str(path)),
+            chat_template=_chat_template(path),
+            **{k: v for k, v in config.items() if k in PROCESSOR_OPTIONS},
         )
+
+
+PROCESSOR_OPTIONS = (  # `Llama4Processor.__init__`'s own options
+    "patch_size",
+    "pixel_shuffle_ratio",
+    "fake_image_token",
+    "image_token",
+    "start_of_image_token",
+    "end_of_image_token",
+    "patch_token",
+    "tile_x_separator_token",
+    "tile_y_separator_token",
+)
+
+
+def _read_json(path: str | Path, name: str) -> dict[str, Any] | None:
+    """A JSON file of a checkpoint (folder or hub id), or None where it has none."""
+    found = cached_file(str(path), name, _raise_exceptions_for_missing_entries=False)
+    return None if found is None else json.loads(Path(found).read_text(encoding="utf-8"))
+
+
+def _chat_template(path: str | Path) -> str | None:
+    """The checkpoint's chat template: ``chat_template.jinja`` or ``chat_template.json``."""
+    found = cached_file(
+        str(path), "chat_template.jinja", _raise_exceptions_for_missing_entries=False
+    )
+    if found is not None:
+        return Path(found).read_text(encoding="utf-8")
+    data = _read_json(path, "chat_template.json")
+    return None if data is None else data.get("chat_template")
 
 
 class Llama4Adapter(ViewPerGridPixels, ModelAdapter, family="llama4"):
