@@ -13,9 +13,9 @@ global view's run (untiled: ``<|image|>`` and the one view's run), then ``<|imag
 separators and markers are text tokens, not visual tokens. A tile's box is its square of the
 canvas mapped back onto the original image, so the right and bottom tiles reach into the
 padding (fractions above 1); the global view covers the whole image. The processor returns
-neither the canvas (its ``aspect_ratios`` are dropped) nor the resized size, so the grids are recomputed from its
-config (`llama4_images.tiling`) and checked against the views, the tokens and the canvas
-its separators spell.
+neither the canvas (its ``aspect_ratios`` are dropped) nor the resized size, so the grids
+are recomputed from its config (`llama4_images.tiling`) and checked against the views, the
+tokens and the canvas its separators spell.
 
 Attention. Three of every four language-model layers attend within fixed chunks of the
 sequence (``attention_chunk_size``, 8192 in Scout): a token sees the earlier tokens of its own
@@ -25,7 +25,11 @@ and, with ``attn_temperature_tuning``, scales each query by
 ``1 + attn_scale * log(1 + floor((pos + 1) / floor_scale))``. The capture records each layer's
 real mask (chunked or causal) and the queries as the layer passed them to attention (after
 RoPE, norm and temperature), so every method sums and propagates over the support the model
-used. Feed-forward blocks are dense or MoE (a top-1 sigmoid router plus a shared expert); the
+used. At `Llama4TextConfig`'s defaults (chunk 8192, ``floor_scale`` 8192: Scout's, as far
+as its config is known here; not checked against its files offline) a prompt of 16 tiles and the global view
+(2,448 image tokens) lies in the first chunk and below the first temperature step, so both
+quirks act only on longer sequences; the tiny test model shrinks both to exercise them.
+Feed-forward blocks are dense or MoE (a top-1 sigmoid router plus a shared expert); the
 capture does not touch them, and gradients flow through the router's chosen expert as in
 autograd.
 
