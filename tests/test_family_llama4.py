@@ -183,6 +183,32 @@ def test_the_torchvision_free_image_processor_is_bit_exact(size, to_max_canvas):
         assert real["aspect_ratios"].tolist() == [[plan.rows, plan.cols]]
 
 
+# pixel_values digests of transformers 5.25's torchvision `Llama4ImageProcessor` (torch 2.13,
+# torchvision 0.28) on ``SPEC.image(size, seed=3)``: sha256 of the bfloat16 bits, 16 hex digits
+REAL_DIGESTS = [
+    ((300, 200), 336, 16, (1, 3, 336, 336), "903f6ebc070ca671"),  # one tile, padded below
+    ((1000, 300), 336, 16, (4, 3, 336, 336), "8d48d8f5e26f533f"),  # 1 x 3, padded, global
+    ((640, 480), 336, 16, (5, 3, 336, 336), "10e3516b5456efda"),  # 2 x 2, padded, global
+    ((160, 100), 64, 6, (7, 3, 64, 64), "72f155f1ca4333db"),  # the tiny settings, 2 x 3
+    ((20, 20), 64, 6, (1, 3, 64, 64), "2641acf5d55a5c9d"),  # enlarged to one tile
+]
+
+
+@pytest.mark.parametrize(("size", "tile", "tiles", "shape", "digest"), REAL_DIGESTS)
+def test_the_stand_in_reproduces_the_real_processors_recorded_output(
+    size, tile, tiles, shape, digest
+):
+    """Without torchvision too: the stand-in's pixel_values carry the real processor's bits."""
+    import hashlib
+
+    options = {"size": {"height": tile, "width": tile}, "max_patches": tiles}
+    pv = Llama4ImagesWithoutTorchvision(**options)(SPEC.image(size, seed=3), return_tensors="pt")
+    pv = pv["pixel_values"]
+    assert tuple(pv.shape) == shape and pv.dtype == torch.bfloat16
+    bits = pv.contiguous().view(torch.int16).numpy().tobytes()
+    assert hashlib.sha256(bits).hexdigest()[:16] == digest
+
+
 def test_the_saved_processor_names_the_real_classes(tiny_model_dir):
     """A tiny model's folder is an ordinary Llama 4 folder: the real processor and image
     processor classes, which load with torchvision; without it `load` uses the stand-in."""
