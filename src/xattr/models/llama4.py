@@ -123,7 +123,8 @@ class Llama4Adapter(ViewPerGridPixels, ModelAdapter, family="llama4"):
         ),
         tested=(
             "canvas recomputed from the config vs the processor (aspects up to 50:1); its "
-            "torchvision-free image processor bit-exact against the real one; separators kept "
+            "torchvision-free image processor bit-exact against the real one (live where "
+            "torchvision loads, recorded digests elsewhere); separators kept "
             "out of V; each layer's real mask (chunked or causal) recorded; NoPE layers' "
             "temperature-tuned and RoPE layers' QK-normed queries recorded as used; MoE routing "
             "unchanged by the capture, gradients equal autograd"
@@ -131,8 +132,8 @@ class Llama4Adapter(ViewPerGridPixels, ModelAdapter, family="llama4"):
         caveats=(
             "every region is seen twice when tiled; chunked layers hide earlier chunks (the "
             "answer sees the image only through the global layers once it is a chunk away); "
-            "without torchvision a stand-in image processor runs (checked bit-exact only where "
-            "torchvision loads); real tokenizer untested (none published)"
+            "the real image processor needs torchvision; without it the stand-in runs (exact on "
+            "the images compared, not proven for all); real tokenizer untested (none published)"
         ),
     )
 
