@@ -1,0 +1,180 @@
+"""LFM2-VL (`Lfm2VlForConditionalGeneration`: LiquidAI/LFM2-VL-450M and -1.6B).
+
+Layout. The image processor (`Lfm2VlImageProcessor`, SigLIP2 NaFlex) keeps one view for an
+image whose pixels fit ``max_pixels_tolerance`` x the one-view budget: the whole image
+resized, aspect kept, to multiples of 32 px (``encoder_patch_size`` x ``downsample_factor``)
+within ``min_image_tokens``..``max_image_tokens`` tokens. A larger image is tiled: the whole
+image stretched onto a canvas of ``cols x rows`` square tiles (``tile_size`` px, 2 to 10 tiles,
+the aspect closest to the image's) cut row-major, then, with ``use_thumbnail``, the one-view
+resize of the whole image as a thumbnail, last. Each view is a patch list (16 px patches,
+padded to a fixed budget); the projector's pixel unshuffle merges each 2 x 2 block of
+patches into one token, in raster order over the view's ``(h/32) x (w/32)`` blocks. The
+prompt holds ``<|image_start|>``, per tile its tag ``<|img_row_r_col_c|>`` and its tokens,
+``<|img_thumbnail|>`` and the thumbnail's tokens, ``<|image_end|>`` (an untiled image: the
+tokens alone between the markers); tags and markers are not visual tokens. The processor
+returns no canvas, so the grids are recomputed with the image processor's own split rule
+and checked against the views, their patch grids (``spatial_shapes``) and the token count.
+
+Layers. The language model (LFM2) is a hybrid: most layers are gated short convolutions,
+``y_t = C_t ⊙ Σ_{k<3} w_k ⊙ (B ⊙ x)_{t−k}`` per channel (``B``, ``C``, ``x`` the three
+chunks of one linear projection of the normed input, ``w`` a depthwise 3-tap kernel; no
+softmax, no heads), the others GQA softmax attention (causal, RoPE, q/k RMS-normed). The
+trace holds the softmax layers only, in order: ``trace.attentions[l]`` is the l-th attention
+layer (`trace_layers` maps it to the decoder layer). A convolution layer is, like an MLP,
+part of the residual stream between traced layers: gradients ``dz/dA`` pass through it
+exactly; attention-propagating methods treat it as the identity, so they leave out its
+mixing of each token with the two before it (docs/methods.md, "Layer kinds"). DEX-AR is
+refused: its logit lens reads the hidden state after every traced layer, which the
+model's ``hidden_states`` (one per decoder layer) do not line up with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..layout import Grid, LayoutError, VisualLayout
+from ..views import PixelView
+from .base import FamilyCard, ModelAdapter
+from .prompting import CaptureError, PreparedInputs
+
+SPLIT_KEYS = (  # the image processor's arguments to its split rule (`_get_split_layout`)
+    "downsample_factor",
+    "min_tiles",
+    "max_tiles",
+    "min_image_tokens",
+    "max_image_tokens",
+    "encoder_patch_size",
+    "tile_size",
+    "max_pixels_tolerance",
+)
+
+
+def view_grids(image_size: tuple[int, int], image_processor: Any) -> list[Grid]:
+    """The token grids of a (W, H) image, in ``pixel_values`` order: one view, or the tiles
+    row-major then (``use_thumbnail``) the thumbnail; each view's tokens are its
+    ``encoder_patch_size * downsample_factor`` px blocks."""
+    width, height = image_size
+    ip = image_processor
+    kwargs = {key: getattr(ip, key) for key in SPLIT_KEYS}
+    if not ip.do_image_splitting:
+        kwargs["min_tiles"] = kwargs["max_tiles"] = 1
+    split, rows, cols, new_h, new_w = ip._get_split_layout(height, width, **kwargs)
+    block = int(ip.encoder_patch_size) * int(ip.downsample_factor)  # px per token side
+    whole = Grid(new_h // block, new_w // block, name="thumbnail" if split else "image")
+    if not split:
+        return [whole]
+    side = int(ip.tile_size) // block
+    tiles = [
+        Grid(
+            side,
+            side,
+            box=(r / rows, c / cols, (r + 1) / rows, (c + 1) / cols),
+            name=f"tile {r},{c}",
+        )
+        for r in range(rows)
+        for c in range(cols)
+    ]
+    return [*tiles, whole] if ip.use_thumbnail else tiles
+
+
+class Lfm2VlAdapter(ModelAdapter, family="lfm2_vl"):
+    """LFM2-VL: one view, or tiles row-major then a thumbnail; softmax layers traced."""
+
+    card = FamilyCard(
+        visual_tokens=(
+            "one aspect-kept view (64–256 tokens of 32 px), or 512 px tiles row-major (2–10) + "
+            "a thumbnail; 2 × 2 pixel-unshuffled SigLIP2 patches"
+        ),
+        tested=(
+            "the split rule vs the processor's views, patch grids and tile tags (aspects up to "
+            "40:1); boxes vs its pixels; only the attention layers traced, gradients through "
+            "the convolutions"
+        ),
+        caveats=(
+            "most LM layers are gated 3-tap convolutions, not in the trace: rollout and "
+            "raw attention treat them as the identity; `dexar` refused"
+        ),
+    )
+    refused_methods = ("dexar",)
+
+    # ------------------------------------------------------------------ layers
+    def trace_layers(self) -> list[int]:
+        """The decoder layers the trace holds (its softmax-attention layers), ascending."""
+        types = self.model.config.get_text_config().layer_types
+        return [i for i, kind in enumerate(types) if kind != "conv"]
+
+    def attention_modules(self) -> list[nn.Module]:
+        """The softmax-attention layers' ``self_attn``; convolution layers are not traced."""
+        layers = self.language_model().layers
+        return [layers[i].self_attn for i in self.trace_layers()]
+
+    def final_norm(self) -> nn.Module:
+        """LFM2's final norm (named ``embedding_norm``, applied after the last layer)."""
+        return self.language_model().embedding_norm
+
+    # ---------------------------------------------------------------- layout
+    def visual_layout(self, inputs: dict[str, Tensor], image_size: tuple[int, int]) -> VisualLayout:
+        """The ``<image>`` positions, view after view, and each view's grid (module docstring),
+        checked against the views' patch grids and the token count."""
+        ids = inputs["input_ids"][0]
+        positions = torch.nonzero(ids == self.image_token_id).flatten()
+        start = self.tokenizer.convert_tokens_to_ids(self.processor.image_start_token)
+        blocks = int((ids == start).sum())
+        if blocks > 1:
+            raise CaptureError(f"the prompt holds {blocks} images; lfm2_vl takes one per prompt")
+        grids = view_grids(image_size, self.processor.image_processor)
+        factor = int(self.model.config.downsample_factor)
+        emitted = [tuple(int(v) // factor for v in s) for s in inputs["spatial_shapes"]]
+        expected = [g.shape for g in grids]
+        if emitted != expected or positions.numel() != sum(g.cells for g in grids):
+            raise LayoutError(
+                f"the processor emitted views of {emitted} tokens and {positions.numel()} image "
+                f"tokens, but its split rule gives a {image_size[0]}x{image_size[1]} image the "
+                f"views {expected} ({sum(g.cells for g in grids)} tokens)"
+            )
+        return VisualLayout(positions, grids)
+
+    # ------------------------------------------------------------ pixel path
+    @property
+    def patch_size(self) -> int:
+        return int(self.processor.image_processor.encoder_patch_size)
+
+    def pixel_views(self, prepared: PreparedInputs) -> list[PixelView]:
+        """A view per grid: its box of the image at its patch grid times the patch size."""
+        p = self.patch_size
+        shapes = prepared.inputs["spatial_shapes"]  # [views, 2] patch rows, cols
+        return [
+            PixelView(g.box, (int(s[0]) * p, int(s[1]) * p), g.name)
+            for g, s in zip(prepared.layout.grids, shapes, strict=True)
+        ]
+
+    def views_to_pixel_values(
+        self, views: Sequence[Tensor], prepared: PreparedInputs, fill: float = 1.0
+    ) -> Tensor:
+        """Views [B, C, h_i, w_i] -> [B, views, P, p*p*C]: each view's raster patches, flattened
+        (row, col, channel) as the processor writes them; the budget's padding patches take
+        ``fill``."""
+        p = self.patch_size
+        budget = int(prepared.inputs["pixel_values"].shape[-2])
+        out = []
+        for image in views:
+            b, c, h, w = image.shape
+            x = image.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1)
+            x = x.reshape(b, (h // p) * (w // p), p * p * c)  # [B, n_i, p*p*C]
+            pad = x.new_full((b, budget - x.shape[1], x.shape[2]), float(fill))
+            out.append(torch.cat([x, pad], dim=1))
+        return torch.stack(out, dim=1)
+
+    def pixel_values_to_views(self, pixel_values: Tensor, prepared: PreparedInputs) -> list[Tensor]:
+        """[views, P, p*p*C] -> each view [C, h, w] (its padding patches dropped)."""
+        p = self.patch_size
+        out = []
+        for i, view in enumerate(self.pixel_views(prepared)):
+            h, w = view.size
+            x = pixel_values[i, : (h // p) * (w // p)].reshape(h // p, w // p, p, p, -1)
+            out.append(x.permute(4, 0, 2, 1, 3).reshape(-1, h, w))
+        return out
