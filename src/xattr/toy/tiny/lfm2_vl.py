@@ -23,16 +23,19 @@ from ._common import TinySizes
 
 REQUIRES = ("torchvision",)  # what the real processor imports beyond the project's lock
 
-# The tiny geometry: 8 px patches, 64 px tiles, 2 x 2 unshuffle: a tile is 4 x 4 tokens and a
-# one-view image holds at most 16 tokens (64 x 64 px); a larger one (over 2 x 16 tokens'
-# pixels) is tiled. LFM2-VL-1.6B: 16 px patches, 512 px tiles, up to 256 tokens per view.
-NATIVE_SIZE = 64  # the one-view budget exactly: neither tiled nor resized
-GEOMETRY_SIZE = (165, 150)  # tiled 3 x 3 plus a thumbnail (W / H = 1.1)
+# The tiny geometry: 8 px patches, 64 px tiles, 2 x 2 unshuffle: a tile is 4 x 4 tokens, a
+# one-view image holds 4 to 48 tokens, and one over twice the 48 tokens' pixels is tiled.
+# LFM2-VL-1.6B: 16 px patches, 512 px tiles (16 x 16 tokens), 64 to 256 tokens per view.
+NATIVE_SIZE = 64  # 4 x 4 tokens: within the one-view budget, neither tiled nor resized
+# (W, H) 3:1: a 3 x 1 canvas of tiles (4 x 12 tokens) and a thumbnail resized to 192 x 64 px,
+# the same 4 x 12 tokens, so every thumbnail cell is exactly one canvas cell (no near-ties
+# between the tile cells a thumbnail block covers in the shared geometry test)
+GEOMETRY_SIZE = (300, 100)
 PATCH = 8
 TILE = 64
 DOWNSAMPLE = 2
 MIN_IMAGE_TOKENS = 4
-MAX_IMAGE_TOKENS = 16
+MAX_IMAGE_TOKENS = 48
 MIN_TILES, MAX_TILES = 2, 10  # the checkpoints' values
 MEAN = STD = (0.5, 0.5, 0.5)
 
