@@ -160,9 +160,9 @@ def test_trace_holds_the_attention_layers_only(adapter):
         for h in hooks:
             h.remove()
     assert trace.num_layers == 2 and trace.layer_kinds == ["softmax", "softmax"]
-    for l, i in enumerate(adapter.trace_layers()):
-        a = trace.attentions[l]  # [H, N, N]
-        value = trace.graph["values"][l][0].detach()  # [Hkv, N, d]
+    for layer, i in enumerate(adapter.trace_layers()):
+        a = trace.attentions[layer]  # [H, N, N]
+        value = trace.graph["values"][layer][0].detach()  # [Hkv, N, d]
         value = value.repeat_interleave(a.shape[0] // value.shape[0], dim=0)
         mixed = (a @ value).transpose(0, 1).reshape(a.shape[1], -1)  # [N, H*d]
         module = layers[i].self_attn
@@ -216,4 +216,4 @@ def test_real_checkpoint_config_names_the_family():
 
     conf = yaml.safe_load((Path(__file__).parents[1] / "conf/model/lfm2_vl_1_6b.yaml").read_text())
     assert conf["family"] == "lfm2_vl" and conf["path"] == "LiquidAI/LFM2-VL-1.6B"
-    assert builder.MAX_TILES == Lfm2VlImageProcessor().max_tiles  # the checkpoints' tile range
+    assert Lfm2VlImageProcessor().max_tiles == builder.MAX_TILES  # the checkpoints' tile range
