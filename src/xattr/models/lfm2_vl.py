@@ -86,17 +86,18 @@ class Lfm2VlAdapter(ModelAdapter, family="lfm2_vl"):
 
     card = FamilyCard(
         visual_tokens=(
-            "one aspect-kept view (64–256 tokens of 32 px), or 512 px tiles row-major (2–10) + "
-            "a thumbnail; 2 × 2 pixel-unshuffled SigLIP2 patches"
+            "one view (the image resized to multiples of 32 px, 64–256 tokens), or 512 px tiles "
+            "row-major (2–10) + a thumbnail; a token = 2 × 2 unshuffled SigLIP2 patches"
         ),
         tested=(
-            "the split rule vs the processor's views, patch grids and tile tags (aspects up to "
-            "40:1); boxes vs its pixels; only the attention layers traced, gradients through "
-            "the convolutions"
+            "the split rule vs the real-settings processor's views, patch grids and tile tags "
+            "(aspects up to 250:1); tiles vs its pixels; the projector's raster order, exactly; "
+            "only the attention layers traced; the convolution's formula and 3-token band"
         ),
         caveats=(
-            "most LM layers are gated 3-tap convolutions, not in the trace: rollout and "
-            "raw attention treat them as the identity; `dexar` refused"
+            "most LM layers are gated 3-tap convolutions, not in the trace: propagation takes "
+            'them as the identity, gradients pass through them (docs/methods.md, "Layer '
+            'kinds"); `dexar` refused; the image processor needs torchvision'
         ),
     )
     refused_methods = ("dexar",)
