@@ -14,6 +14,7 @@ from support.families import QUESTION, SPECS
 from xattr.models import CaptureError
 from xattr.models.lfm2_vl import view_grids
 from xattr.toy.tiny import lfm2_vl as builder
+from xattr.trace import TraceError
 
 SPEC = SPECS["lfm2_vl"]
 if SPEC.missing():
@@ -197,7 +198,7 @@ def test_conv_layer_is_the_documented_gated_band(adapter):
 def test_dexar_is_refused_by_name(adapter):
     """DEX-AR's per-layer logit lens does not line up with a trace of some layers only."""
     assert "dexar" in adapter.refused_methods
-    with pytest.raises(Exception, match="dexar"):
+    with pytest.raises(TraceError, match=r"dexar reads .* decoder layers \[1, 3\] only"):
         xattr.explain(adapter, SPEC.image(), QUESTION, method="dexar", answer="red")
 
 

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from ..layout import Grid, LayoutError, VisualLayout
+from ..trace import Trace
 from ..views import PixelView
 from .base import FamilyCard, ModelAdapter
 from .prompting import CaptureError, PreparedInputs
@@ -107,6 +108,13 @@ class Lfm2VlAdapter(ModelAdapter, family="lfm2_vl"):
         """The decoder layers the trace holds (its softmax-attention layers), ascending."""
         types = self.model.config.get_text_config().layer_types
         return [i for i, kind in enumerate(types) if kind != "conv"]
+
+    def trace(self, *args: Any, **kwargs: Any) -> Trace:
+        """`CaptureMixin.trace`, with the decoder layer of each traced layer in
+        ``meta["decoder_layers"]`` (methods that need every layer refuse such a trace)."""
+        trace = super().trace(*args, **kwargs)
+        trace.meta["decoder_layers"] = self.trace_layers()
+        return trace
 
     def attention_modules(self) -> list[nn.Module]:
         """The softmax-attention layers' ``self_attn``; convolution layers are not traced."""
