@@ -1,5 +1,5 @@
 """LFM2-VL's own rules: the split rule against what the real-settings processor emits (views,
-patch grids, tile tags; aspect ratios up to 250:1), tiles against the image's pixels, the
+patch grids, tile tags; aspect ratios up to 300:1; views over the patch budget refused), tiles against the image's pixels, the
 projector's raster order checked exactly, the trace holding only the softmax-attention
 layers, the convolution layer's formula and its 3-token band, DEX-AR refused, bad input."""
 
@@ -51,7 +51,7 @@ def _image(width: int, height: int):
         (1500, 700),
         (4000, 100),  # 40:1: 10 tiles in a row
         (100, 4000),
-        (10000, 40),  # 250:1: the thumbnail one token row high
+        (10000, 40),  # 250:1, untiled: one token row of 253
         (20, 20),  # upscaled to the minimum
     ],
 )
@@ -81,6 +81,32 @@ def test_split_rule_matches_the_real_processor(real_processor, size):
         assert grids[-1].box == (0.0, 0.0, 1.0, 1.0)
         assert grids[cols - 1].box == (0.0, (cols - 1) / cols, 1 / rows, 1.0)
         assert all(g.shape == (16, 16) for g in grids[:-1])
+
+
+@pytest.mark.parametrize("size", [(1024, 1024), (4000, 100), (300, 1000)])
+@pytest.mark.parametrize("option", [{"use_thumbnail": False}, {"do_image_splitting": False}])
+def test_split_rule_follows_the_processor_options(adapter, size, option):
+    """Without the thumbnail the tiles alone; without splitting one view, however large."""
+    ip = Lfm2VlImageProcessor(**option)
+    processor = Lfm2VlProcessor(image_processor=ip, tokenizer=adapter.tokenizer)
+    out = processor(images=[_image(*size)], text=["<image>"], return_tensors="pt")
+    grids = view_grids(size, ip)
+    assert [tuple(int(v) // 2 for v in s) for s in out["spatial_shapes"]] == [
+        g.shape for g in grids
+    ]
+    image_id = adapter.tokenizer.convert_tokens_to_ids("<image>")
+    assert int((out["input_ids"] == image_id).sum()) == sum(g.cells for g in grids)
+    assert "thumbnail" not in [g.name for g in grids]
+    if not option.get("do_image_splitting", True):
+        assert len(grids) == 1
+
+
+def test_beyond_the_patch_budget_the_real_processor_overflows(real_processor):
+    """At 12000 x 40 (300:1, untiled: under twice the one-view pixels) the one view needs
+    2 x 554 = 1,108 patches, over the budget of 1,024: the processor emits them all with a
+    mask of 1,024, which the adapter refuses (the tiny case below)."""
+    out = real_processor(images=[_image(12000, 40)], text=["<image>"], return_tensors="pt")
+    assert out["pixel_values"].shape[1] == 1108 and out["pixel_attention_mask"].shape[1] == 1024
 
 
 def test_tiles_hold_the_pixels_of_their_boxes(adapter):
@@ -202,11 +228,18 @@ def test_dexar_is_refused_by_name(adapter):
         xattr.explain(adapter, SPEC.image(), QUESTION, method="dexar", answer="red")
 
 
-def test_an_image_the_processor_cannot_split_is_named(adapter):
-    """At 2000 x 16 the thumbnail needs more patches than the processor's budget; the processor
-    fails, and the error names the family and the image size."""
-    with pytest.raises(CaptureError, match="lfm2_vl processor cannot take this 2000x16 image"):
-        adapter.prepare(_image(2000, 16), QUESTION)
+@pytest.mark.parametrize(
+    ("size", "message"),
+    [
+        ((2000, 16), "lfm2_vl processor cannot take this 2000x16 image"),  # tiled: it fails
+        ((1500, 16), "view of 268 patches for a 1500x16 image, over its budget of 192"),
+    ],
+)
+def test_an_image_over_the_patch_budget_is_named(adapter, size, message):
+    """A thumbnail over the patch budget makes the processor fail; an untiled view over it
+    comes back longer than its mask: both raise a CaptureError naming the image size."""
+    with pytest.raises(CaptureError, match=message):
+        adapter.prepare(_image(*size), QUESTION)
 
 
 def test_real_checkpoint_config_names_the_family():

@@ -14,6 +14,10 @@ prompt holds ``<|image_start|>``, per tile its tag ``<|img_row_r_col_c|>`` and i
 tokens alone between the markers); tags and markers are not visual tokens. The processor
 returns no canvas, so the grids are recomputed with the image processor's own split rule
 and checked against the views, their patch grids (``spatial_shapes``) and the token count.
+A very elongated image can need more patches in one view than the processor's fixed budget
+(``max_num_patches``): the processor then fails (a tiled image's thumbnail) or emits a view
+longer than its own ``pixel_attention_mask`` (an untiled one, e.g. 12000 x 40 px at the
+checkpoints' settings); either way the adapter raises a CaptureError naming the image size.
 
 Layers. The language model (LFM2) is a hybrid: most layers are gated short convolutions,
 ``y_t = C_t ⊙ Σ_{k<3} w_k ⊙ (B ⊙ x)_{t−k}`` per channel (``B``, ``C``, ``x`` the three
@@ -92,7 +96,7 @@ class Lfm2VlAdapter(ModelAdapter, family="lfm2_vl"):
         ),
         tested=(
             "the split rule vs the real-settings processor's views, patch grids and tile tags "
-            "(aspects up to 250:1); tiles vs its pixels; the projector's raster order, exactly; "
+            "(aspects up to 300:1); tiles vs its pixels; the projector's raster order, exactly; "
             "only the attention layers traced; the convolution's formula and 3-token band"
         ),
         caveats=(
@@ -135,6 +139,14 @@ class Lfm2VlAdapter(ModelAdapter, family="lfm2_vl"):
         blocks = int((ids == start).sum())
         if blocks > 1:
             raise CaptureError(f"the prompt holds {blocks} images; lfm2_vl takes one per prompt")
+        patches = int(inputs["pixel_values"].shape[-2])  # [views, P, p*p*C]
+        budget = int(inputs["pixel_attention_mask"].shape[-1])  # [views, budget]
+        if patches != budget:
+            raise CaptureError(
+                f"the lfm2_vl processor made a view of {patches} patches for a "
+                f"{image_size[0]}x{image_size[1]} image, over its budget of {budget} "
+                "(pixel_attention_mask): the image is too elongated; crop it nearer to square"
+            )
         grids = view_grids(image_size, self.processor.image_processor)
         factor = int(self.model.config.downsample_factor)
         emitted = [tuple(int(v) // factor for v in s) for s in inputs["spatial_shapes"]]
