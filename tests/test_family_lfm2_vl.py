@@ -1,7 +1,8 @@
 """LFM2-VL's own rules: the split rule against what the real-settings processor emits (views,
-patch grids, tile tags; aspect ratios up to 300:1; views over the patch budget refused), tiles against the image's pixels, the
-projector's raster order checked exactly, the trace holding only the softmax-attention
-layers, the convolution layer's formula and its 3-token band, DEX-AR refused, bad input."""
+patch grids, tile tags; aspect ratios up to 250:1, and at 300:1 a view over the patch budget
+refused), tiles against the image's pixels, the projector's raster order checked exactly,
+the trace holding only the softmax-attention layers, the convolution layer's formula and its
+3-token band, DEX-AR refused, bad input."""
 
 from __future__ import annotations
 

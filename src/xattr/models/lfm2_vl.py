@@ -96,7 +96,7 @@ class Lfm2VlAdapter(ModelAdapter, family="lfm2_vl"):
         ),
         tested=(
             "the split rule vs the real-settings processor's views, patch grids and tile tags "
-            "(aspects up to 300:1); tiles vs its pixels; the projector's raster order, exactly; "
+            "(aspects up to 250:1; a view over the patch budget refused); tiles vs its pixels; the projector's raster order, exactly; "
             "only the attention layers traced; the convolution's formula and 3-token band"
         ),
         caveats=(
