@@ -21,15 +21,16 @@ checkpoints' settings); either way the adapter raises a CaptureError naming the 
 
 Layers. The language model (LFM2) is a hybrid: most layers are gated short convolutions,
 ``y_t = C_t ⊙ Σ_{k<3} w_k ⊙ (B ⊙ x)_{t−k}`` per channel (``B``, ``C``, ``x`` the three
-chunks of one linear projection of the normed input, ``w`` a depthwise 3-tap kernel; no
-softmax, no heads), the others GQA softmax attention (causal, RoPE, q/k RMS-normed). The
-trace holds the softmax layers only, in order: ``trace.attentions[l]`` is the l-th attention
-layer (`trace_layers` maps it to the decoder layer). A convolution layer is, like an MLP,
-part of the residual stream between traced layers: gradients ``dz/dA`` pass through it
+chunks of one linear projection of the normed input, ``w_k`` the depthwise kernel's tap at
+lag k, ``conv.weight[:, 0, 2 − k]``; no softmax, no heads), the others GQA softmax
+attention (causal, RoPE, q/k RMS-normed). The trace holds the softmax layers only, in
+order: ``trace.attentions[l]`` is the l-th attention layer (`trace_layers`, and the trace's
+``meta["decoder_layers"]``, map it to its decoder layer). A convolution layer is, like an
+MLP, part of the residual stream between traced layers: gradients ``dz/dA`` pass through it
 exactly; attention-propagating methods treat it as the identity, so they leave out its
-mixing of each token with the two before it (docs/methods.md, "Layer kinds"). DEX-AR is
-refused: its logit lens reads the hidden state after every traced layer, which the
-model's ``hidden_states`` (one per decoder layer) do not line up with.
+mixing of each token with the two before it (docs/math.md §6e, docs/methods.md "Layer
+kinds"). DEX-AR is refused: its logit lens reads the hidden state after every traced
+layer, which the model's ``hidden_states`` (one per decoder layer) do not line up with.
 """
 
 from __future__ import annotations
