@@ -2,7 +2,8 @@
 patch grids, tile tags; aspect ratios up to 250:1, and at 300:1 a view over the patch budget
 refused), tiles against the image's pixels, the projector's raster order checked exactly,
 the trace holding only the softmax-attention layers, the convolution layer's formula and its
-3-token band, DEX-AR refused, bad input."""
+3-token band, DEX-AR refused, bad input; the torch stand-in of the image processor against
+the real (torchvision) one where torchvision is installed."""
 
 from __future__ import annotations
 
@@ -11,17 +12,18 @@ import pytest
 import torch
 
 import xattr
+import xattr.models.torch_backend as torch_backend
 from support.families import QUESTION, SPECS
 from xattr.models import CaptureError
-from xattr.models.lfm2_vl import view_grids
+from xattr.models.lfm2_vl import (
+    Lfm2VlImageOnlyProcessor,
+    Lfm2VlTorchImageProcessor,
+    view_grids,
+)
 from xattr.toy.tiny import lfm2_vl as builder
 from xattr.trace import TraceError
 
 SPEC = SPECS["lfm2_vl"]
-if SPEC.missing():
-    pytest.skip(f"lfm2_vl's real processor needs {SPEC.missing()}", allow_module_level=True)
-
-from transformers import Lfm2VlImageProcessor, Lfm2VlProcessor  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +35,9 @@ def adapter(tiny_adapter):
 def real_processor(adapter):
     """The checkpoints' processor settings (512 px tiles, 16 px patches, 64-256 tokens a
     view, 2-10 tiles, a thumbnail) around the tiny tokenizer."""
-    return Lfm2VlProcessor(image_processor=Lfm2VlImageProcessor(), tokenizer=adapter.tokenizer)
+    return Lfm2VlImageOnlyProcessor(
+        image_processor=Lfm2VlTorchImageProcessor(), tokenizer=adapter.tokenizer
+    )
 
 
 def _image(width: int, height: int):
@@ -88,8 +92,8 @@ def test_split_rule_matches_the_real_processor(real_processor, size):
 @pytest.mark.parametrize("option", [{"use_thumbnail": False}, {"do_image_splitting": False}])
 def test_split_rule_follows_the_processor_options(adapter, size, option):
     """Without the thumbnail the tiles alone; without splitting one view, however large."""
-    ip = Lfm2VlImageProcessor(**option)
-    processor = Lfm2VlProcessor(image_processor=ip, tokenizer=adapter.tokenizer)
+    ip = Lfm2VlTorchImageProcessor(**option)
+    processor = Lfm2VlImageOnlyProcessor(image_processor=ip, tokenizer=adapter.tokenizer)
     out = processor(images=[_image(*size)], text=["<image>"], return_tensors="pt")
     grids = view_grids(size, ip)
     assert [tuple(int(v) // 2 for v in s) for s in out["spatial_shapes"]] == [
@@ -251,4 +255,87 @@ def test_real_checkpoint_config_names_the_family():
 
     conf = yaml.safe_load((Path(__file__).parents[1] / "conf/model/lfm2_vl_1_6b.yaml").read_text())
     assert conf["family"] == "lfm2_vl" and conf["path"] == "LiquidAI/LFM2-VL-1.6B"
-    assert Lfm2VlImageProcessor().max_tiles == builder.MAX_TILES  # the checkpoints' tile range
+    assert Lfm2VlTorchImageProcessor().max_tiles == builder.MAX_TILES  # the checkpoints' tile range
+
+
+STAND_IN_SIZES = [  # (W, H) at the checkpoints' settings
+    (512, 512),  # one view, unresized
+    (300, 1000),  # one tall view, resized
+    (20, 20),  # upscaled to the minimum
+    (1024, 1024),  # 2 x 2 tiles + thumbnail
+    (1500, 700),  # 4 x 2 tiles + thumbnail
+    (777, 333),
+    (4000, 100),  # 40:1
+    (100, 4000),
+    (10000, 40),  # 250:1
+    (12000, 40),  # 300:1: a view over the patch budget
+]
+
+
+def _both(tokenizer, image, **options):
+    """The real (torchvision) processor's and the stand-in's outputs for ``image``."""
+    from transformers import Lfm2VlImageProcessor, Lfm2VlProcessor
+
+    real = Lfm2VlProcessor(image_processor=Lfm2VlImageProcessor(), tokenizer=tokenizer)
+    stand_in = Lfm2VlImageOnlyProcessor(Lfm2VlTorchImageProcessor(), tokenizer)
+    return [
+        p(images=[image], text=["<image>"], return_tensors="pt", **options)
+        for p in (real, stand_in)
+    ]
+
+
+def _assert_same(real, mine):
+    """Every tensor the processor returns is equal, bit for bit."""
+    assert set(real) == set(mine)
+    diff = float((real["pixel_values"] - mine["pixel_values"]).abs().max())
+    assert real["pixel_values"].shape == mine["pixel_values"].shape
+    assert torch.equal(real["pixel_values"], mine["pixel_values"]), f"max |diff| {diff}"
+    for key in ("spatial_shapes", "pixel_attention_mask", "input_ids"):
+        assert torch.equal(real[key], mine[key]), key
+
+
+@pytest.mark.parametrize("size", STAND_IN_SIZES)
+def test_the_stand_in_equals_the_torchvision_processor(size):
+    """Where torchvision is installed, the stand-in's pixel_values, spatial shapes, masks and
+    prompt tokens equal the real processor's exactly (uint8 images: the same uint8 kernel)."""
+    pytest.importorskip("torchvision")
+    _assert_same(*_both(builder.tokenizer(), _image(*size)))
+
+
+@pytest.mark.parametrize("size", [(300, 1000), (1500, 700), (10000, 40)])
+def test_the_stand_in_equals_torchvision_on_its_float_path(monkeypatch, size):
+    """Where the CPU has no vectorised uint8 kernel both resize in float32 and round back;
+    forced onto that path, the two are still equal (it differs from the uint8 kernel's
+    result by one grey level here and there, so the path must follow torchvision's)."""
+    pytest.importorskip("torchvision")
+    from torchvision.transforms.v2.functional import _geometry
+
+    monkeypatch.setattr(_geometry, "_do_native_uint8_resize_on_cpu", lambda _mode: False)
+    monkeypatch.setattr(torch_backend, "native_uint8_bilinear", lambda _device: False)
+    _assert_same(*_both(builder.tokenizer(), _image(*size)))
+
+
+def test_the_stand_in_equals_torchvision_on_grey_and_float_arrays():
+    """A grey channel-first array converted to RGB, and a float array not rescaled."""
+    pytest.importorskip("torchvision")
+    grey = np.random.default_rng(2).integers(0, 256, (1, 700, 1500), dtype=np.uint8)
+    _assert_same(*_both(builder.tokenizer(), grey, do_convert_rgb=True))
+    floats = np.random.default_rng(3).random((3, 333, 777), dtype=np.float32)
+    _assert_same(*_both(builder.tokenizer(), floats, do_rescale=False))
+
+
+def test_the_stand_in_saves_and_loads_as_the_real_classes(adapter, tmp_path):
+    """Saved under the real class names; loaded back (without torchvision) as the stand-in,
+    with the same settings."""
+    import json
+
+    from xattr.models.processors import IMAGE_ONLY_PROCESSORS
+
+    adapter.processor.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "processor_config.json").read_text())
+    assert saved["processor_class"] == "Lfm2VlProcessor"
+    assert saved["image_processor"]["image_processor_type"] == "Lfm2VlImageProcessor"
+    assert IMAGE_ONLY_PROCESSORS["lfm2_vl"] is Lfm2VlImageOnlyProcessor
+    loaded = Lfm2VlImageOnlyProcessor.from_pretrained(tmp_path)
+    assert type(loaded.image_processor) is Lfm2VlTorchImageProcessor
+    assert loaded.image_processor.to_dict() == adapter.processor.image_processor.to_dict()

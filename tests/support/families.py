@@ -2,14 +2,12 @@
 `ModelTester` in spirit): the family list comes from the registered adapters that have a
 tiny-model builder, and what a test needs to know about a family comes from its builder
 module (`xattr.toy.tiny.<family>`): ``NATIVE_SIZE`` (required), ``GEOMETRY_SIZE`` (W, H),
-``TEST_OPTIONS`` (builder options for the tests' model), ``NO_SDPA`` (why SDPA cannot
-run, for families transformers refuses it for) and ``REQUIRES`` (modules its real processor
-imports beyond the lock: its tests are skipped, saying so, where one is missing); the trace methods a family refuses by name
+``TEST_OPTIONS`` (builder options for the tests' model) and ``NO_SDPA`` (why SDPA cannot
+run, for families transformers refuses it for); the trace methods a family refuses by name
 come from its adapter (``refused_methods``)."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import warnings
 from collections.abc import Sequence
@@ -38,11 +36,6 @@ class FamilySpec:
     build_options: dict[str, Any] = field(default_factory=dict)
     no_sdpa: str | None = None  # why transformers cannot run this family with SDPA, if so
     unsupported: tuple[str, ...] = ()  # trace methods the family refuses by name (mllama: dexar)
-    requires: tuple[str, ...] = ()  # modules the real processor needs beyond the lock
-
-    def missing(self) -> list[str]:
-        """The modules of ``requires`` that cannot be imported here."""
-        return [m for m in self.requires if importlib.util.find_spec(m) is None]
 
     def image(
         self,
@@ -72,7 +65,6 @@ def spec(family: str) -> FamilySpec:
         build_options=dict(getattr(module, "TEST_OPTIONS", {})),
         no_sdpa=getattr(module, "NO_SDPA", None),
         unsupported=xattr.models.ADAPTERS.get_class(family).refused_methods,
-        requires=tuple(getattr(module, "REQUIRES", ())),
     )
 
 

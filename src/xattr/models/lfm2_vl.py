@@ -31,21 +31,113 @@ exactly; attention-propagating methods treat it as the identity, so they leave o
 mixing of each token with the two before it (docs/math.md §6e, docs/methods.md "Layer
 kinds"). DEX-AR is refused: its logit lens reads the hidden state after every traced
 layer, which the model's ``hidden_states`` (one per decoder layer) do not line up with.
+
+Processor. transformers ships the image processor on its torchvision backend only;
+`Lfm2VlTorchImageProcessor` is that class with the backend's torchvision calls done in plain
+torch (`PlainTorchBackend`: the same bilinear antialiased resize, uint8 where torchvision
+resizes in uint8), and `Lfm2VlImageOnlyProcessor` the processor around it, used where
+torchvision is missing; both save as the real classes. Where torchvision is installed the
+tests check that they give the real processor's tensors exactly.
 """
 
 from __future__ import annotations
 
+import importlib
+import sys
+import types
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from transformers import Lfm2VlProcessor
 
 from ..layout import Grid, LayoutError, VisualLayout
 from ..trace import Trace
 from ..views import PixelView
 from .base import FamilyCard, ModelAdapter
+from .processors import ImageOnlyProcessorMixin, image_only_processor
 from .prompting import CaptureError, PreparedInputs
+from .torch_backend import PlainTorchBackend
+
+_IMAGE_PROCESSING = "transformers.models.lfm2_vl.image_processing_lfm2_vl"
+_TORCHVISION_V2 = "torchvision.transforms.v2"
+
+
+class _MissingTorchvision(types.ModuleType):
+    """Stands in for ``torchvision.transforms.v2.functional``: any use names torchvision."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise ImportError(f"{self.__name__}.{name} needs torchvision, which is not installed")
+
+
+def real_image_processor_class() -> type:
+    """transformers' own `Lfm2VlImageProcessor`, importable without torchvision.
+
+    Its module imports torchvision's functional module, which it names only in string
+    annotations (its backend's calls into it are the ones `PlainTorchBackend` replaces).
+    Where that import fails, a placeholder (`_MissingTorchvision`) is put in its place for
+    the import only.
+    """
+    if _IMAGE_PROCESSING in sys.modules:
+        return sys.modules[_IMAGE_PROCESSING].Lfm2VlImageProcessor
+    try:
+        return importlib.import_module(_IMAGE_PROCESSING).Lfm2VlImageProcessor
+    except ImportError:
+        pass
+    v2 = types.ModuleType(_TORCHVISION_V2)
+    v2.functional = _MissingTorchvision(f"{_TORCHVISION_V2}.functional")
+    sys.modules[_TORCHVISION_V2] = v2
+    try:
+        return importlib.import_module(_IMAGE_PROCESSING).Lfm2VlImageProcessor
+    finally:
+        del sys.modules[_TORCHVISION_V2]
+
+
+Lfm2VlImageProcessor = real_image_processor_class()
+
+
+class Lfm2VlTorchImageProcessor(Lfm2VlImageProcessor, PlainTorchBackend):
+    """`Lfm2VlImageProcessor` with its torchvision calls done in plain torch (bilinear
+    resize with antialias, per-channel normalisation, grey to RGB: `PlainTorchBackend`), so
+    it runs where torchvision is missing; the split rule, tiling, thumbnail, patching and
+    padding are the real class's. Saved as the real class."""
+
+    def to_dict(self) -> dict:
+        """Saved as the real class."""
+        out = super().to_dict()
+        out["image_processor_type"] = "Lfm2VlImageProcessor"
+        return out
+
+
+@image_only_processor("lfm2_vl")
+class Lfm2VlImageOnlyProcessor(ImageOnlyProcessorMixin, Lfm2VlProcessor):
+    """`Lfm2VlProcessor` with `Lfm2VlTorchImageProcessor` (the real image processor needs
+    torchvision); every text and prompt path is the real class's; saves as the real class."""
+
+    real_name = "Lfm2VlProcessor"
+
+    def __init__(
+        self, image_processor: Any, tokenizer: Any, chat_template: Any = None, **kwargs: Any
+    ) -> None:
+        if not isinstance(image_processor, Lfm2VlImageProcessor):
+            raise TypeError(f"expected an Lfm2VlImageProcessor, got {type(image_processor)}")
+        if type(image_processor) is not Lfm2VlTorchImageProcessor:
+            image_processor = Lfm2VlTorchImageProcessor(**image_processor.to_dict())
+        super().__init__(image_processor, tokenizer, chat_template=chat_template, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, path: Any, **kwargs: Any) -> Lfm2VlImageOnlyProcessor:
+        """The tokenizer and the image processor (as `Lfm2VlTorchImageProcessor`) of a saved
+        LFM2-VL processor folder."""
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(path, **kwargs)
+        image_processor = Lfm2VlTorchImageProcessor.from_pretrained(path, **kwargs)
+        return cls(image_processor, tok, chat_template=tok.chat_template)
+
 
 SPLIT_KEYS = (  # the image processor's arguments to its split rule (`_get_split_layout`)
     "downsample_factor",
@@ -98,12 +190,14 @@ class Lfm2VlAdapter(ModelAdapter, family="lfm2_vl"):
         tested=(
             "the split rule vs the real-settings processor's views, patch grids and tile tags "
             "(aspects up to 250:1; a view over the patch budget refused); tiles vs its pixels; the projector's raster order, exactly; "
-            "only the attention layers traced; the convolution's formula and 3-token band"
+            "only the attention layers traced; the convolution's formula and 3-token band; "
+            "the torch stand-in's tensors = the torchvision processor's, exactly (where installed)"
         ),
         caveats=(
             "most LM layers are gated 3-tap convolutions, not in the trace: propagation takes "
             'them as the identity, gradients pass through them (docs/methods.md, "Layer '
-            'kinds"); `dexar` refused; the image processor needs torchvision'
+            'kinds"); `dexar` refused; without torchvision a torch stand-in resizes (the '
+            "same bilinear antialiased kernel)"
         ),
     )
     refused_methods = ("dexar",)

@@ -3,25 +3,20 @@ thumbnail for large images, and an LFM2 language model mixing gated short-convol
 with GQA softmax-attention layers (the first and last layers are convolutions, as in
 LiquidAI/LFM2-VL-1.6B).
 
-The real image processor (`Lfm2VlImageProcessor`) needs torchvision; without it the builder
-raises an ImportError naming it (``REQUIRES``)."""
+The processor is saved from `Lfm2VlImageOnlyProcessor` with `Lfm2VlTorchImageProcessor` (the
+real image processor needs torchvision), under the real class names."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from transformers import (
-    Lfm2VlConfig,
-    Lfm2VlForConditionalGeneration,
-    Lfm2VlProcessor,
-    PreTrainedTokenizerFast,
-)
+from transformers import Lfm2VlConfig, Lfm2VlForConditionalGeneration, PreTrainedTokenizerFast
+
+from xattr.models.lfm2_vl import Lfm2VlImageOnlyProcessor, Lfm2VlTorchImageProcessor
 
 from . import _common
 from ._common import TinySizes
-
-REQUIRES = ("torchvision",)  # what the real processor imports beyond the project's lock
 
 # The tiny geometry: 8 px patches, 64 px tiles, 2 x 2 unshuffle: a tile is 4 x 4 tokens, a
 # one-view image holds 4 to 48 tokens, and one over twice the 48 tokens' pixels is tiled.
@@ -89,28 +84,23 @@ def tokenizer(extra_words: Any = ()) -> PreTrainedTokenizerFast:
     )
 
 
-def image_processor(patch_size: int = PATCH, tile: int = TILE, use_thumbnail: bool = True) -> Any:
-    """`Lfm2VlImageProcessor` at the tiny geometry (needs torchvision)."""
-    try:
-        from transformers import Lfm2VlImageProcessor
-
-        return Lfm2VlImageProcessor(
-            encoder_patch_size=patch_size,
-            tile_size=tile,
-            downsample_factor=DOWNSAMPLE,
-            min_image_tokens=MIN_IMAGE_TOKENS,
-            max_image_tokens=MAX_IMAGE_TOKENS,
-            min_tiles=MIN_TILES,
-            max_tiles=MAX_TILES,
-            use_thumbnail=use_thumbnail,
-            do_image_splitting=True,
-            image_mean=list(MEAN),
-            image_std=list(STD),
-        )
-    except ImportError as err:
-        raise ImportError(
-            f"the lfm2_vl image processor needs {', '.join(REQUIRES)}, which is not installed"
-        ) from err
+def image_processor(
+    patch_size: int = PATCH, tile: int = TILE, use_thumbnail: bool = True
+) -> Lfm2VlTorchImageProcessor:
+    """The LFM2-VL image processor (its torch stand-in) at the tiny geometry."""
+    return Lfm2VlTorchImageProcessor(
+        encoder_patch_size=patch_size,
+        tile_size=tile,
+        downsample_factor=DOWNSAMPLE,
+        min_image_tokens=MIN_IMAGE_TOKENS,
+        max_image_tokens=MAX_IMAGE_TOKENS,
+        min_tiles=MIN_TILES,
+        max_tiles=MAX_TILES,
+        use_thumbnail=use_thumbnail,
+        do_image_splitting=True,
+        image_mean=list(MEAN),
+        image_std=list(STD),
+    )
 
 
 def build(
@@ -127,7 +117,7 @@ def build(
     """A tiny LFM2-VL: ``image_size`` px tiles of ``patch_size`` px patches, unshuffled 2 x 2;
     the language model's layers are ``layer_types`` (``conv`` or ``full_attention``)."""
     tok = tokenizer(extra_words)
-    proc = Lfm2VlProcessor(
+    proc = Lfm2VlImageOnlyProcessor(
         image_processor=image_processor(patch_size, image_size, use_thumbnail),
         tokenizer=tok,
         chat_template=tok.chat_template,
