@@ -339,3 +339,16 @@ def test_the_stand_in_saves_and_loads_as_the_real_classes(adapter, tmp_path):
     loaded = Lfm2VlImageOnlyProcessor.from_pretrained(tmp_path)
     assert type(loaded.image_processor) is Lfm2VlTorchImageProcessor
     assert loaded.image_processor.to_dict() == adapter.processor.image_processor.to_dict()
+
+
+def test_the_real_class_is_imported_without_leaving_a_placeholder():
+    """Without torchvision the real module imports with a placeholder that is removed after:
+    nothing named torchvision stays importable-looking in sys.modules."""
+    import importlib.util
+    import sys
+
+    from transformers.models.lfm2_vl import image_processing_lfm2_vl as real_module
+
+    assert Lfm2VlTorchImageProcessor.__mro__[1] is real_module.Lfm2VlImageProcessor
+    if importlib.util.find_spec("torchvision") is None:
+        assert not [name for name in sys.modules if name.startswith("torchvision")]
