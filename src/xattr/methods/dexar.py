@@ -43,7 +43,7 @@ from ..explanation import Explanation
 from ..trace import Trace, TraceError, pad_heads
 from ..vjp import batched_vjp
 from .base import AttributionWarning, Attributor, Needs, hparam, positive
-from .kinds import refuse_visual_prefix
+from .kinds import refuse_layer_subset, refuse_visual_prefix
 from .packaging import make_explanation
 from .tokens import POLICIES, policy_needs, register_policy, select_tokens
 
@@ -128,6 +128,7 @@ def logit_lens_rows(trace: Trace, layers: Sequence[int], batch_vjp: int = 8) -> 
     whether the last hidden state already had the final norm applied.
     """
     refuse_visual_prefix(trace, "dexar")
+    refuse_layer_subset(trace, "dexar")
     graph = trace.graph
     if graph is None or not graph.get("outputs"):
         raise TraceError("dexar needs the capture graph: capture the trace with gradients=True")

@@ -92,3 +92,16 @@ def refuse_visual_prefix(trace: Trace, method: str) -> None:
             f"only; it is not defined for {trace.meta.get('family', 'this model')}, whose image "
             "reaches the text through cross-attention"
         )
+
+
+def refuse_layer_subset(trace: Trace, method: str) -> None:
+    """Methods that read a hidden state after each traced layer are not defined on a trace
+    that holds some decoder layers only (``meta["decoder_layers"]``: LFM2's attention layers),
+    whose hidden states are one per decoder layer."""
+    layers = trace.meta.get("decoder_layers")
+    if layers is not None and list(layers) != list(range(trace.num_layers)):
+        raise TraceError(
+            f"{method} reads the hidden state after each traced layer; it is not defined for "
+            f"{trace.meta.get('family', 'this model')}, whose trace holds decoder layers "
+            f"{list(layers)} only (its softmax-attention layers)"
+        )
