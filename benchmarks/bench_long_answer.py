@@ -20,6 +20,7 @@ to change it): heads, N and T are real, and every cost the ratios compare is per
 
     python benchmarks/bench_long_answer.py            # ~20 min on one thread
     python benchmarks/bench_long_answer.py --quick    # tiny shape, T = 8 and 32: < 1 min
+    python benchmarks/bench_long_answer.py --probe 8 --layers 28   # memory only, ~30 min
 """
 
 from __future__ import annotations
