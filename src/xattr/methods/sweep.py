@@ -199,6 +199,7 @@ def run_sweep(
     report = SweepReport(seconds={id(c): 0.0 for c in consumers})
     layers = sorted(set().union(*(c.layers for c in consumers)))
     dtype = working_dtype(trace)
+    on_cpu = trace.device.type == "cpu"
     budget = memory_budget(trace.device) if budget is None else budget
     size = chunk_size(trace, layers, consumers, budget)
     positions = trace.predicting_positions.tolist()
@@ -259,7 +260,7 @@ def run_sweep(
         _check(attention_ok, gradients_ok, tokens, list(reversed(needed)))
         for c in live:
             call(c, c.end_chunk)
-        if trace.device.type == "cpu":  # freed heap pages back to the OS (`xattr.heap`)
+        if on_cpu:  # freed heap pages back to the OS (`xattr.heap`)
             trim_heap()
     return report
 
