@@ -43,9 +43,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..layout import LayoutError, VisualLayout
+from ..layout import VisualLayout
 from .base import FamilyCard, ModelAdapter
-from .internvl import view_grids
+from .internvl import tiled_layout
 from .pixels import ViewPerGridPixels
 from .prompting import CaptureError
 
@@ -108,17 +108,9 @@ class AyaVisionAdapter(ViewPerGridPixels, ModelAdapter, family="aya_vision"):
         blocks = int((ids == start).sum())
         if blocks > 1:
             raise CaptureError(f"the prompt holds {blocks} images; aya_vision takes one per prompt")
-        side = self.view_side
-        grids = view_grids(image_size, self.processor.image_processor, side)
-        expected = len(grids) * side * side
-        views = int(inputs["pixel_values"].shape[0])  # [views, C, S, S]
-        if positions.numel() != expected or views != len(grids):
-            raise LayoutError(
-                f"the processor emitted {views} view(s) and {positions.numel()} image tokens, but "
-                f"its config tiles a {image_size[0]}x{image_size[1]} image into {len(grids)} "
-                f"view(s) of {side} x {side} tokens ({expected})"
-            )
-        return VisualLayout(positions, grids)
+        return tiled_layout(
+            positions, inputs, image_size, self.processor.image_processor, self.view_side
+        )
 
     def unembed(self, hidden: Tensor) -> Tensor:
         """The LM head times ``logit_scale``, as `AyaVisionForConditionalGeneration` computes."""

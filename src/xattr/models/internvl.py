@@ -33,10 +33,10 @@ from transformers import InternVLProcessor, ProcessorMixin
 from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import get_optimal_tiled_canvas
 
 from ..layout import Grid, LayoutError, VisualLayout
-from ..views import PixelView
 from .base import FamilyCard, ModelAdapter
+from .pixels import ViewPerGridPixels
 from .processors import ImageOnlyProcessorMixin, image_only_processor
-from .prompting import CaptureError, PreparedInputs
+from .prompting import CaptureError
 
 
 @image_only_processor("internvl")
@@ -86,6 +86,27 @@ def tiling(image_size: tuple[int, int], image_processor: Any) -> tuple[int, int]
     return int(cols), int(rows)
 
 
+def tiled_layout(
+    positions: Tensor,
+    inputs: dict[str, Tensor],
+    image_size: tuple[int, int],
+    image_processor: Any,
+    side: int,
+) -> VisualLayout:
+    """The image tokens at ``positions`` over `view_grids`, checked against the views and
+    tokens the processor emitted (``pixel_values`` [views, C, S, S])."""
+    grids = view_grids(image_size, image_processor, side)
+    expected = len(grids) * side * side
+    views = int(inputs["pixel_values"].shape[0])
+    if positions.numel() != expected or views != len(grids):
+        raise LayoutError(
+            f"the processor emitted {views} view(s) and {positions.numel()} image tokens, but "
+            f"its config tiles a {image_size[0]}x{image_size[1]} image into {len(grids)} "
+            f"view(s) of {side} x {side} tokens ({expected})"
+        )
+    return VisualLayout(positions, grids)
+
+
 def view_grids(image_size: tuple[int, int], image_processor: Any, side: int) -> list[Grid]:
     """The grids of a (W, H) image, ``side x side`` tokens per view: the tiles row-major, then
     the thumbnail (whole image) when there is more than one tile."""
@@ -105,7 +126,7 @@ def view_grids(image_size: tuple[int, int], image_processor: Any, side: int) -> 
     return [*tiles, Grid(side, side, name="thumbnail")]
 
 
-class InternVLAdapter(ModelAdapter, family="internvl"):
+class InternVLAdapter(ViewPerGridPixels, ModelAdapter, family="internvl"):
     """InternVL*-HF: tiles row-major, then the thumbnail (module docstring)."""
 
     card = FamilyCard(
@@ -134,21 +155,6 @@ class InternVLAdapter(ModelAdapter, family="internvl"):
         starts = int((ids == self.processor.start_image_token_id).sum())
         if starts > 1:
             raise CaptureError(f"the prompt holds {starts} images; internvl takes one per prompt")
-        side = self.view_side
-        grids = view_grids(image_size, self.processor.image_processor, side)
-        expected = len(grids) * side * side
-        views = int(inputs["pixel_values"].shape[0])  # [views, C, H, W]
-        if positions.numel() != expected or views != len(grids):
-            raise LayoutError(
-                f"the processor emitted {views} view(s) and {positions.numel()} image tokens, but "
-                f"its config tiles a {image_size[0]}x{image_size[1]} image into {len(grids)} "
-                f"view(s) of {side} x {side} tokens ({expected})"
-            )
-        return VisualLayout(positions, grids)
-
-    def pixel_views(self, prepared: PreparedInputs) -> list[PixelView]:
-        """The tiles row-major, then the thumbnail (``pixel_values`` [views, C, S, S]): the
-        views are the token grids' boxes (each view is one grid)."""
-        size = tuple(int(v) for v in prepared.inputs["pixel_values"].shape[-2:])
-        grids = view_grids(prepared.image_size, self.processor.image_processor, self.view_side)
-        return [PixelView(g.box, size, g.name) for g in grids]  # type: ignore[arg-type]
+        return tiled_layout(
+            positions, inputs, image_size, self.processor.image_processor, self.view_side
+        )
