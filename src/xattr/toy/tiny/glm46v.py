@@ -9,7 +9,7 @@ from typing import Any
 
 from transformers import Glm46VConfig, Glm46VForConditionalGeneration, PreTrainedTokenizerFast
 
-from . import _common, glm4v
+from . import glm4v
 from ._common import TinySizes
 from .glm4v import GEOMETRY_SIZE, NATIVE_SIZE, tokenizer
 from .glm4v_moe import moe_text_config, spread_router_bias
@@ -37,15 +37,11 @@ def build(
         else {"model_type": "glm4v_text", **glm4v.text_config(tok, sizes)}
     )
     vision_type = "glm4v_moe_vision" if moe else "glm4v_vision"
-    config = Glm46VConfig(
-        text_config=text,
-        vision_config={
-            "model_type": vision_type,
-            **glm4v.vision_config(sizes, image_size, patch_size, merge_size),
-        },
-        **glm4v.token_ids(tok),
-    )
-    config.get_text_config().eos_token_id = glm4v.stop_ids(tok)
-    proc = glm4v.processor("glm46v", tok, image_size, patch_size, merge_size)
-    adjust = spread_router_bias if moe else None
-    return _common.save(Glm46VForConditionalGeneration, config, proc, out_dir, seed, adjust=adjust)
+    vision = {
+        "model_type": vision_type,
+        **glm4v.vision_config(sizes, image_size, patch_size, merge_size),
+    }
+    return glm4v.save_glm(
+        "glm46v", Glm46VConfig, Glm46VForConditionalGeneration, text, vision, tok,
+        (image_size, patch_size, merge_size), out_dir, seed, spread_router_bias if moe else None,
+    )  # fmt: skip

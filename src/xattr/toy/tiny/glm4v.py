@@ -183,11 +183,28 @@ def build(
 ) -> Path:
     """A tiny GLM-4.1V (vision ``hidden_size`` is the ViT width, ``out_hidden_size`` the LM's)."""
     tok = with_tokenizer or tokenizer(extra_words)
-    config = Glm4vConfig(
-        text_config=text_config(tok, sizes),
-        vision_config=vision_config(sizes, image_size, patch_size, merge_size),
-        **token_ids(tok),
-    )
+    vision = vision_config(sizes, image_size, patch_size, merge_size)
+    return save_glm(
+        "glm4v", Glm4vConfig, Glm4vForConditionalGeneration, text_config(tok, sizes), vision,
+        tok, (image_size, patch_size, merge_size), out_dir, seed,
+    )  # fmt: skip
+
+
+def save_glm(
+    family: str,
+    config_class: Any,
+    model_class: Any,
+    text: dict[str, Any],
+    vision: dict[str, Any],
+    tok: PreTrainedTokenizerFast,
+    image: tuple[int, int, int],
+    out_dir: Path,
+    seed: int,
+    adjust: Any = None,
+) -> Path:
+    """One GLM-V family's tiny model saved: its config from ``text`` and ``vision`` with GLM's
+    token ids and stop ids, and its processor at ``image`` = (size, patch, merge)."""
+    config = config_class(text_config=text, vision_config=vision, **token_ids(tok))
     config.get_text_config().eos_token_id = stop_ids(tok)  # read by _common's generation config
-    proc = processor("glm4v", tok, image_size, patch_size, merge_size)
-    return _common.save(Glm4vForConditionalGeneration, config, proc, out_dir, seed)
+    proc = processor(family, tok, *image)
+    return _common.save(model_class, config, proc, out_dir, seed, adjust=adjust)

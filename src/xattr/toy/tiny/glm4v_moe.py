@@ -15,7 +15,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from . import _common, glm4v
+from . import glm4v
 from ._common import TinySizes
 from .glm4v import GEOMETRY_SIZE, NATIVE_SIZE, tokenizer
 
@@ -62,13 +62,8 @@ def build(
 ) -> Path:
     """A tiny GLM-4.5V (`moe_text_config`)."""
     tok = with_tokenizer or tokenizer(extra_words)
-    config = Glm4vMoeConfig(
-        text_config=moe_text_config(tok, sizes),
-        vision_config=glm4v.vision_config(sizes, image_size, patch_size, merge_size),
-        **glm4v.token_ids(tok),
-    )
-    config.get_text_config().eos_token_id = glm4v.stop_ids(tok)
-    proc = glm4v.processor("glm4v_moe", tok, image_size, patch_size, merge_size)
-    return _common.save(
-        Glm4vMoeForConditionalGeneration, config, proc, out_dir, seed, adjust=spread_router_bias
-    )
+    vision = glm4v.vision_config(sizes, image_size, patch_size, merge_size)
+    return glm4v.save_glm(
+        "glm4v_moe", Glm4vMoeConfig, Glm4vMoeForConditionalGeneration, moe_text_config(tok, sizes),
+        vision, tok, (image_size, patch_size, merge_size), out_dir, seed, spread_router_bias,
+    )  # fmt: skip
