@@ -250,8 +250,7 @@ def test_videos_are_refused_by_name(tiny_adapter):
     image = SPEC.image()
     with pytest.raises(CaptureError, match="video"):
         adapter.prepare(image, "what happens in <|video|> here?")
-    with pytest.raises(CaptureError, match="frames"):
-        adapter.prepare([image, image], QUESTION)
+    # a list is several images (tests/test_multi_image.py), a 4-d array frames
     with pytest.raises(CaptureError, match="frames"):
         adapter.prepare(np.zeros((2, 24, 24, 3), dtype=np.uint8), QUESTION)
     with pytest.raises(CaptureError, match="video"):

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from . import methods, targets
 from .explanation import Explanation
-from .images import ImageLike
+from .images import PromptImages
 from .methods.base import Attributor, Needs
 from .methods.tokens import visual_logprobs
 from .models.base import ModelAdapter
@@ -66,7 +66,7 @@ def capture_needs(chosen: Mapping[str, Attributor]) -> Needs:
 
 def explain(
     adapter: ModelAdapter,
-    image: ImageLike,
+    image: PromptImages,
     question: str,
     method: MethodSpec = "glimpse",
     answer: str | None = None,
@@ -75,7 +75,10 @@ def explain(
     visual_dependence: bool = False,
     **hparams: Any,
 ) -> Explanation | dict[str, Explanation]:
-    """Explain the model's answer (generated when ``answer`` is None), or the part of it
+    """Explain the model's answer to ``question`` about ``image`` (or a list of images, shown
+    in order where the family's template puts them: each map says which image it covers,
+    `Explanation.image_shares` how the relevance splits between them) — the whole answer
+    (generated when ``answer`` is None), or the part of it
     ``target`` names (`xattr.targets`: a phrase, ``(start, end)``, ``"sentences"``,
     ``"final"``, ``"reasoning"``). ``contrast`` explains the answer against an alternative
     (the target phrase replaced by it, or a whole other answer): the difference of the two
@@ -163,7 +166,7 @@ def image_dependence(trace: Trace) -> Tensor:
 
 def capture(
     adapter: ModelAdapter,
-    image: ImageLike,
+    image: PromptImages,
     question: str,
     answer: str | None,
     chosen: Mapping[str, Attributor],

@@ -1,7 +1,8 @@
 """The result of one attribution: visual maps, prompt saliency, token relevance, provenance.
 
-A model may see one image through several token grids (a base view and tiles, tiles and
-a thumbnail). An explanation keeps one map per grid (`visual_maps`; `visual` is the first)
+A prompt may show several images: each grid names its image, every ``*_pixels`` call takes
+``image=k``, and `image_shares` says how the relevance splits between them. A model may see
+one image through several token grids (a base view and tiles, tiles and a thumbnail). An explanation keeps one map per grid (`visual_maps`; `visual` is the first)
 and composes them on the image's pixels with one rule (`compose`): each grid's map is
 upsampled (bilinear) onto the box of the image it covers and scaled by
 ``(cell area of the image's first grid) / (cell area of this grid)``, so that every grid
@@ -77,6 +78,23 @@ class Explanation:
         return [self.visual, *self.more_maps]
 
     @property
+    def num_images(self) -> int:
+        """How many images the prompt showed (each grid names its image)."""
+        return 1 + max(g.image for g in self.grids)
+
+    @property
+    def image_shares(self) -> Tensor:
+        """[num_images] each image's share of the map's positive relevance, summing to 1: the
+        positive values of its grids' maps (every token of every view of it) over those of
+        all grids. "Which image did the model use" in one attribute; NaN where the map has
+        no positive value."""
+        mass = torch.zeros(self.num_images, dtype=torch.float64)
+        for values, g in zip(self.visual_maps, self.grids, strict=True):
+            mass[g.image] += values.detach().double().clamp(min=0).sum().cpu()
+        total = mass.sum()
+        return (mass / total if total > 0 else torch.full_like(mass, float("nan"))).float()
+
+    @property
     def image_region(self) -> Region:
         """``(top, left, bottom, right)`` fractions of the image the first grid covers."""
         return self.grids[0].box
@@ -109,10 +127,14 @@ class Explanation:
         maps = [self.layer_maps[k], *(m[k] for m in self.more_layer_maps or [])]
         return compose(maps, self.grids, size, image)
 
-    def overlay(self, image: Image.Image, alpha: float = 0.5, cmap: str = "jet") -> Image.Image:
-        """The image with the min-max normalised map drawn over it as a heatmap."""
+    def overlay(
+        self, image: Image.Image, alpha: float = 0.5, cmap: str = "jet", index: int = 0
+    ) -> Image.Image:
+        """Image ``index`` of the prompt (the PIL ``image``) with the min-max normalised map
+        drawn over it as a heatmap."""
         rgb = image.convert("RGB")
-        return heat_overlay(rgb, self.visual_pixels((rgb.height, rgb.width)).numpy(), alpha, cmap)
+        heat = self.visual_pixels((rgb.height, rgb.width), image=index).numpy()
+        return heat_overlay(rgb, heat, alpha, cmap)
 
     # -------------------------------------------------------------- persistence
     _TENSORS = ("visual", "token_relevance", "prompt_relevance", "token_maps", "token_mask",

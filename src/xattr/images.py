@@ -8,6 +8,8 @@ import numpy as np
 from PIL import Image, ImageFilter, UnidentifiedImageError
 
 ImageLike = Image.Image | str | Path | np.ndarray
+# What one prompt is shown: one image, or several in the order the prompt shows them
+PromptImages = ImageLike | list[ImageLike] | tuple[ImageLike, ...]
 
 # A box of an image as (top, left, bottom, right) fractions of its height and width, e.g.
 # the part a processor's centre crop keeps; values beyond [0, 1] mean padding around it.
@@ -42,10 +44,31 @@ def load_image(image: ImageLike) -> Image.Image:
     return image.convert("RGB")
 
 
+def load_images(images: PromptImages) -> list[Image.Image]:
+    """The RGB images of one prompt: one image, or a list or tuple of them (in prompt order)."""
+    if isinstance(images, (list, tuple)):
+        if not images:
+            raise ImageError("an empty list of images: a prompt needs at least one")
+        return [load_image(image) for image in images]
+    return [load_image(images)]
+
+
+def prompt_images(images: list[Image.Image]) -> Image.Image | list[Image.Image]:
+    """One prompt's images as `load_images` reads them back: one image alone, several as a list."""
+    return images[0] if len(images) == 1 else list(images)
+
+
 def blur_image(image: Image.Image, radius: float | None = None) -> Image.Image:
     """A strongly blurred copy (the perturbation baseline); radius defaults to 1/10 of the short side."""
     r = max(image.width, image.height) / 10 if radius is None else radius
     return image.filter(ImageFilter.GaussianBlur(radius=r))
+
+
+def blur_images(
+    images: PromptImages, radius: float | None = None
+) -> Image.Image | list[Image.Image]:
+    """Every image of one prompt blurred (`blur_image`), in the same shape as given."""
+    return prompt_images([blur_image(image, radius) for image in load_images(images)])
 
 
 def blend_images(image: Image.Image, baseline: Image.Image, keep: np.ndarray) -> Image.Image:

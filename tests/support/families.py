@@ -110,8 +110,9 @@ def check_pixel_blend(adapter, image: Image.Image, atol: float) -> None:
     assert torch.equal(adapter.views_to_pixel_values([view[None]], prepared, fill=0.0)[0], pv)
 
 
-def visual_input_embeddings(adapter: Any, image: Image.Image) -> torch.Tensor:
-    """The language model's input embeddings at the visual positions, in V order: [|V|, D]."""
+def visual_input_embeddings(adapter: Any, image: Image.Image | list[Image.Image]) -> torch.Tensor:
+    """The language model's input embeddings at the visual positions, in V order: [|V|, D]
+    (a list: the images of one prompt)."""
     prepared = adapter.prepare(image, QUESTION)
     seen = {}
 

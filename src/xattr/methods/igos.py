@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..explanation import Explanation
-from ..images import Region, blur_image, load_image
+from ..images import Region, blur_images
 from ..layout import Grid
 from ..trace import Trace, TraceError
 from ..views import PixelView, sample_mask
@@ -122,9 +122,8 @@ class IGOS(Attributor, name="igos"):
         """Optimise the mask(s) with NAG for ``iterations`` steps and pool 1 - M onto the token grid."""
         context = model_context(trace, "igos")
         adapter, image, question = context.adapter, context.image, context.question
-        image = load_image(image)
         prepared = adapter.prepare(image, question)
-        baseline = adapter.prepare(blur_image(image, self.blur_radius), question)
+        baseline = adapter.prepare(blur_images(image, self.blur_radius), question)
         prefix = int(trace.meta.get("visual_prefix", 0))  # image tokens outside the sequence
         if prepared.prompt_ids.numel() != int(trace.answer_positions[0]) - prefix:
             raise TraceError(

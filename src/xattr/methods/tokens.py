@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..images import blur_image, load_image
+from ..images import blur_images
 from ..registry import Registry
 from ..trace import ModelContext, Trace, TraceError
 from ..warn import warn
@@ -167,9 +167,9 @@ def visual_logprobs(trace: Trace, blur_radius: float | None = None) -> Tensor:
     key = ("visual_logprobs", blur_radius)
     if key not in trace.memo:
         context = model_context(trace, "the 'visual' token policy")
-        image = load_image(context.image)
+        image = context.image  # one image, or one prompt's images (blurred alike)
         trace.memo[key] = context.adapter.answer_logprobs(
-            [image, blur_image(image, blur_radius)], context.question, answer_ids(trace)
+            [image, blur_images(image, blur_radius)], context.question, answer_ids(trace)
         )
     return trace.memo[key]
 

@@ -47,7 +47,7 @@ from ..layout import VisualLayout
 from .base import FamilyCard, ModelAdapter
 from .internvl import tiled_layout
 from .pixels import ViewPerGridPixels
-from .prompting import CaptureError
+from .prompting import CaptureError, image_list
 
 
 class AyaVisionAdapter(ViewPerGridPixels, ModelAdapter, family="aya_vision"):
@@ -73,7 +73,7 @@ class AyaVisionAdapter(ViewPerGridPixels, ModelAdapter, family="aya_vision"):
     def process(self, image: Any, text: str) -> dict[str, Tensor]:
         """The processor call; the chat template already writes ``<BOS_TOKEN>``."""
         out = self.processor(
-            images=[image], text=[text], return_tensors="pt", add_special_tokens=False
+            images=image_list(image), text=[text], return_tensors="pt", add_special_tokens=False
         )
         return dict(out)
 

@@ -11,7 +11,7 @@ import torch
 import transformers
 from torch import Tensor, nn
 
-from ..images import ImageLike, load_image
+from ..images import PromptImages, load_images, prompt_images
 from ..trace import (
     OUT_OF_MEMORY,
     SOFTMAX,
@@ -96,7 +96,7 @@ class CaptureMixin:
     # ------------------------------------------------------------------- capture
     def trace(
         self,
-        image: ImageLike,
+        image: PromptImages,
         question: str,
         answer: str | Sequence[int] | Tensor | None = None,
         *,
@@ -109,7 +109,7 @@ class CaptureMixin:
         sequence of ids is used as is. With ``gradients`` the returned trace streams
         ``d z_t / d A`` (one batched backward per chunk of answer tokens, see `methods.sweep`).
         """
-        image = load_image(image)
+        image = prompt_images(load_images(image))  # decoded once; several stay a list
         prepared = self.prepare(image, question)  # type: ignore[attr-defined]
         n_prompt = prepared.prompt_ids.numel()
         try:

@@ -43,7 +43,7 @@ from ..images import FULL_IMAGE, Region
 from ..layout import Grid, LayoutError, VisualLayout
 from ..views import PixelView
 from .base import FamilyCard, ModelAdapter
-from .prompting import CaptureError, PreparedInputs
+from .prompting import CaptureError, PreparedInputs, image_list
 
 PAN_AND_SCAN_OPTIONS = (
     "do_pan_and_scan",
@@ -120,7 +120,7 @@ class Gemma3Adapter(ModelAdapter, family="gemma3"):
         """The processor call with explicit pan-and-scan options; the chat template already
         writes ``<bos>``, so the tokenizer adds none."""
         out = self.processor(
-            images=[image],
+            images=image_list(image),
             text=[text],
             return_tensors="pt",
             add_special_tokens=False,

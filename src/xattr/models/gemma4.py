@@ -51,7 +51,7 @@ from ..layout import Grid, LayoutError, VisualLayout
 from ..views import PixelView
 from .base import FamilyCard, ModelAdapter
 from .processors import ImageOnlyProcessorMixin, image_only_processor
-from .prompting import CaptureError, PreparedInputs
+from .prompting import CaptureError, PreparedInputs, image_list
 
 
 @image_only_processor("gemma4")
@@ -154,7 +154,11 @@ class Gemma4Adapter(ModelAdapter, family="gemma4"):
         writes ``<bos>``."""
         budget = {} if self.max_soft_tokens is None else {"max_soft_tokens": self.max_soft_tokens}
         out = self.processor(
-            images=[image], text=[text], return_tensors="pt", add_special_tokens=False, **budget
+            images=image_list(image),
+            text=[text],
+            return_tensors="pt",
+            add_special_tokens=False,
+            **budget,
         )
         return dict(out)
 

@@ -54,7 +54,7 @@ from .base import FamilyCard, ModelAdapter
 from .llama4_images import Llama4ImagesWithoutTorchvision, Tiling, tiling
 from .pixels import ViewPerGridPixels
 from .processors import ImageOnlyProcessorMixin, image_only_processor
-from .prompting import CaptureError
+from .prompting import CaptureError, image_list
 
 
 @image_only_processor("llama4")
@@ -145,7 +145,7 @@ class Llama4Adapter(ViewPerGridPixels, ModelAdapter, family="llama4"):
         float16 and a float32 value)."""
         out = dict(
             self.processor(
-                images=[image], text=[text], return_tensors="pt", add_special_tokens=False
+                images=image_list(image), text=[text], return_tensors="pt", add_special_tokens=False
             )
         )
         weight = self.model.vision_model.patch_embedding.linear.weight

@@ -70,6 +70,7 @@ class MllamaAdapter(ModelAdapter, family="mllama"):
     refused_methods = ("dexar",)  # it reads hidden states, which hold text positions only
 
     per_token_fill: ClassVar[dict[str, int]] = {"attention_mask": 1}  # and see `full_inputs`
+    max_images: ClassVar[int | None] = 1  # the image is a cross-attention prefix, not prompt tokens
 
     def attention_modules(self) -> list[nn.Module]:
         """Each layer's attention: ``cross_attn`` on cross-attention layers, else ``self_attn``."""

@@ -257,11 +257,10 @@ class Molmo2Adapter(ModelAdapter, family="molmo2"):
 
     # ------------------------------------------------------------ processing
     def prepare(self, image: Any, question: str) -> PreparedInputs:
-        """`PromptingMixin.prepare`, after refusing video inputs (frames or video tokens)."""
-        is_frames = (
-            isinstance(image, (list, tuple))
-            or (isinstance(image, (np.ndarray, Tensor)) and image.ndim == 4)
-            or (isinstance(image, (str, Path)) and Path(image).suffix.lower() in VIDEO_SUFFIXES)
+        """`PromptingMixin.prepare`, after refusing video inputs (frames or video tokens); a
+        list is several images."""
+        is_frames = (isinstance(image, (np.ndarray, Tensor)) and image.ndim == 4) or (
+            isinstance(image, (str, Path)) and Path(image).suffix.lower() in VIDEO_SUFFIXES
         )
         named = [t for t in VIDEO_TOKENS if t in str(question)]
         if is_frames or named:

@@ -48,8 +48,9 @@ class PaliGemmaAdapter(OneImagePixels, ModelAdapter, family="paligemma"):
     # answer tokens belong to the causal suffix (0 would put them in the bidirectional prefix)
     per_token_fill: ClassVar[dict[str, int]] = {**PER_TOKEN_FILL, "token_type_ids": 1}
     task_prefix: ClassVar[str] = "answer en "
+    max_images: ClassVar[int | None] = 1  # one `<image>` prefix per prompt
 
-    def prompt_text(self, question: str) -> str:
+    def prompt_text(self, question: str, images: int = 1) -> str:
         """``<image>`` and the task prefix; the processor adds ``<bos>`` and the final ``"\\n"``."""
         return self.processor.image_token + self.task_prefix + question
 

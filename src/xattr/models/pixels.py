@@ -79,6 +79,15 @@ class PixelMaskMixin:
         return [frames[i] for i in range(len(views))]
 
     # ------------------------------------------------------------ shared
+    def views(self, prepared: PreparedInputs) -> list[PixelView]:
+        """`pixel_views` of a one-image prompt; a prompt of several images is refused."""
+        if prepared.parts:
+            raise NotImplementedError(
+                f"the pixel-mask path (iGOS, pixel-space deletion/insertion) takes one image per "
+                f"prompt; this prompt shows {len(prepared.parts)}"
+            )
+        return self.pixel_views(prepared)
+
     @property
     def has_pixel_path(self) -> bool:
         """Whether this family describes its views (every built-in family does)."""
@@ -86,14 +95,14 @@ class PixelMaskMixin:
 
     def mask_box(self, prepared: PreparedInputs) -> Region:
         """The box of the image the views see: the union of their boxes, clipped to the image."""
-        return bounding_box([v.box for v in self.pixel_views(prepared)])
+        return bounding_box([v.box for v in self.views(prepared)])
 
     def processed_size(self, prepared: PreparedInputs) -> tuple[int, int]:
         """(H, W) of the mask box at the finest view's resolution (per axis): the resolution
         of image-space masks (iGOS) and of `canvas_image`; one view's own (h, w) when it alone
         covers the mask box."""
         top, left, bottom, right = self.mask_box(prepared)
-        views = self.pixel_views(prepared)
+        views = self.views(prepared)
         dens = [v.density() for v in views]
         return (
             max(1, round(max(d[0] for d in dens) * (bottom - top))),
@@ -111,7 +120,7 @@ class PixelMaskMixin:
         """Masks [B, mh, mw] over ``box`` of the image (default `mask_box`) -> the weight each
         view sees, in the ``pixel_values`` layout [B, *pv] (`sample_mask`)."""
         box = self.mask_box(prepared) if box is None else box
-        views = self.pixel_views(prepared)
+        views = self.views(prepared)
         channels = int(
             self.pixel_values_to_views(prepared.inputs["pixel_values"], prepared)[0].shape[0]
         )
@@ -126,7 +135,7 @@ class PixelMaskMixin:
         box = self.mask_box(prepared)
         height, width = self.processed_size(prepared)
         canvas_view = PixelView(box, (height, width))
-        views = self.pixel_views(prepared)
+        views = self.views(prepared)
         images = self.pixel_values_to_views(prepared.inputs["pixel_values"], prepared)
         order = sorted(range(len(views)), key=lambda i: math.prod(views[i].density()))
         out = None
@@ -149,7 +158,7 @@ class PixelMaskMixin:
 
     def _check_frames(self, pixel_values: Tensor, prepared: PreparedInputs) -> list[PixelView]:
         """The views, checked to be equal-sized frames at the end of ``pixel_values``."""
-        views = self.pixel_views(prepared)
+        views = self.views(prepared)
         sizes = {v.size for v in views}
         if len(sizes) != 1 or tuple(pixel_values.shape[-2:]) != next(iter(sizes)):
             raise ValueError(

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import torch
 import transformers
 from torch import Tensor
 
-from ..images import ImageLike, load_image
+from ..images import PromptImages, load_images
 from ..layout import LayoutError, VisualLayout
 from ..warn import warn
 
@@ -44,7 +44,13 @@ class PreparedInputs:
     layout: VisualLayout  # the visual tokens and the grids they form
     prompt_index: Tensor  # [|P|] the question's own tokens
     text: str  # the rendered prompt
-    image_size: tuple[int, int] | None = None  # (W, H) of the original image
+    image_size: tuple[int, int] | None = None  # (W, H) of the original image (one image)
+    # several images: each image prepared alone (its own layout, views and sizes), in order
+    parts: tuple[PreparedInputs, ...] = ()
+
+    @property
+    def num_images(self) -> int:
+        return max(1, len(self.parts))
 
     @property
     def visual_index(self) -> Tensor:
@@ -64,12 +70,13 @@ class PromptingMixin:
     # the value an appended (answer) token takes in each per-token input (PaliGemma: 1 in
     # token_type_ids, so the answer is part of the suffix)
     per_token_fill: ClassVar[dict[str, int]] = PER_TOKEN_FILL
+    # the most images one prompt may show (None: any number; PaliGemma and mllama: one)
+    max_images: ClassVar[int | None] = None
 
-    def chat_messages(self, question: str) -> list[dict[str, Any]]:
-        """The chat for one image and one question (override for families that differ)."""
-        return [
-            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}
-        ]
+    def chat_messages(self, question: str, images: int = 1) -> list[dict[str, Any]]:
+        """The chat for ``images`` images, then one question (override for families that differ)."""
+        content = [{"type": "image"} for _ in range(images)]
+        return [{"role": "user", "content": [*content, {"type": "text", "text": question}]}]
 
     @property
     def tokenizer(self) -> Any:
@@ -80,21 +87,30 @@ class PromptingMixin:
         cfg = self.model.config.get_text_config()
         return getattr(cfg, "max_position_embeddings", None)
 
-    def prompt_text(self, question: str) -> str:
+    def prompt_text(self, question: str, images: int = 1) -> str:
         """The chat-templated prompt, ending where the assistant's answer starts."""
         return self.processor.apply_chat_template(
-            self.chat_messages(question), tokenize=False, add_generation_prompt=True
+            self.chat_messages(question, images), tokenize=False, add_generation_prompt=True
         )
 
     def process(self, image: Any, text: str) -> dict[str, Tensor]:
-        """The processor's tensors for one image and one prompt (override to pass options)."""
-        return dict(self.processor(images=[image], text=[text], return_tensors="pt"))
+        """The processor's tensors for one prompt and its image (or list of images, in order);
+        override to pass options."""
+        return dict(self.processor(images=image_list(image), text=[text], return_tensors="pt"))
 
-    def prepare(self, image: ImageLike, question: str) -> PreparedInputs:
-        """Run the processor on one image and question and locate V and P."""
+    def prepare(self, image: PromptImages, question: str) -> PreparedInputs:
+        """Run the processor on the image (or images, in order) and question and locate V and P."""
         if not isinstance(question, str) or not question.strip():
             raise CaptureError("the question is empty: there is nothing to answer")
-        image = load_image(image)
+        images = load_images(image)
+        if self.max_images is not None and len(images) > self.max_images:
+            raise CaptureError(
+                f"{len(images)} images in one prompt, but "
+                f"{getattr(self, 'family', 'this family')} takes at most {self.max_images}"
+            )
+        if len(images) > 1:
+            return prepare_several(self, images, question)
+        image = images[0]
         placeholders = [
             t
             for t in self.tokenizer.convert_ids_to_tokens(sorted(self.placeholder_ids()))
@@ -103,7 +119,7 @@ class PromptingMixin:
         if placeholders:
             raise CaptureError(
                 f"the question contains {placeholders}, the token(s) that stand for an image; "
-                f"{getattr(self, 'family', 'this family')} takes one image per prompt, given apart"
+                "give the images apart (a list of images), the template places them"
             )
         if image.width * image.height > LARGE_IMAGE_PIXELS:
             warn(
@@ -218,6 +234,62 @@ class PromptingMixin:
                 f"sequence of {n} tokens is longer than the model's context of {self.context_length}"
             )
         return {k: v.to(self.device) for k, v in inputs.items()}  # type: ignore[attr-defined]
+
+
+def image_list(image: Any) -> list[Any]:
+    """A processor's ``images`` argument: one prompt's image, or its list of images."""
+    return list(image) if isinstance(image, (list, tuple)) else [image]
+
+
+def prepare_several(adapter: Any, images: list[Any], question: str) -> PreparedInputs:
+    """One prompt showing several images in order: each image prepared alone (its family's own
+    layout and checks), then the joint prompt, whose visual tokens are image 1's, image 2's, ...
+
+    A processor expands each image's placeholder on its own, so image ``k``'s block of
+    placeholder tokens in the joint prompt is the block it has alone, and its visual tokens sit
+    at the same indices of that block (separators such as LLaVA-NeXT's newline features
+    included in the block, kept out of V). Both counts are checked against the joint prompt.
+    """
+    family = getattr(adapter, "family", type(adapter).__name__)
+    parts = tuple(adapter.prepare(image, question) for image in images)
+    if any(adapter.visual_prefix(part) for part in parts):
+        raise CaptureError(
+            f"{family} reads the image through cross-attention, not as tokens of the prompt: "
+            "one image per prompt"
+        )
+    visual_ids = sorted(
+        {int(i) for part in parts for i in part.prompt_ids[part.layout.positions].tolist()}
+    )
+    text = adapter.prompt_text(question, len(images))
+    try:
+        inputs = adapter.process(images, text)
+    except (ValueError, RuntimeError, IndexError, TypeError) as err:
+        raise CaptureError(
+            f"the {family} processor cannot take these {len(images)} images: {err}"
+        ) from err
+    prompt_ids = inputs["input_ids"][0]
+    joint = torch.nonzero(torch.isin(prompt_ids, torch.tensor(visual_ids))).flatten()
+    positions, grids, start = [], [], 0
+    for k, part in enumerate(parts):
+        alone = torch.nonzero(torch.isin(part.prompt_ids, torch.tensor(visual_ids))).flatten()
+        block = joint[start : start + alone.numel()]
+        if block.numel() < alone.numel() or not torch.equal(block - block[0], alone - alone[0]):
+            raise LayoutError(
+                f"the {family} processor gave the {len(images)}-image prompt {joint.numel()} "
+                f"placeholder tokens; image {k + 1} alone has {alone.numel()} in one block, which "
+                "the joint prompt does not hold in the same shape"
+            )
+        positions.append(block[torch.searchsorted(alone, part.layout.positions)])
+        grids += [replace(g, image=k) for g in part.layout.grids]
+        start += alone.numel()
+    if start != joint.numel():
+        raise LayoutError(
+            f"the {family} processor gave the {len(images)}-image prompt {joint.numel()} "
+            f"placeholder tokens, but the images alone hold {start}"
+        )
+    layout = VisualLayout(torch.cat(positions), tuple(grids))
+    prompt_index = locate_question(adapter.tokenizer, prompt_ids, question)
+    return PreparedInputs(inputs, prompt_ids, layout, prompt_index, text, None, parts)
 
 
 def locate_question(tokenizer: Any, prompt_ids: Tensor, question: str) -> Tensor:

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..images import ImageLike, Region
+from ..images import PromptImages, Region
 from .capture import eval_mode, frozen_parameters
 from .prompting import CaptureError, PreparedInputs
 
@@ -43,9 +43,10 @@ class ScoringMixin:
 
     @torch.no_grad()
     def answer_logprobs(
-        self, images: Sequence[ImageLike], question: str, answer_ids: Tensor, batch_size: int = 8
+        self, images: Sequence[PromptImages], question: str, answer_ids: Tensor, batch_size: int = 8
     ) -> Tensor:
         """Teacher-forced log p(y_t | image, question, y_<t) for each image: [B, T] (float32, CPU).
+        An item may be a list: the images of one prompt (`prepare`).
 
         Images are run through the model in batches of ``batch_size`` (one forward pass per
         batch); all must give the same number of visual tokens (true for perturbations of

@@ -1,0 +1,128 @@
+"""Several images in one prompt: where each image's tokens are, what each method and the
+explanation say of each image, and the families that take one image only."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+
+import xattr
+from support.families import FAMILIES, QUESTION, SPECS, visual_input_embeddings
+from xattr.explanation import Explanation
+from xattr.layout import Grid
+from xattr.methods import AttributionWarning
+from xattr.methods.tokens import TokenSelectionWarning
+from xattr.models.prompting import CaptureError
+
+ONE_IMAGE = {"paligemma", "mllama"}  # one `<image>` prefix; a cross-attention prefix
+SEVERAL = [f for f in FAMILIES if f not in ONE_IMAGE]
+TRACE_METHODS = ["glimpse", "tmme", "rollout", "raw_attention", "gradcam", "dexar"]
+
+
+def two_images(family: str):
+    """Two images of different shapes (so their token counts may differ), both noisy."""
+    spec = SPECS[family]
+    return spec.image(spec.geometry_size, seed=1), spec.image(seed=2)
+
+
+@pytest.mark.parametrize("family", SEVERAL)
+def test_each_image_tokens_carry_that_image_features(family, tiny_adapter):
+    """The language model's input at image k's visual positions of the joint prompt is image
+    k's own visual input when it is shown alone: the layout puts every image where its
+    features are, and its grids are the ones it has alone, tagged with its index."""
+    adapter = tiny_adapter(family)
+    a, b = two_images(family)
+    joint = adapter.prepare([a, b], QUESTION)
+    alone = [adapter.prepare(a, QUESTION), adapter.prepare(b, QUESTION)]
+    assert [g.image for g in joint.layout.grids] == [
+        k for k, part in enumerate(alone) for _ in part.layout.grids
+    ]
+    for k, part in enumerate(alone):
+        mine = [g for g in joint.layout.grids if g.image == k]
+        assert [(g.shape, g.box, g.name) for g in mine] == [
+            (g.shape, g.box, g.name) for g in part.layout.grids
+        ]
+    embeds = visual_input_embeddings(adapter, [a, b])  # [|V_a| + |V_b|, D]
+    expected = torch.cat([visual_input_embeddings(adapter, a), visual_input_embeddings(adapter, b)])
+    assert embeds.shape == expected.shape
+    scale = float(expected.abs().max())
+    torch.testing.assert_close(embeds / scale, expected / scale, rtol=0, atol=1e-4)
+    # the question is found once, after both images
+    assert int(joint.prompt_index.min()) > int(joint.layout.positions.max()) or family in {"llama4"}
+
+
+@pytest.mark.parametrize("family", sorted(ONE_IMAGE & set(FAMILIES)))
+def test_one_image_families_refuse_two(family, tiny_adapter):
+    adapter = tiny_adapter(family)
+    image = SPECS[family].image()
+    with pytest.raises(CaptureError, match=f"2 images in one prompt, but {family} takes at most 1"):
+        adapter.prepare([image, image], QUESTION)
+
+
+def test_empty_image_list_is_refused(tiny_adapter):
+    with pytest.raises(ValueError, match="empty list of images"):
+        tiny_adapter("qwen2_5_vl").prepare([], QUESTION)
+
+
+def test_every_trace_method_explains_two_images(tiny_adapter):
+    """One capture, every trace method: a map per grid of both images, composed per image."""
+    adapter = tiny_adapter("llava_next")  # tiles and a base view per image
+    a, b = two_images("llava_next")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AttributionWarning)
+        warnings.simplefilter("ignore", TokenSelectionWarning)
+        out = xattr.explain(adapter, [a, b], QUESTION, method=TRACE_METHODS, answer="red")
+    for name, expl in out.items():
+        assert expl.num_images == 2, name
+        assert sum(torch.isfinite(m).all() for m in expl.visual_maps) == len(expl.grids), name
+        shares = expl.image_shares
+        assert shares.shape == (2,), name
+        if any(float(m.max()) > 0 for m in expl.visual_maps):
+            assert math.isclose(float(shares.sum()), 1.0, abs_tol=1e-6), name
+        else:  # a random tiny model's Grad-CAM can be all zeros after its ReLU
+            assert torch.isnan(shares).all(), name
+        assert expl.visual_pixels((12, 16), image=1).shape == (12, 16)
+
+
+def test_pixel_mask_path_refuses_several_images(tiny_adapter):
+    adapter = tiny_adapter("qwen2_5_vl")
+    a, b = two_images("qwen2_5_vl")
+    with pytest.raises(NotImplementedError, match="one image per prompt; this prompt shows 2"):
+        xattr.explain(adapter, [a, b], QUESTION, method="igos", answer="red")
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "llava_next", "internvl", "gemma3"])
+def test_scoring_batches_prompts_of_several_images(family, tiny_adapter):
+    """answer_logprobs on a batch of two-image prompts: each row is the prompt's own (a batch
+    of one), and swapping the images changes it (the images are not merged away)."""
+    adapter = tiny_adapter(family)
+    a, b = two_images(family)
+    ids = adapter.encode_answer("red circle")
+    alone = adapter.answer_logprobs([[a, b]], QUESTION, ids)
+    batch = adapter.answer_logprobs([[a, b], [a, b]], QUESTION, ids)
+    torch.testing.assert_close(batch, alone.expand(2, -1), atol=1e-4, rtol=0)
+    visual = adapter.answer_logprobs([[a, b], xattr.images.blur_images([a, b])], QUESTION, ids)
+    assert not torch.allclose(visual[0], visual[1])
+
+
+def test_image_shares_by_hand():
+    """Image 0: a tile (sum 3) and a thumbnail (sum 1, negatives ignored); image 1: sum 4."""
+    grids = [
+        Grid(1, 2, image=0, box=(0.0, 0.0, 1.0, 0.5), name="tile"),
+        Grid(1, 1, image=0, name="thumbnail"),
+        Grid(2, 2, image=1),
+    ]
+    maps = [
+        torch.tensor([[1.0, 2.0]]),
+        torch.tensor([[1.0]]),
+        torch.tensor([[1.0, 1.0], [3.0, -1.0]]),
+    ]
+    expl = Explanation("m", maps[0], [], torch.zeros(0), grids=grids, more_maps=maps[1:])
+    assert expl.num_images == 2
+    torch.testing.assert_close(expl.image_shares, torch.tensor([4 / 9, 5 / 9]))
+    zero = Explanation("m", torch.zeros(1, 2), [], torch.zeros(0), grids=grids,
+                       more_maps=[torch.zeros(1, 1), -torch.ones(2, 2)])  # fmt: skip
+    assert torch.isnan(zero.image_shares).all()
