@@ -32,13 +32,15 @@ def _peak_at(r: int, c: int) -> np.ndarray:
 def test_sparse_map_top_region_is_its_nonzero_pixels():
     sample = _sparse_sample()
     for metric in ("pointing_game", "iou_topk", "energy_pointing_game"):
-        np.testing.assert_array_equal(_reference_for(metric, sample), sample.human_map > 0)
+        np.testing.assert_array_equal(
+            _reference_for(metric, sample.mask, sample.human_map), sample.human_map > 0
+        )
 
 
 @pytest.mark.parametrize("metric", ["pointing_game", "iou_topk", "energy_pointing_game"])
 def test_sparse_map_scores_a_miss_as_a_miss(metric):
     sample = _sparse_sample()
-    reference = _reference_for(metric, sample)
+    reference = _reference_for(metric, sample.mask, sample.human_map)
     score = xattr.metrics.get(metric, **({"tolerance": 0} if metric == "pointing_game" else {}))
     assert score(_peak_at(10, 10), reference) == 0.0  # the map points far from the region
     assert score(_peak_at(50, 50), reference) == 1.0  # exactly on the human map's nonzero block
@@ -49,4 +51,6 @@ def test_dense_map_top_region_is_its_top_decile_and_constant_maps_have_none():
     assert xattr.metrics.top_region(h).sum() == 10  # 90..99 (numpy's percentile = 89.1)
     assert not xattr.metrics.top_region(np.full((4, 4), 0.3)).any()
     blank = Sample("z", Image.new("RGB", (8, 8)), "q?", human_map=np.zeros((8, 8), np.float32))
-    assert _reference_for("pointing_game", blank) is None  # scored NaN (skipped), never a hit
+    assert (
+        _reference_for("pointing_game", blank.mask, blank.human_map) is None
+    )  # scored NaN (skipped), never a hit

@@ -47,20 +47,22 @@ def load_rgb(path: str | Path, sample_id: str) -> Image.Image:
 
 @dataclass
 class Sample:
-    """An image, a question about it, its answer(s) and optional reference maps.
+    """An image (or several, in prompt order), a question, its answer(s) and optional reference maps.
 
-    ``image`` is an RGB PIL image, or a path opened on first use by :meth:`load_image`.
+    ``image`` is an RGB PIL image, or a path opened on first use by :meth:`load_image`; a list
+    of them is a prompt of several images (:meth:`load_images`), whose ``human_map`` and
+    ``mask`` are lists too, one per image (None where an image has none).
     ``human_map`` (float32 in [0, 1]) and ``mask`` (bool) keep their own resolution, which
     may differ from the image's; :meth:`human_map_at` / :meth:`mask_at` resample them.
     """
 
     sample_id: str
-    image: ImageLike
+    image: ImageLike | list[ImageLike]
     question: str
     answer: str | None = None
     answers: list[str] = field(default_factory=list)
-    human_map: np.ndarray | None = None
-    mask: np.ndarray | None = None
+    human_map: np.ndarray | list[np.ndarray | None] | None = None
+    mask: np.ndarray | list[np.ndarray | None] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     # what of the answer to explain, for this sample (`xattr.targets`; None: the run's setting)
     target: str | None = None
@@ -69,45 +71,98 @@ class Sample:
     def __post_init__(self) -> None:
         """Normalise dtypes and reject maps that break the shared conventions."""
         self.sample_id = str(self.sample_id)
-        if self.human_map is not None:
-            hm = np.asarray(self.human_map, dtype=np.float32)
-            if hm.ndim != 2:
-                raise ValueError(f"human_map must be HxW, got shape {hm.shape}")
-            if hm.size and (not np.isfinite(hm).all() or hm.min() < 0 or hm.max() > 1):
-                raise ValueError("human_map values must be finite and in [0, 1]")
-            self.human_map = hm
-        if self.mask is not None:
-            m = np.asarray(self.mask)
-            if m.ndim != 2:
-                raise ValueError(f"mask must be HxW, got shape {m.shape}")
-            self.mask = m.astype(bool, copy=False)
+        several = isinstance(self.image, (list, tuple))
+        if several:
+            self.image = list(self.image)
+            if not self.image:
+                raise ValueError(f"sample {self.sample_id}: an empty list of images")
+        for name, check in (("human_map", _human_map), ("mask", _mask)):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if several:
+                if not isinstance(value, (list, tuple)) or len(value) != len(self.image):
+                    raise ValueError(
+                        f"sample {self.sample_id}: {len(self.image)} images need a list of "
+                        f"{len(self.image)} {name}s (None for an image without one)"
+                    )
+                setattr(self, name, [None if v is None else check(v) for v in value])
+            else:
+                setattr(self, name, check(value))
+
+    @property
+    def num_images(self) -> int:
+        return len(self.image) if isinstance(self.image, list) else 1
+
+    def load_images(self) -> list[Image.Image]:
+        """Every RGB image of the prompt, in order, each decoded on first call (then cached)."""
+        images = self.image if isinstance(self.image, list) else [self.image]
+        loaded = [_rgb(image, self.sample_id) for image in images]
+        self.image = loaded if isinstance(self.image, list) else loaded[0]
+        return loaded
 
     def load_image(self) -> Image.Image:
-        """The RGB image, decoding it from its path on first call (then cached)."""
-        if not isinstance(self.image, Image.Image):
-            self.image = load_rgb(self.image, self.sample_id)
-        elif self.image.mode != "RGB":
-            self.image = self.image.convert("RGB")
-        return self.image
+        """The RGB image of a one-image sample, decoding it from its path on first call."""
+        if self.num_images > 1:
+            raise SampleError(self.sample_id, f"shows {self.num_images} images; use load_images")
+        return self.load_images()[0]
+
+    def prompt_images(self) -> Image.Image | list[Image.Image]:
+        """What the model is shown: the image, or the list of images."""
+        images = self.load_images()
+        return images if isinstance(self.image, list) else images[0]
 
     @property
     def image_hw(self) -> tuple[int, int]:
-        """Image (height, width) in pixels; loads the image if it is still a path."""
-        width, height = self.load_image().size
+        """Image (height, width) in pixels (the first image's); loads it if still a path."""
+        return self.hw_of(0)
+
+    def hw_of(self, image: int) -> tuple[int, int]:
+        """Image ``image``'s (height, width) in pixels."""
+        width, height = self.load_images()[image].size
         return height, width
 
-    def human_map_at(self, hw: tuple[int, int] | None = None) -> np.ndarray | None:
-        """The human map bilinearly resampled to ``hw`` (default: the image's size)."""
-        if self.human_map is None:
-            return None
-        return resize_map(self.human_map, hw or self.image_hw).clip(0.0, 1.0)
+    def _reference(self, name: str, image: int) -> np.ndarray | None:
+        value = getattr(self, name)
+        return value[image] if isinstance(value, list) else (value if image == 0 else None)
 
-    def mask_at(self, hw: tuple[int, int] | None = None) -> np.ndarray | None:
-        """The mask nearest-neighbour resampled to ``hw`` (default: the image's size)."""
-        if self.mask is None:
+    def human_map_at(self, hw: tuple[int, int] | None = None, image: int = 0) -> np.ndarray | None:
+        """Image ``image``'s human map bilinearly resampled to ``hw`` (default: its size)."""
+        human_map = self._reference("human_map", image)
+        if human_map is None:
             return None
-        hw = hw or self.image_hw
-        if self.mask.shape == tuple(hw):
-            return self.mask
-        img = Image.fromarray(self.mask.astype(np.uint8) * 255)
+        return resize_map(human_map, hw or self.hw_of(image)).clip(0.0, 1.0)
+
+    def mask_at(self, hw: tuple[int, int] | None = None, image: int = 0) -> np.ndarray | None:
+        """Image ``image``'s mask nearest-neighbour resampled to ``hw`` (default: its size)."""
+        mask = self._reference("mask", image)
+        if mask is None:
+            return None
+        hw = hw or self.hw_of(image)
+        if mask.shape == tuple(hw):
+            return mask
+        img = Image.fromarray(mask.astype(np.uint8) * 255)
         return np.asarray(img.resize((hw[1], hw[0]), Image.Resampling.NEAREST)) > 0
+
+
+def _rgb(image: ImageLike, sample_id: str) -> Image.Image:
+    """One image of a sample as RGB (a path decoded by `load_rgb`)."""
+    if not isinstance(image, Image.Image):
+        return load_rgb(image, sample_id)
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _human_map(value: Any) -> np.ndarray:
+    hm = np.asarray(value, dtype=np.float32)
+    if hm.ndim != 2:
+        raise ValueError(f"human_map must be HxW, got shape {hm.shape}")
+    if hm.size and (not np.isfinite(hm).all() or hm.min() < 0 or hm.max() > 1):
+        raise ValueError("human_map values must be finite and in [0, 1]")
+    return hm
+
+
+def _mask(value: Any) -> np.ndarray:
+    m = np.asarray(value)
+    if m.ndim != 2:
+        raise ValueError(f"mask must be HxW, got shape {m.shape}")
+    return m.astype(bool, copy=False)

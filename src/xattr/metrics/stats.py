@@ -195,6 +195,9 @@ def summary_table(
 ACCURACY = "correct"  # the column the evaluation writes: 1 when the model's answer is right
 VISUAL_DEPENDENCE = "visual_dependence"  # mean log-likelihood ratio image / blurred (a fact)
 PER_SENTENCE = "_per_sentence"  # a map metric averaged over each answer's sentences
+IMAGE_HIT = (
+    "image_hit"  # several images: 1 when the image holding the most relevance is the queried one
+)
 
 
 def split_columns(columns: Sequence[str]) -> tuple[list[str], list[str]]:

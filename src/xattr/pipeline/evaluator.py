@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
 from .. import targets
 from ..api import capture, explain_target, image_dependence
@@ -23,7 +24,7 @@ from ..explanation import Explanation
 from ..images import FULL_IMAGE
 from ..methods import AttributionWarning, Attributor
 from ..metrics import Metric, top_region
-from ..metrics.stats import ACCURACY, PER_SENTENCE, VISUAL_DEPENDENCE
+from ..metrics.stats import ACCURACY, IMAGE_HIT, PER_SENTENCE, VISUAL_DEPENDENCE
 from ..models.base import ModelAdapter
 from ..trace import OUT_OF_MEMORY, OutOfMemory, free_accelerator_memory
 
@@ -87,7 +88,7 @@ class SampleEvaluator:
         One trace serves every method; gradient methods share one sweep over it.
         """
         chosen = {m: self.methods[m] for m in (methods or self.methods)}
-        image = sample.load_image()
+        image = sample.prompt_images()  # one image, or the list a prompt of several shows
         given = sample.answer if self.answer_mode == "given" else None
         if self.answer_mode == "given" and not given:
             raise ValueError(f"sample {sample.sample_id} has no answer to teacher-force")
@@ -144,7 +145,13 @@ class SampleEvaluator:
         row.update(self._map_scores(expl, sample))
         if len(expl.spans) > 1:  # target=sentences: each sentence's map scored too
             row.update(self._span_scores(expl, sample))
-        for metric in self.model_metrics.values():
+        for metric_name, metric in self.model_metrics.items():
+            if sample.num_images > 1:  # perturbing several images at once: not defined yet
+                self._log_once(
+                    metric_name, [f"{metric_name}: not computed on prompts of several images (NaN)"]
+                )
+                row.update({out: math.nan for out in getattr(metric, "outputs", [metric_name])})
+                continue
             row.update(metric(self.adapter, image, sample.question, trace, expl))
         return row
 
@@ -180,12 +187,15 @@ class SampleEvaluator:
 
         When the grid covers only part of the image (a centre crop), the map is first placed
         on the reference's pixels (`Explanation.visual_pixels`) so the two stay aligned.
+        Several images: `_strip_scores`.
         """
+        if sample.num_images > 1:
+            return self._strip_scores(expl, sample)
         grid_map = expl.visual.detach().float().numpy()
         whole_image = expl.image_region == FULL_IMAGE
         scores = {}
         for name, metric in self.map_metrics.items():
-            reference = _reference_for(name, sample)
+            reference = _reference_for(name, sample.mask, sample.human_map)  # type: ignore[arg-type]
             if reference is None:  # nothing to compare with: not computed (no key in the row)
                 continue
             saliency = grid_map if whole_image else expl.visual_pixels(reference.shape[:2]).numpy()
@@ -194,20 +204,65 @@ class SampleEvaluator:
                 scores[name] = float(metric(saliency, reference))
         return scores
 
+    def _strip_scores(self, expl: Explanation, sample: Sample) -> dict[str, float]:
+        """Several images, scored as one strip: the images side by side at the first one's
+        height (each keeping its aspect), the map composed on each, the reference of each
+        (zeros where an image has none). So the pointing game asks for the right spot in the
+        right image, and NSS normalises over every image's pixels. ``image_hit``: whether the
+        image with the largest share of relevance is the one image whose mask is non-empty."""
+        height = sample.hw_of(0)[0]
+        sizes = []
+        for k in range(sample.num_images):
+            h, w = sample.hw_of(k)
+            sizes.append((height, max(1, round(w * height / h))))
+        saliency = np.concatenate(
+            [expl.visual_pixels(hw, image=k).numpy() for k, hw in enumerate(sizes)], axis=1
+        )
+        scores = {}
+        for name, metric in self.map_metrics.items():
+            refs = [
+                _reference_for(name, sample.mask_at(hw, image=k), sample.human_map_at(hw, image=k))
+                for k, hw in enumerate(sizes)
+            ]
+            if all(r is None for r in refs):
+                continue
+            dtype = next(r.dtype for r in refs if r is not None)
+            strip = np.concatenate(
+                [
+                    np.zeros(hw, dtype) if r is None else r
+                    for r, hw in zip(refs, sizes, strict=True)
+                ],
+                axis=1,
+            )
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                scores[name] = float(metric(saliency, strip))
+        holding = [
+            k
+            for k, hw in enumerate(sizes)
+            if (m := sample.mask_at(hw, image=k)) is not None and m.any()
+        ]
+        shares = expl.image_shares
+        if len(holding) == 1 and not torch.isnan(shares).any():
+            scores[IMAGE_HIT] = float(int(shares.argmax()) == holding[0])
+        return scores
 
-def _reference_for(metric: str, sample: Sample) -> np.ndarray | None:
+
+def _reference_for(
+    metric: str, mask: np.ndarray | None, human_map: np.ndarray | None
+) -> np.ndarray | None:
     """The object mask for localisation metrics (else the human map's top region), the human map
     (else the mask) for agreement metrics; None when the sample has neither."""
     if metric in MASK_METRICS:
-        if sample.mask is not None:
-            return sample.mask
-        if sample.human_map is not None:  # ties at the minimum never count (a sparse map)
-            region = top_region(sample.human_map, HUMAN_MAP_TOP_PERCENTILE)
+        if mask is not None:
+            return mask
+        if human_map is not None:  # ties at the minimum never count (a sparse map)
+            region = top_region(human_map, HUMAN_MAP_TOP_PERCENTILE)
             return region if region.any() else None
         return None
-    if sample.human_map is not None:
-        return sample.human_map
-    return sample.mask.astype(np.float32) if sample.mask is not None else None
+    if human_map is not None:
+        return human_map
+    return mask.astype(np.float32) if mask is not None else None
 
 
 def _is_correct(answer: str, sample: Sample) -> float:
