@@ -45,7 +45,9 @@ __all__ = [
 
 
 # Submodules reachable as attributes (``xattr.data.synthetic.object_mask``) after ``import xattr``.
-_SUBMODULES = ("cached", "datamodule", "jsonl", "maps", "sample", "synthetic", "vqahat")
+_SUBMODULES = (
+    "cached", "datamodule", "jsonl", "maps", "sample", "synthetic", "synthetic_pairs", "vqahat"
+)
 
 
 def __getattr__(name: str) -> Any:

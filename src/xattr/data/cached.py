@@ -8,7 +8,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from xattr.data.jsonl import JsonlDataset
 from xattr.data.synthetic import read_synthetic_meta, synthetic_config, write_synthetic_vqahat
+from xattr.data.synthetic_pairs import generate_synthetic_pairs, write_pairs_jsonl
 from xattr.data.vqahat import VQAHATDataset
 
 # write_synthetic_vqahat's file-writing options (keyword-only) and their defaults, read off its
@@ -51,6 +53,20 @@ def synthetic_dataset(
         extra_meta=read_synthetic_meta(root, split),
         label="synthetic (VQA-HAT layout)",
     )
+
+
+def synthetic_pairs_dataset(
+    root: str | Path, n: int = 100, seed: int = 12345, limit: int | None = None, **generator: Any
+) -> JsonlDataset:
+    """The two-image synthetic set (`synthetic_pairs`) as a JSONL folder under ``root``,
+    generated if absent and rewritten when its recorded parameters differ from these."""
+    root = Path(root)
+    wanted = {"n": n, "seed": seed, **asdict(synthetic_config(**generator))}
+    sidecar = root / "pairs_meta.json"
+    fresh = sidecar.exists() and _same(json.loads(sidecar.read_text()).get("generator"), wanted)
+    if not fresh:
+        write_pairs_jsonl(generate_synthetic_pairs(n, seed, **generator), root, wanted)
+    return JsonlDataset(root, limit=limit)
 
 
 def _matches(sidecar: Path, wanted: dict[str, Any], writer: dict[str, Any]) -> bool:

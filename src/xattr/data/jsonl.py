@@ -5,6 +5,10 @@ Each line: ``{"id", "image", "question"}`` and optionally ``"answer"``, ``"answe
 inside). Paths are relative to ``root`` (absolute paths also work); other keys go to
 ``meta``. Maps and masks keep their own resolution.
 
+A prompt of several images gives ``"images": [path, ...]`` instead of ``"image"`` (shown in
+that order); its ``"human_map"`` and ``"mask"``, when given, are lists of the same length
+(``null`` for an image without one).
+
 Error policy (as for VQA-HAT): a missing root or JSONL raises ``FileNotFoundError`` at
 construction; a line that is not valid JSON, lacks a required key or repeats an id is
 left out and listed in ``dataset.skipped`` as ``(line id or "line N", reason)``; a
@@ -26,8 +30,8 @@ from xattr.data.sample import Sample, SampleError, load_rgb, missing
 
 log = logging.getLogger(__name__)
 
-REQUIRED = ("id", "image", "question")
-KNOWN = (*REQUIRED, "answer", "answers", "human_map", "mask", "target", "contrast")
+REQUIRED = ("id", "question")  # and "image", or "images" (a non-empty list)
+KNOWN = (*REQUIRED, "image", "images", "answer", "answers", "human_map", "mask", "target", "contrast")
 
 
 class JsonlDataset(Dataset[Sample]):
@@ -70,6 +74,10 @@ class JsonlDataset(Dataset[Sample]):
                 if empty:
                     self._leave_out(where, lineno, f"empty value(s) for {empty}")
                     continue
+                problem = _images_problem(rec)
+                if problem:
+                    self._leave_out(where, lineno, problem)
+                    continue
                 sid = str(rec["id"])
                 if sid in first_line:
                     reason = f"duplicate id {sid!r} (first on line {first_line[sid]})"
@@ -96,7 +104,9 @@ class JsonlDataset(Dataset[Sample]):
         """Load one sample; raise :class:`SampleError` if its image, map or mask cannot be read."""
         rec = self._records[index]
         sid = str(rec["id"])
-        image = load_rgb(self.root / rec["image"], sid)
+        several = "images" in rec
+        paths = rec["images"] if several else [rec["image"]]
+        images = [load_rgb(self.root / p, sid) for p in paths]
         human_map = self._load(rec, "human_map", read_map_png, sid)
         mask = self._load(rec, "mask", read_mask_png, sid)
         answer = rec.get("answer")
@@ -104,13 +114,15 @@ class JsonlDataset(Dataset[Sample]):
         meta = {k: v for k, v in rec.items() if k not in KNOWN}
         meta.update(
             source="jsonl",
-            image_path=str(self.root / rec["image"]),
-            human_map_hw=None if human_map is None else list(human_map.shape),
-            mask_hw=None if mask is None else list(mask.shape),
+            image_path=str(self.root / paths[0]),
+            human_map_hw=_shapes(human_map),
+            mask_hw=_shapes(mask),
         )
+        if several:
+            meta["image_paths"] = [str(self.root / p) for p in paths]
         return Sample(
             sample_id=sid,
-            image=image,
+            image=images if several else images[0],
             question=str(rec["question"]),
             answer=None if answer is None else str(answer),
             answers=[str(a) for a in answers],
@@ -122,13 +134,49 @@ class JsonlDataset(Dataset[Sample]):
         )
 
     def _load(self, rec: dict[str, Any], key: str, reader: Any, sid: str) -> Any:
-        """Read the optional PNG ``rec[key]`` with ``reader``, or None if the key is absent."""
+        """Read the optional PNG ``rec[key]`` (a list of them, or nulls, for several images)
+        with ``reader``, or None if the key is absent."""
         if not rec.get(key):
             return None
-        path = self.root / rec[key]
+        if isinstance(rec[key], list):
+            return [None if p is None else self._read_png(p, key, reader, sid) for p in rec[key]]
+        return self._read_png(rec[key], key, reader, sid)
+
+    def _read_png(self, relative: str, key: str, reader: Any, sid: str) -> Any:
+        path = self.root / relative
         if not path.is_file():
             raise SampleError(sid, f"{key} not found: {path}")
         try:
             return reader(path)
         except (OSError, SyntaxError, ValueError) as exc:
             raise SampleError(sid, f"cannot read {key} {path}: {exc}") from exc
+
+
+def _images_problem(rec: dict[str, Any]) -> str | None:
+    """Why a line's image fields are unusable (None when they are fine)."""
+    if ("image" in rec) == ("images" in rec):
+        return "give either 'image' (one path) or 'images' (a list of paths)"
+    if "image" in rec:
+        if not str(rec["image"] or "").strip():
+            return "empty value(s) for ['image']"
+        for key in ("human_map", "mask"):
+            if isinstance(rec.get(key), list):
+                return f"{key!r} is a list but the line has one image"
+        return None
+    images = rec["images"]
+    if not isinstance(images, list) or not images or not all(isinstance(p, str) and p.strip() for p in images):
+        return "'images' must be a non-empty list of paths"
+    for key in ("human_map", "mask"):
+        value = rec.get(key)
+        if value is not None and (not isinstance(value, list) or len(value) != len(images)):
+            return f"{key!r} must be a list of {len(images)} paths or nulls, one per image"
+    return None
+
+
+def _shapes(value: Any) -> Any:
+    """A map's (h, w), or each map's for several images (None where absent)."""
+    if value is None:
+        return None
+    if isinstance(value, list):
+        return [None if v is None else list(v.shape) for v in value]
+    return list(value.shape)

@@ -81,7 +81,7 @@ class PixelMaskMixin:
     # ------------------------------------------------------------ shared
     def views(self, prepared: PreparedInputs) -> list[PixelView]:
         """`pixel_views` of a one-image prompt; a prompt of several images is refused."""
-        if prepared.parts:
+        if getattr(prepared, "parts", ()):
             raise NotImplementedError(
                 f"the pixel-mask path (iGOS, pixel-space deletion/insertion) takes one image per "
                 f"prompt; this prompt shows {len(prepared.parts)}"
