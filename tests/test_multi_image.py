@@ -8,6 +8,7 @@ import warnings
 
 import pytest
 import torch
+from PIL import Image
 
 import xattr
 from support.families import FAMILIES, QUESTION, SPECS, visual_input_embeddings
@@ -87,13 +88,6 @@ def test_every_trace_method_explains_two_images(tiny_adapter):
         assert expl.visual_pixels((12, 16), image=1).shape == (12, 16)
 
 
-def test_pixel_mask_path_refuses_several_images(tiny_adapter):
-    adapter = tiny_adapter("qwen2_5_vl")
-    a, b = two_images("qwen2_5_vl")
-    with pytest.raises(NotImplementedError, match="one image per prompt; this prompt shows 2"):
-        xattr.explain(adapter, [a, b], QUESTION, method="igos", answer="red")
-
-
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "llava_next", "internvl", "gemma3"])
 def test_scoring_batches_prompts_of_several_images(family, tiny_adapter):
     """answer_logprobs on a batch of two-image prompts: each row is the prompt's own (a batch
@@ -126,3 +120,77 @@ def test_image_shares_by_hand():
     zero = Explanation("m", torch.zeros(1, 2), [], torch.zeros(0), grids=grids,
                        more_maps=[torch.zeros(1, 1), -torch.ones(2, 2)])  # fmt: skip
     assert torch.isnan(zero.image_shares).all()
+
+
+def _grey(size: tuple[int, int]) -> Image.Image:
+    """A constant image: its blur is itself, so perturbing it changes nothing."""
+    return Image.new("RGB", size, (90, 90, 90))
+
+
+@pytest.mark.parametrize("space", ["processed", "image"])
+def test_faithfulness_ranks_the_cells_of_both_images(space, tiny_adapter):
+    """Image 1 is constant (its baseline is itself). A map ranking image 1's cells first
+    leaves the answer's score at s_orig until image 0's cells go; ranking image 0's first
+    reaches s_base once all of image 0 is gone (half the cells: both images hold as many)."""
+    from xattr.metrics.faithfulness import DeletionInsertion
+
+    adapter = tiny_adapter("qwen2_5_vl")
+    size = SPECS["qwen2_5_vl"].native_size
+    images = [SPECS["qwen2_5_vl"].image(seed=3), _grey((size, size))]
+    answer = adapter.encode_answer("red circle")
+    grid = adapter.prepare(images[0], QUESTION).layout.grids[0].shape
+    low, high = torch.rand(grid, generator=torch.Generator().manual_seed(0)), torch.full(grid, 9.0)
+    metric = DeletionInsertion(
+        fractions=[0, 0.25, 0.5, 0.75, 1.0], curves=["deletion"], space=space
+    )
+    boxes = [(0.0, 0.0, 1.0, 1.0)] * 2
+    grey_first = metric.curves_for(adapter, images, QUESTION, answer, [low, high], region=boxes)
+    deletion = grey_first.scores["deletion"]
+    assert deletion[1] == pytest.approx(grey_first.s_orig, abs=1e-5)
+    assert deletion[2] == pytest.approx(grey_first.s_orig, abs=1e-5)
+    assert grey_first.s_orig != pytest.approx(grey_first.s_base, abs=1e-3)
+    noisy_first = metric.curves_for(adapter, images, QUESTION, answer, [high, low], region=boxes)
+    assert noisy_first.scores["deletion"][2] == pytest.approx(noisy_first.s_base, abs=1e-5)
+    with pytest.raises(ValueError, match="2 image"):
+        metric.curves_for(adapter, images, QUESTION, answer, low)
+
+
+def test_igos_optimises_one_mask_over_both_images(tiny_adapter):
+    """iGOS on two images: a map per grid of each; image 1 is constant (its blur is itself),
+    so no blend of it changes the answer and its importance stays below image 0's peak."""
+    adapter = tiny_adapter("qwen2_5_vl")
+    size = SPECS["qwen2_5_vl"].native_size
+    images = [SPECS["qwen2_5_vl"].image(seed=3, block=(4, 4, 20, 20)), _grey((size * 2, size))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AttributionWarning)
+        warnings.simplefilter("ignore", TokenSelectionWarning)
+        expl = xattr.explain(adapter, images, QUESTION, "igos", answer="red circle",
+                             iterations=3, token_policy="all")  # fmt: skip
+    assert [g.image for g in expl.grids] == [0, 1]
+    a, b = expl.visual_maps
+    assert float(a.max()) > 0, "the noisy image's blends change the answer"
+    assert float(b.max()) < float(a.max())
+    columns = expl.meta["image_columns"]
+    assert len(columns) == 3 and columns[-1] == expl.meta["processed_size"][1]
+    assert columns[2] - columns[1] > 1.5 * (columns[1] - columns[0])  # image 1 is twice as wide
+
+
+@pytest.mark.parametrize("family", SEVERAL)
+def test_each_image_mask_reaches_its_own_pixel_values(family, tiny_adapter):
+    """Blending [a, b] with its blurred copy under a mask of ones on a and zeros on b gives
+    the pixel_values the processor makes of [a, blurred b]: each image's mask reaches that
+    image's pixels, wherever the processor put them (or the family refuses by name)."""
+    adapter = tiny_adapter(family)
+    a, b = two_images(family)
+    joint = adapter.prepare([a, b], QUESTION)
+    blurred = adapter.prepare(xattr.images.blur_images([a, b]), QUESTION)
+    sizes = [adapter.processed_size(part) for part in joint.parts]
+    masks = [torch.ones(1, *sizes[0]), torch.zeros(1, *sizes[1])]
+    try:
+        weight = adapter.mask_to_pixel_values(masks, joint)[0]
+    except NotImplementedError as err:
+        assert family in str(err) and "one image per prompt" in str(err)
+        pytest.skip(f"{family} packs several images' pixel_values otherwise")
+    pv, pv_blur = joint.inputs["pixel_values"], blurred.inputs["pixel_values"]
+    expected = adapter.prepare([a, xattr.images.blur_image(b)], QUESTION).inputs["pixel_values"]
+    torch.testing.assert_close(weight * pv + (1 - weight) * pv_blur, expected, rtol=0, atol=1e-6)

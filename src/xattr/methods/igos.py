@@ -34,6 +34,13 @@ separate backward calls). The visual map is the final importance ``1 - D I`` (or
 area-averaged over each cell of every token grid, each grid on its own box. Token relevance is
 ``log p(y_t | image) - log p(y_t | blurred)``.
 
+Several images in one prompt (`Strip`): their mask boxes lie side by side at the tallest
+one's processed height, each keeping its aspect; one mask of ``mask_size`` rows and
+``mask_size`` columns per image spans them (one regulariser: the total variation meets
+across an image boundary in one column pair, whose processed pixels usually differ, so its
+edge weight is small), every image's views see its own columns over its own box, and every
+image is blurred for the baseline.
+
 Cost per iteration: ``4 * ig_steps`` (iGOS++) or ``2 * ig_steps`` (iGOS+) forward and
 backward passes through the whole model, plus 2 forward passes for the token scores;
 reported per sample in ``meta["forward_passes"]`` and ``meta["backward_passes"]`` (one pass =
@@ -43,8 +50,10 @@ one image through the model, whatever the batching) with the objective per itera
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -137,9 +146,10 @@ class IGOS(Attributor, name="igos"):
         weights = selected.float()  # [T]
 
         # families without the pixel-mask path fail here, with their own message
-        height, width = adapter.processed_size(prepared)  # the mask box at the finest view's
-        size = (min(self.mask_size, height), min(self.mask_size, width))
-        pixels = adapter.canvas_image(prepared)  # [C, H, W]
+        strip = Strip.of(adapter, prepared)
+        height, width = strip.size  # the mask box(es) at the finest view's resolution
+        size = (min(self.mask_size, height), min(self.mask_size * len(strip.boxes), width))
+        pixels = strip.canvas(adapter, prepared)  # [C, H, W]
         edges = _edge_weights(pixels.detach().float().cpu(), self.tv_sigma)
         n_masks = 2 if self.variant == "igos++" else 1
         masks = torch.full((n_masks, *size), float(self.init)).requires_grad_(True)  # [n, h, w]
@@ -149,15 +159,7 @@ class IGOS(Attributor, name="igos"):
         previous = masks.detach().clone()  # NAG's previous look-ahead point
         for i in range(self.iterations):
             grads, value = self._model_terms(
-                adapter,
-                prepared,
-                baseline,
-                answer,
-                weights,
-                masks,
-                (height, width),
-                generator,
-                counts,
+                adapter, prepared, baseline, answer, weights, masks, strip, generator, counts
             )
             reg = self._regulariser(masks, (height, width), edges, i)
             (reg_grad,) = torch.autograd.grad(reg, masks)
@@ -167,10 +169,17 @@ class IGOS(Attributor, name="igos"):
                 masks.copy_(step + (i / (i + self.momentum)) * (step - previous)).clamp_(0, 1)
                 previous = step
         final = masks.detach().prod(dim=0)  # [h, w] D * I (or M)
-        box = adapter.mask_box(prepared)
-        visual = torch.cat(
-            [_pool_onto(1 - final, box, (height, width), g).reshape(-1) for g in trace.layout.grids]
-        )  # [|V|] each grid's cells: the area average of the importance over their boxes
+        box = strip.boxes[0]
+        if len(strip.boxes) == 1:
+            pooled = [_pool_onto(1 - final, box, (height, width), g) for g in trace.layout.grids]
+        else:  # each image's columns of the strip, at the strip's resolution
+            parts = strip.split(1 - _upsample(final[None], strip.size)[0])
+            pooled = [
+                _pool_onto(parts[g.image], strip.boxes[g.image], tuple(parts[g.image].shape), g)
+                for g in trace.layout.grids
+            ]
+        visual = torch.cat([p.reshape(-1) for p in pooled])
+        # [|V|] each grid's cells: the area average of the importance over their boxes
         meta: dict[str, Any] = {
             **counts,
             "objective": objective,
@@ -178,6 +187,8 @@ class IGOS(Attributor, name="igos"):
             "mask_grid": list(size),
             "processed_size": [height, width],
             "mask_box": list(box),  # the mask's (top, left, bottom, right) on the image
+            # several images: the mask spans them side by side, image k over these columns
+            **({"image_columns": strip.columns} if len(strip.boxes) > 1 else {}),
             "logprob_image": logp[0],
             "logprob_blurred": logp[1],
         }
@@ -216,7 +227,7 @@ class IGOS(Attributor, name="igos"):
         answer: Tensor,
         weights: Tensor,
         masks: Tensor,
-        size: tuple[int, int],
+        strip: Strip,
         generator: torch.Generator,
         counts: dict[str, int],
     ) -> tuple[Tensor, float]:
@@ -227,7 +238,7 @@ class IGOS(Attributor, name="igos"):
         value = 0.0
         for start in range(0, len(blends), max(1, self.batch_size)):
             chunk = blends[start : start + max(1, self.batch_size)]
-            up = _upsample(masks, size)  # [n, H, W]
+            up = _upsample(masks, strip.size)  # [n, H, W]
             product = up.prod(dim=0)  # [H, W]
             keeps, coefs = [], []
             for path, which, alpha, w in chunk:
@@ -235,13 +246,16 @@ class IGOS(Attributor, name="igos"):
                 # deletion: image * aM + blur * (1 - aM); insertion: blur * aM + image * (1 - aM)
                 keeps.append(alpha * m if path == "del" else 1 - alpha * m)
                 coefs.append((w if path == "del" else -w) / self.ig_steps)
+            stacked = torch.stack(keeps)  # [b, H, W]
+            several = len(strip.boxes) > 1  # each image's columns, a mask over its own box
             logp = adapter.masked_answer_logprobs(
                 prepared,
                 baseline,
-                torch.stack(keeps),
+                strip.split(stacked) if several else stacked,
                 answer,
                 noise=self.noise,
                 generator=generator,
+                **({"box": strip.boxes} if several else {}),
             )  # [b, T]
             score = (logp * weights.to(logp.device)).sum(dim=-1)  # [b]
             loss = (torch.tensor(coefs, device=score.device) * score).sum()
@@ -264,6 +278,45 @@ class IGOS(Attributor, name="igos"):
             + self.tv * bilateral_tv(m, _upsample(m[None], size)[0], edges, self.tv_beta)
             + l2 * ((1 - m) ** 2).sum()
         )
+
+
+@dataclass(frozen=True)
+class Strip:
+    """Where the mask lies: one image's mask box at its processed size, or the images of a
+    prompt side by side at the tallest one's height (each keeping its aspect), so one mask and
+    one regulariser cover them all and each image sees its own columns over its own box."""
+
+    boxes: list[Region]  # each image's mask box (`PixelMaskMixin.mask_box`)
+    columns: list[int]  # the strip's column where each image starts, then its width
+    size: tuple[int, int]  # (H, W) of the strip
+
+    @classmethod
+    def of(cls, adapter: Any, prepared: Any) -> Strip:
+        """The strip of a prepared prompt: its one image, or each of its ``parts``."""
+        parts = prepared.parts or (prepared,)
+        sizes = [adapter.processed_size(p) for p in parts]  # [(H_k, W_k)]
+        height = max(h for h, _ in sizes)
+        widths = [max(1, round(w * height / h)) for h, w in sizes]
+        columns = [0, *itertools.accumulate(widths)]
+        return cls([adapter.mask_box(p) for p in parts], columns, (height, columns[-1]))
+
+    def split(self, values: Tensor) -> list[Tensor]:
+        """[..., H, W] over the strip -> each image's columns [..., H, W_k]."""
+        return [values[..., a:b] for a, b in itertools.pairwise(self.columns)]
+
+    def canvas(self, adapter: Any, prepared: Any) -> Tensor:
+        """The processed images side by side at the strip's size: [C, H, W]."""
+        parts = prepared.parts or (prepared,)
+        if len(parts) == 1:
+            return adapter.canvas_image(prepared)
+        return torch.cat(
+            [
+                F.interpolate(adapter.canvas_image(p)[None].float(), size=(self.size[0], b - a),
+                              mode="bilinear", align_corners=False)[0]
+                for p, (a, b) in zip(parts, itertools.pairwise(self.columns), strict=True)
+            ],
+            dim=-1,
+        )  # fmt: skip
 
 
 def _pool_onto(importance: Tensor, box: Region, size: tuple[int, int], grid: Grid) -> Tensor:

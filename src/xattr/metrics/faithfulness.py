@@ -67,7 +67,15 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from ..images import FULL_IMAGE, ImageLike, Region, blend_images, blur_image, load_image
+from ..images import (
+    FULL_IMAGE,
+    PromptImages,
+    Region,
+    blend_images,
+    blur_image,
+    load_images,
+    prompt_images,
+)
 from ..layout import canvas_grid
 from ._base import undefined
 
@@ -120,7 +128,9 @@ class DeletionInsertion:
     Called as a model metric, ``metric(adapter, image, question, trace, expl) -> dict``: the
     answer is the one in ``trace`` and the map is ``expl``'s over its canvas
     (`canvas_saliency`). ``score`` takes answer ids and a map over a box directly;
-    ``curves_for`` returns the raw curves for plotting.
+    ``curves_for`` returns the raw curves for plotting. A prompt of several images takes a
+    list of images, of maps and of boxes, one per image: the cells of every image are ranked
+    together, and each blend perturbs every image's cells at once.
     """
 
     costs: ClassVar[tuple[str, ...]] = ("faithfulness_passes",)  # columns that are not scores
@@ -222,50 +232,63 @@ class DeletionInsertion:
     def _score_processed(
         self,
         adapter: Any,
-        image: Image.Image,
-        base: Image.Image,
+        images: list[Image.Image],
+        bases: list[Image.Image],
         question: str,
         answer_ids: torch.Tensor,
-        grid: tuple[int, ...],
+        grids: list[tuple[int, ...]],
         keeps: list[np.ndarray],
-        region: Region,
+        regions: list[Region],
     ) -> torch.Tensor:
-        """Scores of the blends made in pixel_values space: the image and the baseline are
-        processed once, and every view's pixel takes the keep weight of the grid cell under
-        its centre on the image (the cell grid placed on ``region``, as in image space)."""
-        prepared = adapter.prepare(image, question)
-        baseline = adapter.prepare(base, question)
-        weights = torch.as_tensor(np.stack(keeps), dtype=torch.float32)  # [B, cells]
-        weights = weights.reshape(len(keeps), *grid)  # [B, gh, gw] over region
+        """Scores of the blends made in pixel_values space: the image(s) and the baseline(s)
+        are processed once, and every view's pixel takes the keep weight of the grid cell under
+        its centre on its image (each cell grid placed on its ``region``, as in image space)."""
+        prepared = adapter.prepare(prompt_images(images), question)
+        baseline = adapter.prepare(prompt_images(bases), question)
+        stacked = np.stack(keeps)  # [B, cells of every image]
+        weights = [
+            torch.as_tensor(part, dtype=torch.float32).reshape(len(keeps), *grid)
+            for part, grid in zip(_per_image(stacked, grids), grids, strict=True)
+        ]  # per image [B, gh, gw] over its region
+        several = len(images) > 1
         out = []
         with torch.no_grad():
             for start in range(0, len(keeps), self.batch_size):
-                chunk = weights[start : start + self.batch_size]
+                chunk = [w[start : start + self.batch_size] for w in weights]
                 out.append(
                     adapter.masked_answer_logprobs(
-                        prepared, baseline, chunk, answer_ids, box=tuple(region), mode="nearest"
+                        prepared,
+                        baseline,
+                        chunk if several else chunk[0],
+                        answer_ids,
+                        box=[tuple(r) for r in regions] if several else tuple(regions[0]),
+                        mode="nearest",
                     )
                 )
         return torch.cat(out).float().cpu()
 
     def __call__(
-        self, adapter: Any, image: ImageLike, question: str, trace: Any, expl: Any
+        self, adapter: Any, image: PromptImages, question: str, trace: Any, expl: Any
     ) -> dict[str, float]:
         """Scores of ``expl`` for the answer in ``trace`` (keys: ``outputs``)."""
         if trace.input_ids is None:
             raise ValueError("the trace has no input_ids, so the answer to score is unknown")
         answer_ids = trace.input_ids[trace.answer_positions]
+        if expl.num_images > 1:
+            canvases = [canvas_saliency(expl, image=k) for k in range(expl.num_images)]
+            maps, boxes = [c[0] for c in canvases], [c[1] for c in canvases]
+            return self.score(adapter, image, question, answer_ids, maps, region=boxes)
         saliency, region = canvas_saliency(expl)
         return self.score(adapter, image, question, answer_ids, saliency, region=region)
 
     def score(
         self,
         adapter: Any,
-        image: ImageLike,
+        image: PromptImages,
         question: str,
         answer_ids: torch.Tensor | Sequence[int],
         saliency: Any,
-        region: Region = FULL_IMAGE,
+        region: Region | Sequence[Region] = FULL_IMAGE,
     ) -> dict[str, float]:
         """The outputs for a saliency map on a grid of cells over ``region`` of the image
         (``__call__`` passes `canvas_saliency`)."""
@@ -294,26 +317,38 @@ class DeletionInsertion:
     def curves_for(
         self,
         adapter: Any,
-        image: ImageLike,
+        image: PromptImages,
         question: str,
         answer_ids: torch.Tensor | Sequence[int],
         saliency: Any,
-        region: Region = FULL_IMAGE,
+        region: Region | Sequence[Region] = FULL_IMAGE,
     ) -> FaithfulnessCurves | None:
         """The raw curves (None, with a warning, when the map holds NaN or inf)."""
-        sal = _as_grid(saliency)
-        if not np.isfinite(sal).all():
+        images = load_images(image)
+        several = len(images) > 1
+        if several != isinstance(saliency, (list, tuple)) or (
+            several and (len(saliency) != len(images) or len(region) != len(images))
+        ):
+            raise ValueError(
+                f"{len(images)} image(s) need {'a list of ' if several else ''}"
+                f"{len(images)} map(s) and box(es), one per image"
+            )
+        sals = [_as_grid(s) for s in (saliency if several else [saliency])]
+        regions = list(region) if several else [region]
+        if not all(np.isfinite(s).all() for s in sals):
             undefined("faithfulness", "saliency map contains NaN or inf")
             return None
-        image = load_image(image)
         answer_ids = torch.as_tensor(answer_ids, dtype=torch.long).reshape(-1).cpu()
         if answer_ids.numel() == 0:
             raise ValueError("the answer has zero tokens: there is nothing to score")
         fractions = np.asarray(self.fractions)
-        base = self.baseline(image)
-        if np.array_equal(np.asarray(image), np.asarray(base)):
+        bases = [self.baseline(im) for im in images]
+        sal = np.concatenate([s.reshape(-1) for s in sals])  # every image's cells, ranked together
+        if all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(images, bases)):
             # Every perturbed image is the image itself: one pass scores the whole curve.
-            logp = adapter.answer_logprobs([image], question, answer_ids, batch_size=1)
+            logp = adapter.answer_logprobs(
+                [prompt_images(images)], question, answer_ids, batch_size=1
+            )
             s_orig = float(torch.as_tensor(logp).double().mean())
             flat = np.full(len(fractions), s_orig)
             return FaithfulnessCurves(
@@ -330,14 +365,19 @@ class DeletionInsertion:
             for f in interior:
                 removed = _removed_weights(sal.reshape(-1), _cells_for(f, sal.size))
                 keeps.append(1.0 - removed if curve == "deletion" else removed)
+        shapes = [s.shape for s in sals]
         if self._processed_space(adapter):
             logp = self._score_processed(
-                adapter, image, base, question, answer_ids, sal.shape, keeps, region
+                adapter, images, bases, question, answer_ids, shapes, keeps, regions
             )
-        else:
-            cells = _cell_index(sal.shape, image.size, region)  # image space: place the grid
-            images = [image, base] + [blend_images(image, base, k[cells]) for k in keeps[2:]]
-            logp = adapter.answer_logprobs(images, question, answer_ids, batch_size=self.batch_size)
+        else:  # image space: each image's cell grid placed on it
+            cells = [_cell_index(sh, im.size, r) for sh, im, r in zip(shapes, images, regions)]
+            blends = [prompt_images(images), prompt_images(bases)] + [
+                prompt_images([blend_images(im, b, part[c]) for im, b, part, c
+                               in zip(images, bases, _per_image(k, shapes), cells)])
+                for k in keeps[2:]
+            ]  # fmt: skip
+            logp = adapter.answer_logprobs(blends, question, answer_ids, batch_size=self.batch_size)
         logp = torch.as_tensor(logp)
         if tuple(logp.shape) != (len(keeps), answer_ids.numel()):
             raise ValueError(
@@ -364,15 +404,22 @@ class DeletionInsertion:
         )
 
 
-def canvas_saliency(expl: Explanation) -> tuple[Tensor, Region]:
-    """The map ``expl`` ranks: [rows, cols] over its canvas (`layout.canvas_grid` of the first
-    image's grids), and the canvas's box; the composed map (`Explanation.visual_pixels`) read
-    at the cells' centres, or the one grid's own map when there is one grid."""
-    canvas = canvas_grid(expl.grids)
-    mine = [m for m, g in zip(expl.visual_maps, expl.grids, strict=True) if g.image == 0]
+def canvas_saliency(expl: Explanation, image: int = 0) -> tuple[Tensor, Region]:
+    """The map ``expl`` ranks on image ``image``: [rows, cols] over its canvas
+    (`layout.canvas_grid` of that image's grids), and the canvas's box; the composed map
+    (`Explanation.visual_pixels`) read at the cells' centres, or the one grid's own map when
+    the image has one grid."""
+    canvas = canvas_grid(expl.grids, image)
+    mine = [m for m, g in zip(expl.visual_maps, expl.grids, strict=True) if g.image == image]
     if len(mine) == 1:
         return mine[0], canvas.box  # itself, in its own dtype
-    return expl.visual_pixels(canvas.shape, box=canvas.box), canvas.box
+    return expl.visual_pixels(canvas.shape, image=image, box=canvas.box), canvas.box
+
+
+def _per_image(values: np.ndarray, shapes: list[tuple[int, ...]]) -> list[np.ndarray]:
+    """[..., cells of every image] -> each image's [..., cells] (in the images' order)."""
+    ends = np.cumsum([int(np.prod(s)) for s in shapes])[:-1]
+    return np.split(values, ends, axis=-1)
 
 
 def _as_grid(saliency: Any) -> np.ndarray:

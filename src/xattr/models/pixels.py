@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -80,11 +80,11 @@ class PixelMaskMixin:
 
     # ------------------------------------------------------------ shared
     def views(self, prepared: PreparedInputs) -> list[PixelView]:
-        """`pixel_views` of a one-image prompt; a prompt of several images is refused."""
+        """`pixel_views` of a one-image prompt (a prompt of several: ask each of its ``parts``)."""
         if getattr(prepared, "parts", ()):
-            raise NotImplementedError(
-                f"the pixel-mask path (iGOS, pixel-space deletion/insertion) takes one image per "
-                f"prompt; this prompt shows {len(prepared.parts)}"
+            raise ValueError(
+                f"this prompt shows {len(prepared.parts)} images: views, boxes and sizes are "
+                "per image (prepared.parts[k])"
             )
         return self.pixel_views(prepared)
 
@@ -111,14 +111,18 @@ class PixelMaskMixin:
 
     def mask_to_pixel_values(
         self,
-        mask: Tensor,
+        mask: Tensor | Sequence[Tensor],
         prepared: PreparedInputs,
         *,
-        box: Region | None = None,
+        box: Region | Sequence[Region] | None = None,
         mode: str = "bilinear",
     ) -> Tensor:
         """Masks [B, mh, mw] over ``box`` of the image (default `mask_box`) -> the weight each
-        view sees, in the ``pixel_values`` layout [B, *pv] (`sample_mask`)."""
+        view sees, in the ``pixel_values`` layout [B, *pv] (`sample_mask`). A prompt of
+        several images takes a list of masks and of boxes (or None), one per image, each
+        reaching that image's views as it would alone (`join_pixel_values`)."""
+        if prepared.parts:
+            return self._several_to_pixel_values(mask, prepared, box, mode)
         box = self.mask_box(prepared) if box is None else box
         views = self.views(prepared)
         channels = int(
@@ -128,6 +132,44 @@ class PixelMaskMixin:
             sample_mask(mask, box, v, mode)[:, None].expand(-1, channels, -1, -1) for v in views
         ]
         return self.views_to_pixel_values(seen, prepared)
+
+    def _several_to_pixel_values(
+        self, masks: Any, prepared: PreparedInputs, boxes: Any, mode: str
+    ) -> Tensor:
+        """`mask_to_pixel_values` of a prompt of several images: each image's weights as alone."""
+        n = len(prepared.parts)
+        if not isinstance(masks, (list, tuple)) or len(masks) != n:
+            raise ValueError(f"a prompt of {n} images takes a list of {n} masks, one per image")
+        boxes = [None] * n if boxes is None else list(boxes)
+        if len(boxes) != n:
+            raise ValueError(f"a prompt of {n} images takes {n} boxes (or None), one per image")
+        per = [
+            self.mask_to_pixel_values(m, part, box=b, mode=mode)
+            for m, part, b in zip(masks, prepared.parts, boxes, strict=True)
+        ]  # each [B, *pv_k]
+        return self.join_pixel_values(per, prepared)
+
+    def join_pixel_values(self, per_image: Sequence[Tensor], prepared: PreparedInputs) -> Tensor:
+        """Each image's ``pixel_values`` layout [B, *pv_k] -> the prompt's [B, *pv], for a
+        prompt of several images. Found, not assumed: the first packing of the images'
+        tensors alone (one after the other on axis 0 or on axis 1, each padded at the end of
+        the later axes, as processors pad tiles and frames to the largest) that equals this
+        prompt's ``pixel_values`` exactly; padded slots take weight 1 (padding is the same in
+        an image and its baseline). None fits: refused by family name."""
+        pv = prepared.inputs["pixel_values"]
+        alone = [part.inputs["pixel_values"] for part in prepared.parts]
+        for axis in (0, 1):
+            if all(a.dim() == pv.dim() for a in alone) and pv.dim() > axis:
+                packed = _pack(alone, pv.shape, axis, 0.0)
+                if packed is not None and torch.equal(packed, pv):
+                    out = _pack(list(per_image), pv.shape, axis + 1, 1.0, batch=True)
+                    assert out is not None
+                    return out
+        raise NotImplementedError(
+            f"{getattr(self, 'family', type(self).__name__)} packs the pixel_values of several "
+            "images in a way xattr does not follow: its pixel-mask path (iGOS, pixel-space "
+            "deletion/insertion) takes one image per prompt"
+        )
 
     def canvas_image(self, prepared: PreparedInputs) -> Tensor:
         """The processed (normalised) image over the mask box at `processed_size`: [C, H, W].
@@ -171,6 +213,28 @@ class PixelMaskMixin:
     def _no_pixel_path(self) -> str:
         family = getattr(self, "family", type(self).__name__)
         return f"the pixel-mask path (iGOS, pixel-space faithfulness) is not supported for {family}"
+
+
+def _pack(
+    parts: Sequence[Tensor], shape: Sequence[int], axis: int, fill: float, batch: bool = False
+) -> Tensor | None:
+    """``parts`` one after the other on ``axis``, each first padded with ``fill`` at the end of
+    every later axis to ``shape`` (with ``batch``, a leading batch axis precedes ``shape``);
+    None when they cannot make ``shape``."""
+    lead = 1 if batch else 0
+    padded = []
+    for t in parts:
+        grow = [int(shape[i - lead]) - int(t.shape[i]) for i in range(axis + 1, t.dim())]
+        if any(g < 0 for g in grow):
+            return None
+        pads: list[int] = []
+        for g in reversed(grow):
+            pads += [0, g]
+        padded.append(torch.nn.functional.pad(t, pads, value=fill) if any(grow) else t)
+    if any(t.shape[axis + 1 :] != padded[0].shape[axis + 1 :] for t in padded):
+        return None
+    out = torch.cat(padded, dim=axis)
+    return out if tuple(out.shape[lead:]) == tuple(shape) else None
 
 
 def family_has_pixel_path(cls: type) -> bool:

@@ -87,10 +87,10 @@ class ScoringMixin:
         self,
         prepared: PreparedInputs,
         baseline: PreparedInputs,
-        keep: Tensor,
+        keep: Tensor | Sequence[Tensor],
         answer_ids: Tensor,
         *,
-        box: Region | None = None,
+        box: Region | Sequence[Region] | None = None,
         mode: str = "bilinear",
         noise: float = 0.0,
         generator: torch.Generator | None = None,
@@ -98,7 +98,8 @@ class ScoringMixin:
         """Teacher-forced log p(y_t | blend_b) for B blends, differentiable in ``keep``: [B, T].
 
         ``keep`` [B, h, w] in [0, 1] is a mask over ``box`` of the original image (default
-        the mask box the views see, `PixelMaskMixin.mask_box`), at any resolution; every view
+        the mask box the views see, `PixelMaskMixin.mask_box`), at any resolution (a prompt of
+        several images: a list of masks and of boxes, one per image); every view
         sees its crop of it (`views.sample_mask`, ``mode`` bilinear or nearest) and weighs
         the image against ``baseline`` (the same prompt on a perturbed image, e.g. blurred):
         ``pv = w * pv_image + (1 - w) * pv_baseline`` in `pixel_values` space, plus Gaussian
@@ -118,11 +119,14 @@ class ScoringMixin:
             stack.enter_context(eval_mode(self.model))
             stack.enter_context(frozen_parameters(self.model))
             # a graph only when the mask asks for one (iGOS); callers may run in no_grad
-            stack.enter_context(torch.set_grad_enabled(keep.requires_grad))
+            several = isinstance(keep, (list, tuple))  # a prompt of several images
+            keeps = list(keep) if several else [keep]
+            stack.enter_context(torch.set_grad_enabled(any(k.requires_grad for k in keeps)))
             pv = prepared.inputs["pixel_values"].to(device)
             pv_base = baseline.inputs["pixel_values"].to(device)
+            moved = [k.to(device, pv.dtype) for k in keeps]
             weight = self.mask_to_pixel_values(  # type: ignore[attr-defined]
-                keep.to(device, pv.dtype), prepared, box=box, mode=mode
+                moved if several else moved[0], prepared, box=box, mode=mode
             )  # [B, *pv]
             blended = weight * pv + (1 - weight) * pv_base  # [B, *pv]
             if noise > 0:

@@ -145,13 +145,7 @@ class SampleEvaluator:
         row.update(self._map_scores(expl, sample))
         if len(expl.spans) > 1:  # target=sentences: each sentence's map scored too
             row.update(self._span_scores(expl, sample))
-        for metric_name, metric in self.model_metrics.items():
-            if sample.num_images > 1:  # perturbing several images at once: not defined yet
-                self._log_once(
-                    metric_name, [f"{metric_name}: not computed on prompts of several images (NaN)"]
-                )
-                row.update({out: math.nan for out in getattr(metric, "outputs", [metric_name])})
-                continue
+        for metric in self.model_metrics.values():
             row.update(metric(self.adapter, image, sample.question, trace, expl))
         return row
 
