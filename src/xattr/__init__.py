@@ -6,11 +6,13 @@ from . import data, images, methods, metrics, models, toy
 from .api import explain
 from .explanation import Explanation
 from .trace import Trace, TraceError
+from .video import Video
 
 __all__ = [
     "Explanation",
     "Trace",
     "TraceError",
+    "Video",
     "data",
     "explain",
     "images",

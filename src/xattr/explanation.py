@@ -95,6 +95,35 @@ class Explanation:
         return (mass / total if total > 0 else torch.full_like(mass, float("nan"))).float()
 
     @property
+    def num_frames(self) -> int:
+        """A video's frame count (0 when the prompt shows images)."""
+        return max((g.frames[1] for g in self.grids if g.frames is not None), default=0)
+
+    def frame_group(self, frame: int) -> int:
+        """The input (``image`` index of the grids) that shows video frame ``frame``."""
+        for g in self.grids:
+            if g.frames is not None and g.frames[0] <= frame < g.frames[1]:
+                return g.image
+        raise IndexError(f"frame {frame} is not in this explanation's {self.num_frames} frames")
+
+    def frame_pixels(self, size: tuple[int, int], frame: int) -> Tensor:
+        """Frame ``frame``'s map on (height, width) pixels: the map of the frame group that
+        shows it (Qwen reads two frames as one input, so both frames of a pair share a map)."""
+        return self.visual_pixels(size, image=self.frame_group(frame))
+
+    @property
+    def frame_shares(self) -> Tensor:
+        """[num_frames] each frame's share of the relevance: its group's share (`image_shares`)
+        split evenly over the frames of the group; sums to 1 (NaN as `image_shares`)."""
+        shares = self.image_shares
+        out = torch.zeros(self.num_frames)
+        for g in self.grids:
+            if g.frames is not None:
+                first, end = g.frames
+                out[first:end] = shares[g.image] / (end - first)
+        return out
+
+    @property
     def image_region(self) -> Region:
         """``(top, left, bottom, right)`` fractions of the image the first grid covers."""
         return self.grids[0].box

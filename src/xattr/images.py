@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageFilter, UnidentifiedImageError
 
 ImageLike = Image.Image | str | Path | np.ndarray
-# What one prompt is shown: one image, or several in the order the prompt shows them
-PromptImages = ImageLike | list[ImageLike] | tuple[ImageLike, ...]
+# What one prompt is shown: one image, several in the order the prompt shows them, or a
+# `xattr.Video`
+PromptImages = ImageLike | list[ImageLike] | tuple[ImageLike, ...] | Any
 
 # A box of an image as (top, left, bottom, right) fractions of its height and width, e.g.
 # the part a processor's centre crop keeps; values beyond [0, 1] mean padding around it.
@@ -64,10 +66,11 @@ def blur_image(image: Image.Image, radius: float | None = None) -> Image.Image:
     return image.filter(ImageFilter.GaussianBlur(radius=r))
 
 
-def blur_images(
-    images: PromptImages, radius: float | None = None
-) -> Image.Image | list[Image.Image]:
-    """Every image of one prompt blurred (`blur_image`), in the same shape as given."""
+def blur_images(images: PromptImages, radius: float | None = None) -> Any:
+    """Every image of one prompt blurred (`blur_image`), in the same shape as given (a video:
+    every frame)."""
+    if hasattr(images, "blurred"):  # a Video
+        return images.blurred(radius)
     return prompt_images([blur_image(image, radius) for image in load_images(images)])
 
 

@@ -25,13 +25,15 @@ class LayoutError(ValueError):
 
 @dataclass(frozen=True)
 class Grid:
-    """``rows x cols`` visual tokens in raster order over ``box`` of image ``image``."""
+    """``rows x cols`` visual tokens in raster order over ``box`` of image ``image`` (for a
+    video: of the frames ``frames``, which the model reads as one input, e.g. a frame pair)."""
 
     rows: int
     cols: int
     image: int = 0
     box: Region = FULL_IMAGE
     name: str = "image"  # e.g. "base", "tile 1,2", "thumbnail", "crop 2"
+    frames: tuple[int, int] | None = None  # a video's frames [first, end) this grid shows
 
     @property
     def cells(self) -> int:
@@ -54,6 +56,7 @@ class Grid:
             "image": self.image,
             "box": list(self.box),
             "name": self.name,
+            **({"frames": list(self.frames)} if self.frames is not None else {}),
         }
 
     @classmethod
@@ -64,6 +67,7 @@ class Grid:
             int(data.get("image", 0)),
             tuple(float(x) for x in data.get("box", FULL_IMAGE)),  # type: ignore[arg-type]
             str(data.get("name", "image")),
+            tuple(int(f) for f in data["frames"]) if data.get("frames") is not None else None,  # type: ignore[arg-type]
         )
 
 

@@ -324,6 +324,8 @@ class DeletionInsertion:
         region: Region | Sequence[Region] = FULL_IMAGE,
     ) -> FaithfulnessCurves | None:
         """The raw curves (None, with a warning, when the map holds NaN or inf)."""
+        if hasattr(image, "frames"):  # a Video
+            raise NotImplementedError("deletion/insertion of video frames is not built yet")
         images = load_images(image)
         several = len(images) > 1
         if several != isinstance(saliency, (list, tuple)) or (

@@ -20,6 +20,7 @@ from ..trace import (
     Trace,
     free_accelerator_memory,
 )
+from ..video import Video
 from ..warn import warn
 from .cross import PrefixedAttentions, PrefixedGradients, PrefixedSupports
 from .prompting import CaptureError, PreparedInputs
@@ -109,7 +110,8 @@ class CaptureMixin:
         sequence of ids is used as is. With ``gradients`` the returned trace streams
         ``d z_t / d A`` (one batched backward per chunk of answer tokens, see `methods.sweep`).
         """
-        image = prompt_images(load_images(image))  # decoded once; several stay a list
+        if not isinstance(image, Video):  # decoded once; several stay a list
+            image = prompt_images(load_images(image))
         prepared = self.prepare(image, question)  # type: ignore[attr-defined]
         n_prompt = prepared.prompt_ids.numel()
         try:

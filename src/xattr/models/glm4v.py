@@ -32,6 +32,7 @@ from transformers import Glm4vProcessor, ProcessorMixin
 from ..layout import LayoutError, VisualLayout
 from .base import FamilyCard
 from .processors import ImageOnlyProcessorMixin, image_only_processor
+from .prompting import PromptingMixin
 from .qwen2_vl import Qwen2VLAdapter
 
 
@@ -60,6 +61,8 @@ class Glm4vImageOnlyProcessor(ImageOnlyGlmMixin, Glm4vProcessor):
 class Glm4vAdapter(Qwen2VLAdapter, family="glm4v"):
     """GLM-4.1V-9B-Thinking / -Base: Qwen2-VL's grid and pixel path inside GLM's image
     markers, with GLM's 3-D positions (module docstring)."""
+
+    prepare_video = PromptingMixin.prepare_video  # GLM's video prompts: not built yet
 
     card = FamilyCard(
         visual_tokens=(

@@ -50,7 +50,7 @@ class PaliGemmaAdapter(OneImagePixels, ModelAdapter, family="paligemma"):
     task_prefix: ClassVar[str] = "answer en "
     max_images: ClassVar[int | None] = 1  # one `<image>` prefix per prompt
 
-    def prompt_text(self, question: str, images: int = 1) -> str:
+    def prompt_text(self, question: str, images: int = 1, videos: int = 0) -> str:
         """``<image>`` and the task prefix; the processor adds ``<bos>`` and the final ``"\\n"``."""
         return self.processor.image_token + self.task_prefix + question
 

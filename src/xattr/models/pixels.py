@@ -81,6 +81,11 @@ class PixelMaskMixin:
     # ------------------------------------------------------------ shared
     def views(self, prepared: PreparedInputs) -> list[PixelView]:
         """`pixel_views` of a one-image prompt (a prompt of several: ask each of its ``parts``)."""
+        if getattr(prepared, "video", None) is not None:
+            raise NotImplementedError(
+                "the pixel-mask path (iGOS, pixel-space deletion/insertion) takes images; "
+                "perturbing video frames is not built yet"
+            )
         if getattr(prepared, "parts", ()):
             raise ValueError(
                 f"this prompt shows {len(prepared.parts)} images: views, boxes and sizes are "

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from ..images import PromptImages, load_images
 from ..layout import LayoutError, VisualLayout
+from ..video import Video
 from ..warn import warn
 
 # Per-token tensors a processor may return beside input_ids, and the value an appended
@@ -47,6 +48,7 @@ class PreparedInputs:
     image_size: tuple[int, int] | None = None  # (W, H) of the original image (one image)
     # several images: each image prepared alone (its own layout, views and sizes), in order
     parts: tuple[PreparedInputs, ...] = ()
+    video: Any = None  # the `xattr.Video` of a video prompt (grids: frame groups)
 
     @property
     def num_images(self) -> int:
@@ -73,9 +75,13 @@ class PromptingMixin:
     # the most images one prompt may show (None: any number; PaliGemma and mllama: one)
     max_images: ClassVar[int | None] = None
 
-    def chat_messages(self, question: str, images: int = 1) -> list[dict[str, Any]]:
-        """The chat for ``images`` images, then one question (override for families that differ)."""
+    def chat_messages(
+        self, question: str, images: int = 1, videos: int = 0
+    ) -> list[dict[str, Any]]:
+        """The chat for ``images`` images (or ``videos`` videos), then one question (override
+        for families that differ)."""
         content = [{"type": "image"} for _ in range(images)]
+        content += [{"type": "video"} for _ in range(videos)]
         return [{"role": "user", "content": [*content, {"type": "text", "text": question}]}]
 
     @property
@@ -87,10 +93,25 @@ class PromptingMixin:
         cfg = self.model.config.get_text_config()
         return getattr(cfg, "max_position_embeddings", None)
 
-    def prompt_text(self, question: str, images: int = 1) -> str:
+    def prompt_text(self, question: str, images: int = 1, videos: int = 0) -> str:
         """The chat-templated prompt, ending where the assistant's answer starts."""
         return self.processor.apply_chat_template(
-            self.chat_messages(question, images), tokenize=False, add_generation_prompt=True
+            self.chat_messages(question, images, videos),
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+
+    def prepare_video(self, video: Any, question: str) -> PreparedInputs:
+        """The prompt of one video and a question (families that read video override this)."""
+        from . import ADAPTERS
+
+        able = [
+            f for f, cls in ADAPTERS.items()
+            if cls.prepare_video is not PromptingMixin.prepare_video
+        ]  # fmt: skip
+        raise CaptureError(
+            f"video input is not supported for {getattr(self, 'family', type(self).__name__)}; "
+            f"families that take a Video: {', '.join(able)}"
         )
 
     def process(self, image: Any, text: str) -> dict[str, Tensor]:
@@ -102,6 +123,9 @@ class PromptingMixin:
         """Run the processor on the image (or images, in order) and question and locate V and P."""
         if not isinstance(question, str) or not question.strip():
             raise CaptureError("the question is empty: there is nothing to answer")
+        if isinstance(image, Video):
+            self.refuse_placeholders(question)
+            return self.prepare_video(image, question)
         images = load_images(image)
         if self.max_images is not None and len(images) > self.max_images:
             raise CaptureError(
@@ -111,16 +135,7 @@ class PromptingMixin:
         if len(images) > 1:
             return prepare_several(self, images, question)
         image = images[0]
-        placeholders = [
-            t
-            for t in self.tokenizer.convert_ids_to_tokens(sorted(self.placeholder_ids()))
-            if t in question
-        ]
-        if placeholders:
-            raise CaptureError(
-                f"the question contains {placeholders}, the token(s) that stand for an image; "
-                "give the images apart (a list of images), the template places them"
-            )
+        self.refuse_placeholders(question)
         if image.width * image.height > LARGE_IMAGE_PIXELS:
             warn(
                 f"a {image.width}x{image.height} image "
@@ -155,6 +170,19 @@ class PromptingMixin:
             )
         prompt_index = locate_question(self.tokenizer, prompt_ids, question)
         return PreparedInputs(inputs, prompt_ids, layout, prompt_index, text, image.size)
+
+    def refuse_placeholders(self, question: str) -> None:
+        """A question may not hold the tokens that stand for an image or a video."""
+        placeholders = [
+            t
+            for t in self.tokenizer.convert_ids_to_tokens(sorted(self.placeholder_ids()))
+            if t in question
+        ]
+        if placeholders:
+            raise CaptureError(
+                f"the question contains {placeholders}, the token(s) that stand for an image; "
+                "give the images apart (a list of images, or a Video), the template places them"
+            )
 
     # ----------------------------------------------------------------- special tokens
     @property

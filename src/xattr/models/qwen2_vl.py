@@ -12,9 +12,10 @@ from ..layout import Grid, LayoutError, VisualLayout
 from ..views import PixelView
 from .base import FamilyCard, ModelAdapter
 from .prompting import PreparedInputs
+from .qwen_video import QwenVideoMixin
 
 
-class Qwen2VLAdapter(ModelAdapter, family="qwen2_vl"):
+class Qwen2VLAdapter(QwenVideoMixin, ModelAdapter, family="qwen2_vl"):
     """Qwen2-VL-*-Instruct.
 
     The image processor emits patches grouped by merge block, so after the merger the
@@ -95,3 +96,4 @@ class Qwen25VLAdapter(Qwen2VLAdapter, family="qwen2_5_vl"):
         visual_tokens="as Qwen2-VL",
         tested="as Qwen2-VL",
     )
+    timed_video = True  # second_per_grid_ts: frame pairs placed in time

@@ -40,6 +40,7 @@ from transformers import Qwen3VLProcessor
 
 from .base import FamilyCard
 from .processors import _ImageOnlyQwenMixin, image_only_processor
+from .prompting import PromptingMixin
 from .qwen2_vl import Qwen2VLAdapter
 
 
@@ -64,6 +65,9 @@ class Qwen3VLImageOnlyProcessor(_ImageOnlyQwenMixin, Qwen3VLProcessor):
 class Qwen3VLAdapter(Qwen2VLAdapter, family="qwen3_vl"):
     """Qwen3-VL-*-Instruct and Qwen3-VL-*-A*B (MoE): Qwen2-VL's grid and pixel path, with
     16 px patches and deepstack (module docstring)."""
+
+    # its video prompts interleave timestamp text between frame groups: not built yet
+    prepare_video = PromptingMixin.prepare_video
 
     card = FamilyCard(
         visual_tokens="one grid over the resized image (16 px patches)",

@@ -1,0 +1,101 @@
+"""Qwen2-VL and Qwen2.5-VL video: frames merged two by two in time, one token grid per pair.
+
+The vision tower reads a video as patches of ``temporal_patch_size`` (2) consecutive frames:
+a frame pair becomes one grid of ``(h / m) x (w / m)`` merged tokens (``m`` the spatial merge),
+so a map belongs to the pair, not to either frame (an odd last frame is paired with itself,
+as the processor pads it). The prompt holds ``<|vision_start|>``, then every pair's tokens
+pair after pair, then ``<|vision_end|>``. Qwen2.5-VL places pair ``g`` at time position
+``g * tokens_per_second * second_per_grid_ts`` with ``second_per_grid_ts`` the seconds one
+pair spans (`Video.timestamps`); Qwen2-VL at ``g``.
+
+The frames go through the family's *image* processor one by one (resize, rescale,
+normalise, patchify, which for one image repeats it over the temporal axis), and a pair's
+patches take its two frames' temporal slices: what the video processor computes, except
+that the image processor's pixel budget and resampling apply to each frame (the video
+processor, which needs torchvision, is not used).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from ..layout import Grid, VisualLayout
+from ..video import Video
+from .prompting import CaptureError, PreparedInputs, locate_question
+
+
+class QwenVideoMixin:
+    """`prepare_video` for Qwen2-VL-style patch processors; mix in before `ModelAdapter`."""
+
+    timed_video: ClassVar[bool] = False  # Qwen2.5-VL: pairs placed in time (second_per_grid_ts)
+
+    def prepare_video(self, video: Video, question: str) -> PreparedInputs:
+        """The prompt of one video and a question, with one grid per frame pair (module doc)."""
+        frames = video.frames()
+        tp = int(self.model.config.vision_config.temporal_patch_size)  # type: ignore[attr-defined]
+        m = int(self.model.config.vision_config.spatial_merge_size)  # type: ignore[attr-defined]
+        processed = [
+            self.processor.image_processor(images=[f], return_tensors="pt")  # type: ignore[attr-defined]
+            for f in frames
+        ]
+        grids = {tuple(p["image_grid_thw"][0].tolist()) for p in processed}
+        if len(grids) != 1:
+            raise CaptureError(f"the frames were resized to different grids {sorted(grids)}")
+        _, gh, gw = next(iter(grids))
+        p = int(self.model.config.vision_config.patch_size)  # type: ignore[attr-defined]
+        patches = [_frame_slice(out["pixel_values"], tp, p) for out in processed]  # [n, C, p*p]
+        while len(patches) % tp:
+            patches.append(patches[-1])  # the processor pads with the last frame
+        pairs = [torch.stack(patches[i : i + tp], dim=2) for i in range(0, len(patches), tp)]
+        pixel_values = torch.cat([pair.reshape(gh * gw, -1) for pair in pairs])  # [G*n, C*tp*p*p]
+        groups = len(pairs)
+        text = self.prompt_text(question, images=0, videos=1)  # type: ignore[attr-defined]
+        token = self.processor.video_token  # type: ignore[attr-defined]
+        if text.count(token) != 1:
+            raise CaptureError(
+                f"the chat template put {text.count(token)} {token} in the prompt of one video; "
+                "this checkpoint's template has no video entry"
+            )
+        count = groups * gh * gw // (m * m)
+        # the processor's text side: the tokenizer on the expanded prompt, each token's modality
+        tokens = self.tokenizer([text.replace(token, token * count)], return_tensors="pt")  # type: ignore[attr-defined]
+        inputs = {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
+        if hasattr(self.processor, "create_mm_token_type_ids"):  # type: ignore[attr-defined]
+            kinds = self.processor.create_mm_token_type_ids(tokens["input_ids"])  # type: ignore[attr-defined]
+            inputs["mm_token_type_ids"] = torch.tensor(kinds, dtype=torch.long)
+        inputs["pixel_values_videos"] = pixel_values
+        inputs["video_grid_thw"] = torch.tensor([[groups, gh, gw]])
+        times = video.timestamps()
+        if self.timed_video:
+            step = (times[-1] - times[0]) / (len(times) - 1) if len(times) > 1 else 1.0
+            inputs["second_per_grid_ts"] = torch.tensor([tp * step])
+        prompt_ids = inputs["input_ids"][0]
+        positions = torch.nonzero(prompt_ids == self.model.config.video_token_id).flatten()  # type: ignore[attr-defined]
+        n = len(frames)
+        layout = VisualLayout(
+            positions,
+            tuple(
+                Grid(gh // m, gw // m, image=g, name=_frames_name(tp * g, min(n, tp * g + tp)),
+                     frames=(tp * g, min(n, tp * g + tp)))
+                for g in range(groups)
+            ),
+        )  # fmt: skip
+        prompt_index = locate_question(self.tokenizer, prompt_ids, question)  # type: ignore[attr-defined]
+        return PreparedInputs(
+            inputs, prompt_ids, layout, prompt_index, text, frames[0].size, video=video
+        )
+
+
+def _frames_name(first: int, end: int) -> str:
+    """ "frames 3-4" (counting from 1), or "frame 5" for a group of one."""
+    return f"frames {first + 1}-{end}" if end - first > 1 else f"frame {first + 1}"
+
+
+def _frame_slice(pixel_values: Tensor, tp: int, p: int) -> Tensor:
+    """One image's patches [n, C*tp*p*p], each flattened as (C, tp, p, p) -> the first
+    temporal slice [n, C, p*p] (the image processor repeats one image over the ``tp`` slices)."""
+    n, width = pixel_values.shape
+    return pixel_values.reshape(n, width // (tp * p * p), tp, p * p)[:, :, 0]

@@ -1,0 +1,170 @@
+"""Video input: `xattr.Video` (frames, files via PyAV, sampling) and the Qwen2-VL / Qwen2.5-VL
+video prompt (frame pairs, one token grid each), per-frame maps and shares."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import xattr
+from support.families import SPECS, visual_input_embeddings
+from xattr.explanation import Explanation
+from xattr.images import ImageError
+from xattr.methods import AttributionWarning
+from xattr.methods.tokens import TokenSelectionWarning
+from xattr.models.prompting import CaptureError
+
+QUESTION = "what colour is the thing that moves?"
+VIDEO_FAMILIES = ["qwen2_vl", "qwen2_5_vl"]
+
+
+def frames(n: int, size: int = 112, block: dict[int, tuple[int, int]] | None = None) -> np.ndarray:
+    """``n`` dark noisy frames [n, size, size, 3]; ``block`` {frame: (top, left)} paints a
+    white 28 px square there."""
+    rng = np.random.default_rng(0)
+    out = rng.integers(0, 40, size=(n, size, size, 3), dtype=np.uint8)
+    for k, (top, left) in (block or {}).items():
+        out[k, top : top + 28, left : left + 28] = 255
+    return out
+
+
+def write_mp4(path: Path, video: np.ndarray, rate: int) -> Path:
+    """Encode frames [T, H, W, 3] as H.264 at ``rate`` frames per second (PyAV)."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=rate)
+        stream.width, stream.height, stream.pix_fmt = video.shape[2], video.shape[1], "yuv420p"
+        for frame in video:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def test_video_samples_files_and_frames(tmp_path: Path):
+    moving = np.zeros((16, 48, 64, 3), np.uint8)
+    for i in range(16):
+        moving[i, :, i * 4 : i * 4 + 8] = 255  # a bar moving right, 4 px a frame
+    path = write_mp4(tmp_path / "bar.mp4", moving, rate=8)
+    every = xattr.Video(path)
+    assert len(every.frames()) == 16 and every.frames()[0].size == (64, 48)
+    assert every.timestamps()[:3] == pytest.approx([0.0, 0.125, 0.25])
+    at_2 = xattr.Video(path, fps=2)  # every 4th frame
+    assert at_2.timestamps() == pytest.approx([0.0, 0.5, 1.0, 1.5])
+    bar = [int(np.asarray(f)[24].argmax(axis=0)[0]) for f in at_2.frames()]  # the bar's left edge
+    assert [abs(b - 16 * k) <= 1 for k, b in enumerate(bar)] == [True] * 4
+    four = xattr.Video(path, num_frames=4)  # first and last kept, spread evenly
+    assert four.timestamps() == pytest.approx([0.0, 0.625, 1.25, 1.875])
+    listed = xattr.Video(list(moving[:3]), fps=4)
+    assert listed.timestamps() == pytest.approx([0.0, 0.25, 0.5])
+    assert xattr.Video(moving[:3]).timestamps() == pytest.approx([0.0, 0.5, 1.0])  # 2 fps default
+    with pytest.raises(FileNotFoundError, match="nope.mp4"):
+        xattr.Video(tmp_path / "nope.mp4").frames()
+    (tmp_path / "bad.mp4").write_bytes(b"not a video")
+    with pytest.raises(ImageError, match="bad.mp4"):
+        xattr.Video(tmp_path / "bad.mp4").frames()
+    with pytest.raises(ImageError, match="differ in size"):
+        xattr.Video([moving[0], moving[0, :20]]).frames()
+    with pytest.raises(ValueError, match="fps must be positive"):
+        xattr.Video(path, fps=0)
+
+
+@pytest.mark.parametrize("family", VIDEO_FAMILIES)
+def test_two_equal_frames_are_the_image(family, tiny_adapter):
+    """A video of one frame shown twice is one frame pair whose patches are the image's (the
+    image processor repeats an image over the temporal axis), one grid of the image's shape,
+    and as many video tokens as the image has image tokens."""
+    adapter = tiny_adapter(family)
+    still = frames(1)
+    video = adapter.prepare(xattr.Video(np.concatenate([still, still])), QUESTION)
+    image = adapter.prepare(still[0], QUESTION)
+    torch.testing.assert_close(video.inputs["pixel_values_videos"], image.inputs["pixel_values"])
+    assert video.inputs["video_grid_thw"].tolist() == image.inputs["image_grid_thw"].tolist()
+    assert [g.shape for g in video.layout.grids] == [g.shape for g in image.layout.grids]
+    assert video.layout.positions.numel() == image.layout.positions.numel()
+    ids = video.prompt_ids[video.layout.positions]
+    assert set(ids.tolist()) == {adapter.model.config.video_token_id}
+    kinds = video.inputs["mm_token_type_ids"][0]
+    assert (
+        set(kinds[video.layout.positions].tolist()) == {2}
+        and int((kinds == 2).sum()) == ids.numel()
+    )
+
+
+@pytest.mark.parametrize("family", VIDEO_FAMILIES)
+def test_frame_pairs_and_their_time(family, tiny_adapter):
+    """Five frames: pairs (1, 2), (3, 4) and (5) padded with itself; Qwen2.5-VL spaces pairs
+    by the seconds two frames span (4 fps: 0.5 s), Qwen2-VL by their index."""
+    adapter = tiny_adapter(family)
+    prepared = adapter.prepare(xattr.Video(frames(5), fps=4), QUESTION)
+    grids = prepared.layout.grids
+    assert [(g.image, g.frames, g.name) for g in grids] == [
+        (0, (0, 2), "frames 1-2"), (1, (2, 4), "frames 3-4"), (2, (4, 5), "frame 5")
+    ]  # fmt: skip
+    assert prepared.inputs["video_grid_thw"][0, 0] == 3
+    if family == "qwen2_5_vl":
+        assert prepared.inputs["second_per_grid_ts"].tolist() == [0.5]
+    else:
+        assert "second_per_grid_ts" not in prepared.inputs
+
+
+@pytest.mark.parametrize("family", VIDEO_FAMILIES)
+def test_a_moving_block_moves_the_tokens_of_its_frames(family, tiny_adapter):
+    """A white block in frames 3-4 only, at token cell (1, 2) of the 4 x 4 grid: the visual
+    input that changes most is pair 2's token (1, 2); moving it to cell (3, 0) in frames 1-2
+    moves the change to pair 1's token (3, 0)."""
+    adapter = tiny_adapter(family)
+    base = visual_input_embeddings(adapter, xattr.Video(frames(4)))
+    side = SPECS[family].native_size // 4  # one token's pixels
+    for (first, row, col), group in (((2, 1, 2), 1), ((0, 3, 0), 0)):
+        block = {first: (row * side, col * side), first + 1: (row * side, col * side)}
+        moved = visual_input_embeddings(adapter, xattr.Video(frames(4, block=block)))
+        change = (moved - base).norm(dim=-1)  # [|V|]: 16 tokens of pair 1, then 16 of pair 2
+        top2 = change.topk(2).values
+        assert int(change.argmax()) == group * 16 + row * 4 + col
+        assert float(top2[0]) > 2 * float(top2[1])
+
+
+@pytest.mark.parametrize("family", VIDEO_FAMILIES)
+def test_every_trace_method_explains_a_video(family, tiny_adapter):
+    adapter = tiny_adapter(family)
+    video = xattr.Video(frames(5))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AttributionWarning)
+        warnings.simplefilter("ignore", TokenSelectionWarning)
+        out = xattr.explain(adapter, video, QUESTION, answer="red",
+                            method=["glimpse", "tmme", "rollout", "raw_attention", "gradcam", "dexar"])  # fmt: skip
+    for name, expl in out.items():
+        assert expl.num_frames == 5 and expl.num_images == 3, name
+        shares = expl.frame_shares
+        if not torch.isnan(shares).any():
+            assert math.isclose(float(shares.sum()), 1.0, abs_tol=1e-6), name
+            assert float(shares[0]) == pytest.approx(float(expl.image_shares[0]) / 2)
+            assert float(shares[4]) == pytest.approx(float(expl.image_shares[2]))
+        torch.testing.assert_close(
+            expl.frame_pixels((8, 8), frame=3), expl.visual_pixels((8, 8), image=1)
+        )
+    with pytest.raises(NotImplementedError, match="video frames"):
+        xattr.explain(adapter, video, QUESTION, "igos", answer="red")
+
+
+def test_frames_survive_save_and_load(tmp_path, tiny_adapter):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AttributionWarning)
+        expl = xattr.explain(tiny_adapter("qwen2_5_vl"), xattr.Video(frames(3)), QUESTION,
+                             "raw_attention", answer="red")  # fmt: skip
+    back = Explanation.load(expl.save(tmp_path / "e"))
+    assert [g.frames for g in back.grids] == [(0, 2), (2, 3)] and back.num_frames == 3
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen3_vl", "internvl"])
+def test_families_without_video_refuse_it_by_name(family, tiny_adapter):
+    with pytest.raises(CaptureError, match=f"not supported for {family}.*qwen2_5_vl"):
+        tiny_adapter(family).prepare(xattr.Video(frames(2)), QUESTION)
