@@ -115,3 +115,77 @@ def test_the_reference_maps_travel_with_the_sample_and_survive_a_merge(tmp_path)
     np.testing.assert_array_equal(back.references["mask"], mask)
     save_sample(path, {"glimpse": _expl()})
     assert set(load_sample(path).references) == {"human_map", "mask"}
+
+
+def test_two_images_their_per_image_references_and_shares_round_trip(tmp_path):
+    """A prompt of two images keeps both (pixel-equal up to JPEG), per-image references
+    (None where an image has none) and the maps' image shares; the first stays ``.image``."""
+    expl = _expl()
+    two = Explanation(
+        method="glimpse",
+        visual=torch.tensor([[1.0, 0.0], [0.0, 1.0]]),  # image 0: positive mass 2
+        answer_tokens=["a"],
+        token_relevance=torch.tensor([1.0]),
+        grids=[Grid(2, 2, image=0), Grid(1, 3, image=1)],
+        more_maps=[torch.tensor([[3.0, -1.0, 3.0]])],  # image 1: positive mass 6
+    )
+    red = Image.new("RGB", (60, 40), (220, 20, 20))
+    blue = Image.new("RGB", (30, 50), (20, 20, 220))
+    mask = np.zeros((5, 3), dtype=bool)
+    mask[1:3, 1] = True
+    human = np.linspace(0, 1, 6, dtype=np.float32).reshape(2, 3)
+    path = save_sample(tmp_path / "two.npz", {"glimpse": two, "other": expl}, [red, blue],
+                       {"id": 2}, references={"mask": [None, mask], "human_map": [human, None]})  # fmt: skip
+    back = load_sample(path)
+    assert back.num_images == 2 and back.image is back.images[0]
+    for got, want in zip(back.images, (red, blue)):
+        assert got.size == want.size
+        diff = np.abs(np.asarray(got).astype(int) - np.asarray(want).astype(int)).max()
+        assert diff < 8
+    assert isinstance(back.prompt_images(), list)
+    torch.testing.assert_close(
+        back.explanations["glimpse"].image_shares, torch.tensor([0.25, 0.75])
+    )
+    assert back.references["mask"][0] is None and back.references["human_map"][1] is None
+    np.testing.assert_array_equal(back.references["mask"][1], mask)
+    np.testing.assert_array_equal(back.references["human_map"][0], human)
+    # a later save without images keeps both; an old one-image file has images == [image]
+    save_sample(path, {"rollout": _expl("rollout")})
+    again = load_sample(path)
+    assert again.num_images == 2 and set(again.explanations) == {"glimpse", "other", "rollout"}
+    assert again.references["mask"][0] is None
+    one = load_sample(save_sample(tmp_path / "one.npz", {"g": expl}, red))
+    assert one.images == [one.image] and one.prompt_images() is one.image
+
+
+def test_a_reference_list_with_no_map_at_all_is_left_out(tmp_path):
+    path = save_sample(tmp_path / "s.npz", {"g": _expl()}, None, references={"mask": [None, None]})
+    assert load_sample(path).references == {}
+
+
+def test_a_run_keeps_a_two_image_sample_and_its_page_shows_both(tmp_path):
+    """`keep_explanations` (what a run with save_explanations=true calls) saves both images of
+    a sample and its per-image masks; the run report's page of it shows both images."""
+    from xattr.data.sample import Sample
+    from xattr.pipeline.evaluator import SampleResult
+    from xattr.pipeline.module import keep_explanations
+    from xattr.report.run import sample_page
+
+    two = Explanation(
+        method="glimpse",
+        visual=torch.tensor([[1.0, 3.0]]),
+        answer_tokens=["b"],
+        token_relevance=torch.tensor([1.0]),
+        grids=[Grid(1, 2, image=0), Grid(2, 1, image=1)],
+        more_maps=[torch.tensor([[4.0], [0.0]])],
+    )
+    images = [Image.new("RGB", (20, 10), (250, 0, 0)), Image.new("RGB", (10, 20), (0, 250, 0))]
+    mask = np.ones((20, 10), dtype=bool)
+    sample = Sample("s/1", images, "Which is green?", answer="b", mask=[None, mask])
+    path = keep_explanations(tmp_path, sample, SampleResult([], {"glimpse": two}, "b"), "given")
+    back = load_sample(path)
+    assert [im.size for im in back.images] == [(20, 10), (10, 20)]
+    assert np.asarray(back.images[1])[..., 1].min() > 240  # the green one second
+    assert back.references["mask"][0] is None and back.references["mask"][1].all()
+    html = sample_page(back, source=path)
+    assert html.count('src="data:image/jpeg;base64,') == 2 and 'id="share-1"' in html

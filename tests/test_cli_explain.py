@@ -224,3 +224,52 @@ def test_explain_a_phrase_each_sentence_and_a_contrast(shapes, tmp_path):
         done.stderr.strip()
         == f"xattr explain: 'purple' is not in the answer {answer.replace('.', ' .')!r}"
     )
+
+
+def test_two_images_and_a_question_as_a_user_types_them(tmp_path, capsys, monkeypatch):
+    """``xattr explain a.png b.png "..."``: one prompt shows both; every method's overlay per
+    image under the default folder, each image's share printed, both images in the report."""
+    import json
+    import re
+
+    import numpy as np
+    from PIL import Image
+
+    samples = generate_synthetic(8, seed=3)
+    a = next(s for s in samples if s.question == "What color is the circle?")
+    b = next(s for s in samples if s.question == QUESTION)
+    a.load_image().save(tmp_path / "a.png")
+    b.load_image().save(tmp_path / "b.png")
+    monkeypatch.chdir(tmp_path)
+    assert main(["explain", "a.png", "b.png", "Which image shows a red circle?"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    folder = tmp_path / "explanations" / "a+b"
+    methods = ["glimpse", "tmme", "rollout", "raw_attention"]
+    assert sorted(p.name for p in folder.glob("*.png")) == sorted(
+        f"{m}_image{k}.png" for m in methods for k in (1, 2)
+    )
+    assert out[1:3] == ["image 1:  a.png", "image 2:  b.png"]
+    pictures = [Image.open(tmp_path / n).convert("RGB") for n in ("a.png", "b.png")]
+    report = (folder / "report.html").read_text()
+    page = json.loads(re.search(r'id="xattr-data">(.*?)</script>', report).group(1))
+    assert report.count('src="data:image/jpeg;base64,') == 2
+    assert [(i["width"], i["height"]) for i in page["images"]] == [p.size for p in pictures]
+    for name in methods:
+        expl = Explanation.load(folder / name)
+        shares = expl.image_shares.tolist()
+        assert expl.num_images == 2 and sum(shares) == pytest.approx(1, abs=1e-6)
+        printed = ", ".join(f"image {k + 1} {100 * s:.0f}%" for k, s in enumerate(shares))
+        assert f"shares:   {name}: {printed}" in out
+        view = next(m for m in page["methods"] if m["name"] == name)
+        assert [i["share"] for i in view["images"]] == pytest.approx(shares)
+        # each overlay is that image under that image's own map
+        for k, picture in enumerate(pictures):
+            saved = np.asarray(Image.open(folder / f"{name}_image{k + 1}.png"))
+            assert np.array_equal(saved, np.asarray(expl.overlay(picture, index=k)))
+
+
+def test_a_missing_second_image_exits_2_naming_it(shapes, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["explain", str(shapes), "gone.png", "Which is red?"]) == 2
+    assert capsys.readouterr().err.strip() == "xattr explain: image file not found: gone.png"
+    assert not (tmp_path / "explanations").exists()

@@ -290,3 +290,42 @@ def test_a_thinking_section_is_folded_away_and_opens_on_a_click(browser, tmp_pat
     fold.locator("summary").click()
     assert fold.locator(".token").nth(2).is_visible()
     assert troubles == []
+
+
+def test_two_images_each_show_the_map_and_their_share(browser, tmp_path):
+    """A prompt of two images: a canvas over each, its share of the relevance under it; a
+    token or a layer shows its own map on both images; the method buttons change the shares."""
+    samples = generate_synthetic(8, seed=3)
+    images = [samples[0].load_image(), samples[1].load_image().resize((96, 64))]
+    adapter = xattr.models.load(xattr.toy.checkpoint("qwen2_5_vl"))
+    both = {"return_token_maps": True, "return_layer_maps": True}
+    expls = xattr.explain(adapter, images, "Which image shows a circle?",
+                          method={"glimpse": both, "rollout": {}}, answer="the second one")  # fmt: skip
+    path = write_report(tmp_path / "two.html", expls, images, "Which image shows a circle?")
+    page, troubles = _open(browser, path)
+    page.wait_for_selector("body[data-ready='1']")
+    heats = page.locator(".stage canvas")
+    assert heats.count() == 2
+    assert [heats.nth(k).get_attribute("width") for k in (0, 1)] == ["448", "384"]  # 4x 96
+
+    def shares() -> list[str]:
+        return [page.inner_text(f"#share-{k}") for k in (0, 1)]
+
+    def expected(name: str) -> list[str]:
+        return [f"image {k + 1} — {100 * s:.0f}% of the relevance"
+                for k, s in enumerate(expls[name].image_shares.tolist())]  # fmt: skip
+
+    assert shares() == expected("glimpse")
+    holistic = [page.evaluate(f"document.querySelectorAll('.stage canvas')[{k}].toDataURL()")
+                for k in (0, 1)]  # fmt: skip
+    page.locator("#answer .token").nth(2).click()
+    assert [heats.nth(k).get_attribute("data-view") for k in (0, 1)] == ["glimpse/token/2"] * 2
+    token = [page.evaluate(f"document.querySelectorAll('.stage canvas')[{k}].toDataURL()")
+             for k in (0, 1)]  # fmt: skip
+    assert token[0] != holistic[0] and token[1] != holistic[1]
+    page.locator("#layers .thumb").first.click()
+    assert heats.nth(1).get_attribute("data-view") == "glimpse/layer/0"
+    page.click("#methods button[data-method='rollout']")
+    assert shares() == expected("rollout")
+    assert heats.nth(1).get_attribute("data-view") == "rollout/holistic/"
+    assert troubles == []

@@ -160,3 +160,63 @@ def test_index_links_and_escapes():
     assert '<a href="samples/s1.html">s1</a>' in html and "&lt;b&gt;why&lt;/b&gt;" in html
     assert "run &lt;x&gt;" in html and '<td class="num">0.5</td>' in html
     assert "2 samples skipped" in html and "Samples (2)" in html
+
+
+def _two_images() -> Explanation:
+    """Image 0: one 2x2 grid (positive mass 2); image 1: one 1x3 grid (positive mass 6)."""
+    return _expl(
+        visual=torch.tensor([[1.0, 0.0], [0.0, 1.0]]),
+        token_maps=torch.tensor([[[1.0, 0.0], [0.0, 0.0]]] * 4),
+        layer_maps=None,
+        grids=[Grid(2, 2, image=0), Grid(1, 3, image=1)],
+        more_maps=[torch.tensor([[3.0, -1.0, 3.0]])],
+        more_token_maps=[torch.tensor([[[0.0, 2.0, 0.0]]] * 4)],
+    )
+
+
+def test_two_images_each_with_its_maps_on_one_scale_and_its_share():
+    expl = _two_images()
+    red, blue = Image.new("RGB", (40, 40), (200, 0, 0)), Image.new("RGB", (90, 30), (0, 0, 200))
+    page = page_data({"glimpse": expl}, [red, blue], "Which one is red?")
+    assert [(im["width"], im["height"]) for im in page["images"]] == [(40, 40), (90, 30)]
+    assert page["image"] == page["images"][0]
+    view = page["methods"][0]
+    shares = [im["share"] for im in view["images"]]
+    assert shares == pytest.approx([0.25, 0.75]) and shares == expl.image_shares.tolist()
+    # one range over both images (-1 ... 3): image 0's 1 is (1 + 1) / 4 of the scale
+    assert (
+        (view["map"]["lo"], view["map"]["hi"])
+        == (-1.0, 3.0)
+        == (
+            view["images"][1]["map"]["lo"],
+            view["images"][1]["map"]["hi"],
+        )
+    )
+    assert _decode(view["map"]).tolist() == [[128, 64], [64, 128]]
+    assert _decode(view["images"][1]["map"]).tolist() == [[255, 0, 255]]
+    # a token's own map on each image, on the two maps' common range 0 ... 2
+    token = view["tokens"][1]["map"]
+    assert _decode(token).tolist() == [[128, 0], [0, 0]]
+    assert _decode(view["images"][1]["tokens"][1]).tolist() == [[0, 255, 0]]
+    # both images are in the page once each, with a caption of its own
+    html = report_html({"glimpse": expl}, [red, blue], "Which one is red?")
+    assert html.count('src="data:image/jpeg;base64,') == 2
+    assert 'id="share-0"' in html and 'id="share-1"' in html and 'id="heat"' not in html
+
+
+def test_one_image_pages_carry_no_per_image_fields():
+    page = page_data({"glimpse": _expl()}, Image.new("RGB", (4, 3)), "q")
+    assert "images" not in page and "images" not in page["methods"][0]
+
+
+def test_per_image_references_and_a_wrong_number_of_images():
+    expl = _two_images()
+    images = [Image.new("RGB", (8, 8)), Image.new("RGB", (8, 8))]
+    mask = np.zeros((4, 4), dtype=bool)
+    mask[:2] = True
+    page = page_data({"glimpse": expl}, images, "q", references={"mask": [None, mask]})
+    ref = page["references"][0]
+    assert ref["name"] == "object mask" and ref["images"][0] is None
+    assert _decode(ref["images"][1]).tolist() == [[255] * 4] * 2 + [[0] * 4] * 2
+    with pytest.raises(ValueError, match="covers 2 image.* given 1"):
+        page_data({"glimpse": expl}, images[0], "q")

@@ -1,4 +1,5 @@
-"""``xattr explain IMAGE "QUESTION"``: overlays, saved explanations and report.html from one capture."""
+"""``xattr explain IMAGE [IMAGE ...] "QUESTION"``: overlays, saved explanations and report.html
+from one capture (several images: one prompt that shows them all, in order)."""
 
 from __future__ import annotations
 
@@ -23,8 +24,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="explain a model's answer about an image: overlays, saved maps, report.html",
         description=__doc__,
     )
-    p.add_argument("image", help="image file (PNG, JPEG, ...)")
-    p.add_argument("question", help="the question to ask about it")
+    p.add_argument(
+        "image", nargs="+", help="image file(s) (PNG, JPEG, ...); several: one prompt shows all"
+    )
+    p.add_argument("question", help="the question to ask about it (them)")
     p.add_argument(
         "--model",
         default=DEFAULT_MODEL,
@@ -54,7 +57,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="why the target and not this: an alternative word (with --target) or answer; "
         "methods that cannot explain a contrast are left out of the default list",
     )
-    p.add_argument("--out", help="output folder (default: explanations/<image stem>)")
+    p.add_argument(
+        "--out",
+        help="output folder (default: explanations/<image stem>; several images: their stems "
+        "joined by '+')",
+    )
     p.add_argument(
         "--set",
         action="append",
@@ -78,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", AnswerCutWarning)  # the summary says it instead
             result = explain_to_folder(
-                args.image,
+                args.image[0] if len(args.image) == 1 else args.image,
                 args.question,
                 model=args.model,
                 methods=args.method,
@@ -101,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def explain_to_folder(
-    image: str | Path,
+    image: str | Path | Sequence[str | Path],
     question: str,
     model: str = DEFAULT_MODEL,
     methods: Sequence[str] = DEFAULT_METHODS,
@@ -117,13 +124,14 @@ def explain_to_folder(
 ) -> dict[str, Any]:
     """Explain once with every method and write ``<out>/{<method>.png, <method>/, report.html}``.
 
-    Inputs are checked before the model loads: methods and their settings, then the image,
-    then the model, its device and dtype.
+    ``image`` may be a list: one prompt shows every image, and each method's overlays are
+    ``<method>_image1.png``, ``<method>_image2.png``, ... Inputs are checked before the model
+    loads: methods and their settings, then the image(s), then the model, its device and dtype.
     """
     from .. import explain
     from .. import methods as registry
     from ..api import build_methods
-    from ..images import load_image
+    from ..images import load_images, prompt_images
     from ..models import load
     from ..report import write_report
 
@@ -133,7 +141,8 @@ def explain_to_folder(
     for name, values in parse_settings(settings, specs).items():
         specs[name].update(values)
     chosen = build_methods(specs)  # hyper-parameter rules checked here
-    picture = load_image(image)
+    paths = [Path(p) for p in (image if isinstance(image, (list, tuple)) else [image])]
+    pictures = load_images(paths)  # names the first missing or unreadable file
     if max_new_tokens is not None and max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
     if attn not in (None, "eager", "sdpa"):
@@ -150,20 +159,26 @@ def explain_to_folder(
         where = "" if str(path) == model else f" ({path})"
         raise OSError(f"cannot load model {model!r}{where}: {err}") from err
     explanations = explain(
-        adapter, picture, question, method=chosen, answer=answer,
+        adapter, prompt_images(pictures), question, method=chosen, answer=answer,
         target=token_range(target), contrast=contrast,
     )  # fmt: skip
-    folder = Path(out) if out is not None else Path("explanations") / Path(image).stem
+    stem = "+".join(p.stem for p in paths)
+    folder = Path(out) if out is not None else Path("explanations") / stem
     folder.mkdir(parents=True, exist_ok=True)
     files: dict[str, list[Path]] = {"overlays": [], "saved": []}
     for name, expl in explanations.items():
-        overlay = folder / f"{name}.png"
-        expl.overlay(picture).save(overlay)
-        files["overlays"].append(overlay)
+        for k, picture in enumerate(pictures):
+            overlay = folder / overlay_name(name, k, len(pictures))
+            expl.overlay(picture, index=k).save(overlay)
+            files["overlays"].append(overlay)
         files["saved"].append(expl.save(folder / name))
-    report = write_report(folder / "report.html", explanations, picture, question, model=model)
+    shown = prompt_images(pictures)
+    report = write_report(folder / "report.html", explanations, shown, question, model=model)
     first = next(iter(explanations.values()))
+    shares = {n: e.image_shares.tolist() for n, e in explanations.items()}
     return {
+        "images": paths,
+        "shares": shares if len(pictures) > 1 else {},
         "target": target,
         "contrast": first.meta.get("contrast"),
         "spans": [(s.text, s.relevance) for s in first.spans],
@@ -176,6 +191,11 @@ def explain_to_folder(
         "report": report,
         **files,
     }
+
+
+def overlay_name(method: str, image: int, num_images: int) -> str:
+    """A method's overlay file: ``<method>.png``, or ``<method>_image<k+1>.png`` of several."""
+    return f"{method}.png" if num_images == 1 else f"{method}_image{image + 1}.png"
 
 
 def method_specs(names: Sequence[str], known: Sequence[str]) -> dict[str, dict[str, bool]]:
@@ -240,7 +260,8 @@ def token_range(target: str | None) -> str | tuple[int, int] | None:
 
 
 def summary_text(result: dict[str, Any]) -> str:
-    """What the command prints: the answer, then where each file is."""
+    """What the command prints: the answer (several images: each one's share of every
+    method's relevance), then where each file is."""
     lines = [
         f"answer ({result['answer_source']}, {result['model']}): {result['answer']}",
         f"report:   {result['report']}",
@@ -257,6 +278,13 @@ def summary_text(result: dict[str, Any]) -> str:
     if result.get("target") is not None:
         extra.append(f"target:   {result['target']}")
         extra += [f"  span {text.strip()!r}: relevance {rel:.4g}" for text, rel in result["spans"]]
+    if result.get("shares"):  # several images: each one's share of every method's relevance
+        extra += [f"image {k + 1}:  {path}" for k, path in enumerate(result["images"])]
+        extra += [
+            f"shares:   {method}: "
+            + ", ".join(f"image {k + 1} {_percent(v)}" for k, v in enumerate(shares))
+            for method, shares in result["shares"].items()
+        ]
     lines[1:1] = extra
     if result.get("answer_cut"):
         lines.insert(
@@ -265,3 +293,8 @@ def summary_text(result: dict[str, Any]) -> str:
             "and is cut there; --max-new-tokens N reads more",
         )
     return "\n".join(lines)
+
+
+def _percent(share: float) -> str:
+    """A share of the relevance as a percentage (n/a: the map has no positive value)."""
+    return f"{100 * share:.0f}%" if share == share else "n/a"

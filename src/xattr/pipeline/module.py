@@ -141,10 +141,13 @@ class ExplainEvalModule(L.LightningModule):
     def _save_overlays(self, sample: Sample, explanations: dict[str, Any]) -> None:
         out = self.run_dir / "overlays"
         out.mkdir(exist_ok=True)
-        image = sample.load_image()
-        image.save(out / f"{sample.sample_id}_image.png")
-        for name, expl in explanations.items():
-            expl.overlay(image).save(out / f"{sample.sample_id}_{name}.png")
+        images = sample.load_images()
+        for k, image in enumerate(images):
+            number = "" if len(images) == 1 else str(k + 1)  # one image: names as always
+            tail = number and f"_image{number}"
+            image.save(out / f"{sample.sample_id}_image{number}.png")
+            for name, expl in explanations.items():
+                expl.overlay(image, index=k).save(out / f"{sample.sample_id}_{name}{tail}.png")
 
     def on_test_epoch_end(self) -> None:
         keys = sorted(self._counts)
@@ -203,7 +206,9 @@ def keep_explanations(run_dir: Path, sample: Sample, result: SampleResult, sourc
             "model_answer": result.answer, "answer_source": source}  # fmt: skip
     path = sample_path(run_dir / RUN_SUBDIR, sample.sample_id)
     references = {"human_map": sample.human_map, "mask": sample.mask}  # what it was scored on
-    return save_sample(path, result.explanations, sample.load_image(), info, references=references)
+    return save_sample(
+        path, result.explanations, sample.prompt_images(), info, references=references
+    )
 
 
 def _log_report_pages(logger: Any, run_dir: Path) -> None:

@@ -1,13 +1,13 @@
 """Interactive HTML reports of explanations: one self-contained page per answer, an index per run.
 
-`report_html` / `write_report` make the page for ``{method: Explanation}`` of one image and
-question; `build_run_report` makes ``report/`` for a finished run (its results table and a
+`report_html` / `write_report` make the page for ``{method: Explanation}`` of one image (or a
+list of several, shown side by side) and question; `build_run_report` makes ``report/`` for a finished run (its results table and a
 page per sample whose explanations were saved with ``save_explanations=true``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from .html import render_page
 
 def report_html(
     explanations: Mapping[str, Explanation],
-    image: Image.Image,
+    image: Image.Image | Sequence[Image.Image],
     question: str,
     **page: Any,
 ) -> str:
@@ -31,7 +31,7 @@ def report_html(
 def write_report(
     path: str | Path,
     explanations: Mapping[str, Explanation],
-    image: Image.Image,
+    image: Image.Image | Sequence[Image.Image],
     question: str,
     **page: Any,
 ) -> Path:

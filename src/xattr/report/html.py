@@ -37,6 +37,11 @@ def render_page(
     image = dict(data.pop("image"))
     src = image.pop("src")
     data["image"] = image
+    sources = [src]
+    if "images" in data:  # several images: each in its own <img>, once
+        shown = [dict(im) for im in data.pop("images")]
+        sources = [im.pop("src") for im in shown]
+        data["images"] = shown
     meta = " · ".join(
         x
         for x in (
@@ -60,10 +65,7 @@ def render_page(
         <input id="opacity" type="range" min="0" max="100" value="50"><span id="opacity-value"></span>
       </label>
     </div>
-    <div class="stage" id="stage">
-      <img id="base" alt="input image" src="{src}">
-      <canvas id="heat"></canvas>
-    </div>
+    {_stages(sources)}
     <div id="caption"></div>
     <div id="references-box" hidden><h2>Scored against</h2><div class="strip" id="references"></div></div>
   </section>
@@ -161,6 +163,28 @@ def _document(title: str, body: str) -> str:
 </body>
 </html>
 """
+
+
+def _stages(sources: Sequence[str]) -> str:
+    """The image(s) with a canvas over each for the map; several images each get a caption
+    (its number and share of the relevance, filled in by the page's script)."""
+    if len(sources) == 1:
+        return f"""<div class="stage" id="stage">
+      <img id="base" alt="input image" src="{sources[0]}">
+      <canvas id="heat"></canvas>
+    </div>"""
+    figures = "".join(
+        f"""
+      <figure class="image-box">
+        <div class="stage" id="stage-{k}">
+          <img alt="input image {k + 1}" src="{src}">
+          <canvas id="heat-{k}" data-image="{k}"></canvas>
+        </div>
+        <figcaption class="share" id="share-{k}">image {k + 1}</figcaption>
+      </figure>"""
+        for k, src in enumerate(sources)
+    )
+    return f'<div class="images" id="images">{figures}\n    </div>'
 
 
 def _nav(links: Sequence[tuple[str, str]]) -> str:

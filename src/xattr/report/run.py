@@ -92,13 +92,14 @@ def sample_page(
 ) -> str:
     """The report page of one saved sample, with its scores (``rows``) and links (``nav``)."""
     info = sample.info
-    if sample.image is None:
+    images = sample.prompt_images()  # one image, or the list of a prompt of several
+    if images is None:
         raise ValueError(f"{source or 'saved sample'}: no image saved with the explanations")
     sample_id = str(info.get("sample_id", source.stem if source else ""))
     question = str(info.get("question", ""))
     page = page_data(
         sample.explanations,
-        sample.image,
+        images,
         question,
         title=f"{sample_id}: {question}" if sample_id else question,
         model=info.get("model"),

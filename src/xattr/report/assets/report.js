@@ -6,6 +6,8 @@
   const lut = Uint8Array.from(atob(data.colormap), (c) => c.charCodeAt(0));
   const state = { method: 0, kind: "holistic", index: 0 };
   const $ = (id) => document.getElementById(id);
+  const canvases = Array.from(document.querySelectorAll(".stage canvas")); // one per image
+  const dims = data.images || [data.image];
 
   function el(tag, attrs, text) {
     const node = tag.startsWith("svg:") ? document.createElementNS(SVG, tag.slice(4)) : document.createElement(tag);
@@ -44,20 +46,33 @@
     ctx.imageSmoothingEnabled = true; // bilinear upsampling of the map onto the image
     ctx.imageSmoothingQuality = "low";
     ctx.clearRect(0, 0, canvas.width, canvas.height);
-    ctx.drawImage(mapCanvas(map), 0, 0, canvas.width, canvas.height);
+    if (map) ctx.drawImage(mapCanvas(map), 0, 0, canvas.width, canvas.height);
   }
 
   function method() { return data.methods[state.method]; }
 
-  function currentMap() {
+  // falls back to the holistic map when the chosen view is not there (another method's)
+  function checkView() {
     const m = method();
     const refs = data.references || [];
-    if (state.kind === "reference" && refs[state.index]) return refs[state.index].map;
-    if (state.kind === "token" && m.tokens[state.index] && m.tokens[state.index].map) return m.tokens[state.index].map;
-    if (state.kind === "layer" && m.layers[state.index]) return m.layers[state.index].map;
-    if (state.kind === "span" && (m.spans || [])[state.index]) return m.spans[state.index].map;
-    state.kind = "holistic";
-    return m.map;
+    const ok = (state.kind === "reference" && refs[state.index])
+      || (state.kind === "token" && m.tokens[state.index] && m.tokens[state.index].map)
+      || (state.kind === "layer" && m.layers[state.index])
+      || (state.kind === "span" && (m.spans || [])[state.index]);
+    if (!ok) state.kind = "holistic";
+  }
+
+  // the current view's map on image k (null where that image has none, e.g. a reference);
+  // image 0's maps are the views' own fields, image k's (k >= 1) lie in m.images[k]
+  function viewMap(k) {
+    const m = method();
+    if (state.kind === "reference") {
+      const r = data.references[state.index];
+      return r.images ? r.images[k] : r.map;
+    }
+    if (state.kind === "holistic") return k === 0 ? m.map : m.images[k].map;
+    const key = { token: "tokens", span: "spans", layer: "layers" }[state.kind];
+    return k === 0 ? m[key][state.index].map : m.images[k][key][state.index];
   }
 
   function describe() {
@@ -73,11 +88,26 @@
   }
 
   function drawMap() {
-    const map = currentMap();
-    const heat = $("heat");
-    paint(heat, map);
-    heat.dataset.view = state.kind === "reference" ? `reference/${state.index}` : `${method().name}/${state.kind}/${state.kind === "holistic" ? "" : state.index}`;
+    checkView();
+    const maps = canvases.map((_, k) => viewMap(k));
+    const view = state.kind === "reference" ? `reference/${state.index}` : `${method().name}/${state.kind}/${state.kind === "holistic" ? "" : state.index}`;
+    canvases.forEach((c, k) => { paint(c, maps[k]); c.dataset.view = view; });
+    const map = maps.find((x) => x); // several images share one range
     $("caption").textContent = `${describe()} · values ${fmt(map.lo)} … ${fmt(map.hi)}`;
+    drawShares();
+  }
+
+  // several images: each one's share of the method's positive relevance, under it
+  function drawShares() {
+    const m = method();
+    if (!m.images) return;
+    m.images.forEach((im, k) => {
+      const box = $(`share-${k}`);
+      const share = im.share === null ? "no positive relevance" : `${(100 * im.share).toFixed(0)}% of the relevance`;
+      box.textContent = `image ${k + 1} — ${share}`;
+      box.title = `${m.name}: this image's share of the holistic map's positive relevance`;
+      box.dataset.share = im.share === null ? "" : String(im.share);
+    });
   }
 
   function shade(level) { return `rgba(255, 96, 0, ${(0.08 + 0.8 * level).toFixed(3)})`; }
@@ -281,16 +311,17 @@
   }
 
   function setup() {
-    const stage = $("stage");
-    const scale = Math.max(1, Math.floor(448 / Math.max(data.image.width, data.image.height)));
-    const w = data.image.width * scale, h = data.image.height * scale;
-    stage.style.width = `${w}px`;
-    stage.style.height = `${h}px`;
-    const heat = $("heat");
-    heat.width = w;
-    heat.height = h;
+    canvases.forEach((heat, k) => {
+      const image = dims[k];
+      const scale = Math.max(1, Math.floor(448 / Math.max(image.width, image.height)));
+      const w = image.width * scale, h = image.height * scale;
+      heat.parentElement.style.width = `${w}px`;
+      heat.parentElement.style.height = `${h}px`;
+      heat.width = w;
+      heat.height = h;
+    });
     const opacity = $("opacity");
-    const apply = () => { heat.style.opacity = String(opacity.value / 100); $("opacity-value").textContent = `${opacity.value}%`; };
+    const apply = () => { canvases.forEach((heat) => { heat.style.opacity = String(opacity.value / 100); }); $("opacity-value").textContent = `${opacity.value}%`; };
     opacity.addEventListener("input", apply);
     apply();
     $("holistic").addEventListener("click", () => { state.kind = "holistic"; render(); });
