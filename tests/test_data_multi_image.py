@@ -40,7 +40,7 @@ def test_jsonl_reads_several_images_and_per_image_masks(tmp_path: Path):
     ds = JsonlDataset(tmp_path)
     assert ds.sample_ids == ["two", "gone"]
     reasons = dict(ds.skipped)
-    assert "either 'image'" in reasons["line 2"] and "non-empty list" in reasons["line 3"]
+    assert "one of 'image'" in reasons["line 2"] and "non-empty list" in reasons["line 3"]
     assert "list of 2 paths or nulls" in reasons["line 4"]
     assert "is a list but the line has one image" in reasons["line 5"]
     s = ds[0]

@@ -317,3 +317,25 @@ def test_the_synthetic_set_is_logged_by_its_name(tmp_path, model_dir, caplog):
         dataset = instantiate(cfg.data).dataset
     assert "synthetic (VQA-HAT layout) val: 4 samples" in caplog.text
     assert "VQA-HAT val:" not in caplog.text and len(dataset) == 4
+
+
+@pytest.mark.parametrize(
+    "data, hit_column", [("synthetic_pairs", "image_hit"), ("synthetic_video", None)]
+)
+def test_runs_on_several_images_and_on_video(tmp_path, model_dir, data, hit_column):
+    """data=synthetic_pairs and data=synthetic_video run the default metrics: the maps are
+    scored over every image (or frame); deletion/insertion runs on two images and is NaN
+    (logged, not failed) on video, which it cannot perturb yet."""
+    cfg = _compose(tmp_path, model_dir, FAST_METHODS, f"data={data}", "data.dataset.n=2")
+    run(cfg)
+    rows = load_rows(tmp_path / "run")
+    assert len(rows) == 2 * 2 and not load_skipped(tmp_path / "run")
+    for r in rows:
+        assert {"nss", "pointing_game"} <= set(r)
+        if hit_column:
+            assert r[hit_column] in (0.0, 1.0)
+            assert r["deletion_auc"] == r["deletion_auc"]  # computed (not NaN)
+        else:
+            assert r["deletion_auc"] != r["deletion_auc"]  # NaN: video frames are not perturbed
+    overlays = sorted(p.name for p in (tmp_path / "run" / "overlays").glob("*.png"))
+    assert overlays and all("_image" in name for name in overlays)

@@ -159,10 +159,15 @@ class Explanation:
     def overlay(
         self, image: Image.Image, alpha: float = 0.5, cmap: str = "jet", index: int = 0
     ) -> Image.Image:
-        """Image ``index`` of the prompt (the PIL ``image``) with the min-max normalised map
-        drawn over it as a heatmap."""
+        """Image ``index`` of the prompt (the PIL ``image``; a video: frame ``index``) with the
+        min-max normalised map drawn over it as a heatmap."""
         rgb = image.convert("RGB")
-        heat = self.visual_pixels((rgb.height, rgb.width), image=index).numpy()
+        size = (rgb.height, rgb.width)
+        heat = (
+            self.frame_pixels(size, frame=index)
+            if self.num_frames
+            else self.visual_pixels(size, image=index)
+        ).numpy()
         return heat_overlay(rgb, heat, alpha, cmap)
 
     # -------------------------------------------------------------- persistence

@@ -46,7 +46,16 @@ __all__ = [
 
 # Submodules reachable as attributes (``xattr.data.synthetic.object_mask``) after ``import xattr``.
 _SUBMODULES = (
-    "cached", "datamodule", "jsonl", "maps", "sample", "synthetic", "synthetic_pairs", "vqahat"
+    "cached",
+    "datamodule",
+    "jsonl",
+    "jsonl_writer",
+    "maps",
+    "sample",
+    "synthetic",
+    "synthetic_pairs",
+    "synthetic_video",
+    "vqahat",
 )
 
 

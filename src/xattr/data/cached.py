@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from xattr.data.jsonl import JsonlDataset
+from xattr.data.jsonl_writer import write_jsonl_folder
 from xattr.data.synthetic import read_synthetic_meta, synthetic_config, write_synthetic_vqahat
-from xattr.data.synthetic_pairs import generate_synthetic_pairs, write_pairs_jsonl
+from xattr.data.synthetic_pairs import generate_synthetic_pairs
+from xattr.data.synthetic_video import generate_synthetic_videos
 from xattr.data.vqahat import VQAHATDataset
 
 # write_synthetic_vqahat's file-writing options (keyword-only) and their defaults, read off its
@@ -60,12 +62,36 @@ def synthetic_pairs_dataset(
 ) -> JsonlDataset:
     """The two-image synthetic set (`synthetic_pairs`) as a JSONL folder under ``root``,
     generated if absent and rewritten when its recorded parameters differ from these."""
-    root = Path(root)
     wanted = {"n": n, "seed": seed, **asdict(synthetic_config(**generator))}
-    sidecar = root / "pairs_meta.json"
+    return _jsonl_once(
+        root, "pairs", wanted, lambda: generate_synthetic_pairs(n, seed, **generator), limit
+    )
+
+
+def synthetic_video_dataset(
+    root: str | Path,
+    n: int = 50,
+    seed: int = 12345,
+    frames: int = 8,
+    limit: int | None = None,
+    **generator: Any,
+) -> JsonlDataset:
+    """The moving-object videos (`synthetic_video`) as a JSONL folder under ``root``, generated
+    if absent and rewritten when its recorded parameters differ from these."""
+    wanted = {"n": n, "seed": seed, "frames": frames, **asdict(synthetic_config(**generator))}
+    make = lambda: generate_synthetic_videos(n, seed, frames, **generator)  # noqa: E731
+    return _jsonl_once(root, "video", wanted, make, limit)
+
+
+def _jsonl_once(
+    root: str | Path, name: str, wanted: dict[str, Any], make: Any, limit: int | None
+) -> JsonlDataset:
+    """A JSONL folder written by ``make()`` unless its ``<name>_meta.json`` records ``wanted``."""
+    root = Path(root)
+    sidecar = root / f"{name}_meta.json"
     fresh = sidecar.exists() and _same(json.loads(sidecar.read_text()).get("generator"), wanted)
     if not fresh:
-        write_pairs_jsonl(generate_synthetic_pairs(n, seed, **generator), root, wanted)
+        write_jsonl_folder(make(), root, wanted, name)
     return JsonlDataset(root, limit=limit)
 
 

@@ -7,7 +7,9 @@ inside). Paths are relative to ``root`` (absolute paths also work); other keys g
 
 A prompt of several images gives ``"images": [path, ...]`` instead of ``"image"`` (shown in
 that order); its ``"human_map"`` and ``"mask"``, when given, are lists of the same length
-(``null`` for an image without one).
+(``null`` for an image without one). A video gives ``"video"``: a file (decoded with PyAV)
+or a list of frame images, with optional ``"fps"`` and ``"num_frames"`` (`xattr.Video`); its
+maps and masks are lists with one entry per *sampled* frame.
 
 Error policy (as for VQA-HAT): a missing root or JSONL raises ``FileNotFoundError`` at
 construction; a line that is not valid JSON, lacks a required key or repeats an id is
@@ -27,11 +29,24 @@ from torch.utils.data import Dataset
 
 from xattr.data.maps import read_map_png, read_mask_png
 from xattr.data.sample import Sample, SampleError, load_rgb, missing
+from xattr.video import Video
 
 log = logging.getLogger(__name__)
 
-REQUIRED = ("id", "question")  # and "image", or "images" (a non-empty list)
-KNOWN = (*REQUIRED, "image", "images", "answer", "answers", "human_map", "mask", "target", "contrast")
+REQUIRED = ("id", "question")  # and "image", "images" (a non-empty list) or "video"
+INPUTS = ("image", "images", "video")
+KNOWN = (
+    *REQUIRED,
+    *INPUTS,
+    "fps",
+    "num_frames",
+    "answer",
+    "answers",
+    "human_map",
+    "mask",
+    "target",
+    "contrast",
+)
 
 
 class JsonlDataset(Dataset[Sample]):
@@ -105,8 +120,11 @@ class JsonlDataset(Dataset[Sample]):
         rec = self._records[index]
         sid = str(rec["id"])
         several = "images" in rec
-        paths = rec["images"] if several else [rec["image"]]
-        images = [load_rgb(self.root / p, sid) for p in paths]
+        paths = rec["images"] if several else [rec.get("image") or rec["video"]]
+        if "video" in rec:
+            video = self._video(rec, sid)
+        else:
+            images = [load_rgb(self.root / p, sid) for p in paths]
         human_map = self._load(rec, "human_map", read_map_png, sid)
         mask = self._load(rec, "mask", read_mask_png, sid)
         answer = rec.get("answer")
@@ -114,7 +132,7 @@ class JsonlDataset(Dataset[Sample]):
         meta = {k: v for k, v in rec.items() if k not in KNOWN}
         meta.update(
             source="jsonl",
-            image_path=str(self.root / paths[0]),
+            image_path=str(self.root / (paths[0] if isinstance(paths[0], str) else paths[0][0])),
             human_map_hw=_shapes(human_map),
             mask_hw=_shapes(mask),
         )
@@ -122,7 +140,7 @@ class JsonlDataset(Dataset[Sample]):
             meta["image_paths"] = [str(self.root / p) for p in paths]
         return Sample(
             sample_id=sid,
-            image=images if several else images[0],
+            image=video if "video" in rec else (images if several else images[0]),
             question=str(rec["question"]),
             answer=None if answer is None else str(answer),
             answers=[str(a) for a in answers],
@@ -132,6 +150,20 @@ class JsonlDataset(Dataset[Sample]):
             target=None if rec.get("target") is None else str(rec["target"]),
             contrast=None if rec.get("contrast") is None else str(rec["contrast"]),
         )
+
+    def _video(self, rec: dict[str, Any], sid: str) -> Video:
+        """The line's video: a file (checked to exist; decoded on use) or its frames, read now."""
+        fps, count = rec.get("fps"), rec.get("num_frames")
+        try:
+            if isinstance(rec["video"], list):
+                frames = [load_rgb(self.root / p, sid) for p in rec["video"]]
+                return Video(frames, fps=fps, num_frames=count)
+            path = self.root / rec["video"]
+            if not path.is_file():
+                raise SampleError(sid, f"video not found: {path}")
+            return Video(path, fps=fps, num_frames=count)
+        except (TypeError, ValueError) as err:
+            raise SampleError(sid, f"bad video settings: {err}") from err
 
     def _load(self, rec: dict[str, Any], key: str, reader: Any, sid: str) -> Any:
         """Read the optional PNG ``rec[key]`` (a list of them, or nulls, for several images)
@@ -154,8 +186,15 @@ class JsonlDataset(Dataset[Sample]):
 
 def _images_problem(rec: dict[str, Any]) -> str | None:
     """Why a line's image fields are unusable (None when they are fine)."""
-    if ("image" in rec) == ("images" in rec):
-        return "give either 'image' (one path) or 'images' (a list of paths)"
+    if sum(k in rec for k in INPUTS) != 1:
+        return "give one of 'image' (a path), 'images' (a list of paths) or 'video'"
+    if "video" in rec:
+        video = rec["video"]
+        if not (isinstance(video, str) and video.strip()) and not (
+            isinstance(video, list) and video and all(isinstance(p, str) for p in video)
+        ):
+            return "'video' must be a file path or a non-empty list of frame paths"
+        return None
     if "image" in rec:
         if not str(rec["image"] or "").strip():
             return "empty value(s) for ['image']"
@@ -164,7 +203,11 @@ def _images_problem(rec: dict[str, Any]) -> str | None:
                 return f"{key!r} is a list but the line has one image"
         return None
     images = rec["images"]
-    if not isinstance(images, list) or not images or not all(isinstance(p, str) and p.strip() for p in images):
+    if (
+        not isinstance(images, list)
+        or not images
+        or not all(isinstance(p, str) and p.strip() for p in images)
+    ):
         return "'images' must be a non-empty list of paths"
     for key in ("human_map", "mask"):
         value = rec.get(key)

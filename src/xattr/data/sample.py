@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from xattr.data.maps import resize_map
+from xattr.video import Video
 
 ImageLike = Image.Image | str | Path
 
@@ -57,7 +58,7 @@ class Sample:
     """
 
     sample_id: str
-    image: ImageLike | list[ImageLike]
+    image: ImageLike | list[ImageLike] | Video
     question: str
     answer: str | None = None
     answers: list[str] = field(default_factory=list)
@@ -71,8 +72,8 @@ class Sample:
     def __post_init__(self) -> None:
         """Normalise dtypes and reject maps that break the shared conventions."""
         self.sample_id = str(self.sample_id)
-        several = isinstance(self.image, (list, tuple))
-        if several:
+        several = isinstance(self.image, (list, tuple, Video))
+        if isinstance(self.image, (list, tuple)):
             self.image = list(self.image)
             if not self.image:
                 raise ValueError(f"sample {self.sample_id}: an empty list of images")
@@ -81,24 +82,43 @@ class Sample:
             if value is None:
                 continue
             if several:
-                if not isinstance(value, (list, tuple)) or len(value) != len(self.image):
+                if not isinstance(value, (list, tuple)):
                     raise ValueError(
-                        f"sample {self.sample_id}: {len(self.image)} images need a list of "
-                        f"{len(self.image)} {name}s (None for an image without one)"
+                        f"sample {self.sample_id}: several images (or a video's frames) need "
+                        f"a list of {name}s, one per image or frame (None where there is none)"
                     )
                 setattr(self, name, [None if v is None else check(v) for v in value])
             else:
                 setattr(self, name, check(value))
 
     @property
+    def is_video(self) -> bool:
+        return isinstance(self.image, Video)
+
+    @property
     def num_images(self) -> int:
+        """Images of the prompt (a video: its sampled frames)."""
+        if isinstance(self.image, Video):
+            return len(self._frames())
         return len(self.image) if isinstance(self.image, list) else 1
 
+    def _frames(self) -> list[Image.Image]:
+        try:
+            return self.image.frames()  # type: ignore[union-attr]
+        except (OSError, ValueError) as err:
+            raise SampleError(self.sample_id, f"cannot read the video: {err}") from err
+
     def load_images(self) -> list[Image.Image]:
-        """Every RGB image of the prompt, in order, each decoded on first call (then cached)."""
+        """Every RGB image of the prompt, in order, each decoded on first call (then cached);
+        a video's sampled frames."""
+        if isinstance(self.image, Video):
+            frames = self._frames()
+            self._check_references(len(frames))
+            return frames
         images = self.image if isinstance(self.image, list) else [self.image]
         loaded = [_rgb(image, self.sample_id) for image in images]
         self.image = loaded if isinstance(self.image, list) else loaded[0]
+        self._check_references(len(loaded))
         return loaded
 
     def load_image(self) -> Image.Image:
@@ -107,10 +127,22 @@ class Sample:
             raise SampleError(self.sample_id, f"shows {self.num_images} images; use load_images")
         return self.load_images()[0]
 
-    def prompt_images(self) -> Image.Image | list[Image.Image]:
-        """What the model is shown: the image, or the list of images."""
+    def prompt_images(self) -> Image.Image | list[Image.Image] | Video:
+        """What the model is shown: the image, the list of images, or the video."""
         images = self.load_images()
+        if isinstance(self.image, Video):
+            return self.image
         return images if isinstance(self.image, list) else images[0]
+
+    def _check_references(self, count: int) -> None:
+        """Per-image references, one per image (or per sampled frame of a video)."""
+        for name in ("human_map", "mask"):
+            value = getattr(self, name)
+            if isinstance(value, list) and len(value) != count:
+                raise SampleError(
+                    self.sample_id,
+                    f"{count} images or frames but {len(value)} {name}s (one each, None where none)",
+                )
 
     @property
     def image_hw(self) -> tuple[int, int]:

@@ -145,8 +145,12 @@ class SampleEvaluator:
         row.update(self._map_scores(expl, sample))
         if len(expl.spans) > 1:  # target=sentences: each sentence's map scored too
             row.update(self._span_scores(expl, sample))
-        for metric in self.model_metrics.values():
-            row.update(metric(self.adapter, image, sample.question, trace, expl))
+        for metric_name, metric in self.model_metrics.items():
+            try:
+                row.update(metric(self.adapter, image, sample.question, trace, expl))
+            except NotImplementedError as err:  # e.g. perturbing video frames: not built yet
+                self._log_once(metric_name, [f"{metric_name}: not computed ({err}); NaN"])
+                row.update({out: math.nan for out in getattr(metric, "outputs", [metric_name])})
         return row
 
     def _log_once(self, name: str, notes: list[str]) -> None:
@@ -203,15 +207,20 @@ class SampleEvaluator:
         height (each keeping its aspect), the map composed on each, the reference of each
         (zeros where an image has none). So the pointing game asks for the right spot in the
         right image, and NSS normalises over every image's pixels. ``image_hit``: whether the
-        image with the largest share of relevance is the one image whose mask is non-empty."""
+        image with the largest share of relevance is the one image whose mask is non-empty.
+        A video's sampled frames are its images, each scored on its frame group's map."""
         height = sample.hw_of(0)[0]
         sizes = []
         for k in range(sample.num_images):
             h, w = sample.hw_of(k)
             sizes.append((height, max(1, round(w * height / h))))
-        saliency = np.concatenate(
-            [expl.visual_pixels(hw, image=k).numpy() for k, hw in enumerate(sizes)], axis=1
-        )
+
+        def composed(k: int, hw: tuple[int, int]) -> np.ndarray:  # a video: frame k's map
+            if sample.is_video:
+                return expl.frame_pixels(hw, frame=k).numpy()
+            return expl.visual_pixels(hw, image=k).numpy()
+
+        saliency = np.concatenate([composed(k, hw) for k, hw in enumerate(sizes)], axis=1)
         scores = {}
         for name, metric in self.map_metrics.items():
             refs = [
@@ -237,7 +246,7 @@ class SampleEvaluator:
             if (m := sample.mask_at(hw, image=k)) is not None and m.any()
         ]
         shares = expl.image_shares
-        if len(holding) == 1 and not torch.isnan(shares).any():
+        if len(holding) == 1 and not sample.is_video and not torch.isnan(shares).any():
             scores[IMAGE_HIT] = float(int(shares.argmax()) == holding[0])
         return scores
 
