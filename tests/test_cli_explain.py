@@ -273,3 +273,45 @@ def test_a_missing_second_image_exits_2_naming_it(shapes, tmp_path, capsys, monk
     assert main(["explain", str(shapes), "gone.png", "Which is red?"]) == 2
     assert capsys.readouterr().err.strip() == "xattr explain: image file not found: gone.png"
     assert not (tmp_path / "explanations").exists()
+
+
+def test_a_video_as_a_user_types_it(tmp_path, capsys, monkeypatch):
+    """``xattr explain --video clip.mp4 "..." --num-frames 4``: overlays per sampled frame
+    under explanations/clip, each frame's share printed (a frame pair's share split over its
+    two frames), the frames in the report."""
+    import av
+    import numpy as np
+
+    from xattr.data.synthetic_video import generate_synthetic_videos
+
+    sample = generate_synthetic_videos(1, seed=5, frames=8)[0]
+    with av.open(str(tmp_path / "clip.mp4"), "w") as container:
+        stream = container.add_stream("libx264", rate=4)
+        stream.width = stream.height = 112
+        stream.pix_fmt = "yuv420p"
+        for frame in sample.load_images():
+            for packet in stream.encode(
+                av.VideoFrame.from_ndarray(np.asarray(frame), format="rgb24")
+            ):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    monkeypatch.chdir(tmp_path)
+    args = ["explain", "--video", "clip.mp4", sample.question, "--num-frames", "4"]
+    assert main([*args, "--method", "glimpse", "raw_attention"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    folder = tmp_path / "explanations" / "clip"
+    assert sorted(p.name for p in folder.glob("*.png")) == sorted(
+        f"{m}_frame{k}.png" for m in ("glimpse", "raw_attention") for k in (1, 2, 3, 4)
+    )
+    assert "video:    clip.mp4" in out
+    expl = Explanation.load(folder / "glimpse")
+    assert expl.num_frames == 4 and [g.frames for g in expl.grids] == [(0, 2), (2, 4)]
+    shares = expl.frame_shares.tolist()
+    assert shares[0] == pytest.approx(shares[1])
+    printed = ", ".join(f"frame {k + 1} {100 * s:.0f}%" for k, s in enumerate(shares))
+    assert f"shares:   glimpse: {printed}" in out
+    assert main(["explain", "--video", "gone.mp4", "What moves?"]) == 2
+    assert "video file not found: gone.mp4" in capsys.readouterr().err
+    assert main(["explain", "a.png", "What moves?", "--video", "clip.mp4"]) == 2
+    assert "not both" in capsys.readouterr().err

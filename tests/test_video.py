@@ -168,3 +168,23 @@ def test_frames_survive_save_and_load(tmp_path, tiny_adapter):
 def test_families_without_video_refuse_it_by_name(family, tiny_adapter):
     with pytest.raises(CaptureError, match=f"not supported for {family}.*qwen2_5_vl"):
         tiny_adapter(family).prepare(xattr.Video(frames(2)), QUESTION)
+
+
+def test_report_page_shows_every_frame_with_its_share(tiny_adapter):
+    """A video's report page: one picture per frame, frame k drawn with its pair's map and
+    labelled with its share (`frame_shares`)."""
+    from xattr.report.data import page_data
+
+    video = xattr.Video(frames(3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AttributionWarning)
+        expl = xattr.explain(
+            tiny_adapter("qwen2_5_vl"), video, QUESTION, "raw_attention", answer="red"
+        )
+    page = page_data({"raw_attention": expl}, video.frames(), QUESTION)
+    (method,) = page["methods"]
+    assert len(method["images"]) == 3
+    shares = [method["images"][k]["share"] for k in range(3)]
+    assert shares == pytest.approx(expl.frame_shares.tolist())
+    assert method["images"][1]["map"] == method["map"]  # frames 1 and 2: one pair, one map
+    assert method["images"][2]["map"] != method["map"]

@@ -111,6 +111,17 @@ class Explanation:
         shows it (Qwen reads two frames as one input, so both frames of a pair share a map)."""
         return self.visual_pixels(size, image=self.frame_group(frame))
 
+    def shown(self) -> tuple[int, Tensor]:
+        """What a viewer shows: how many pictures (the images, or a video's frames) and each
+        one's share of the relevance (`image_shares` or `frame_shares`)."""
+        if self.num_frames:
+            return self.num_frames, self.frame_shares
+        return self.num_images, self.image_shares
+
+    def input_of(self, picture: int) -> int:
+        """The input (grids' ``image`` index) that shows picture ``picture`` of `shown`."""
+        return self.frame_group(picture) if self.num_frames else picture
+
     @property
     def frame_shares(self) -> Tensor:
         """[num_frames] each frame's share of the relevance: its group's share (`image_shares`)

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..video import Video
 from .model_spec import DEFAULT_MODEL, resolve
 
 DEFAULT_METHODS = ("glimpse", "tmme", "rollout", "raw_attention")
@@ -25,7 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description=__doc__,
     )
     p.add_argument(
-        "image", nargs="+", help="image file(s) (PNG, JPEG, ...); several: one prompt shows all"
+        "image", nargs="*", help="image file(s) (PNG, JPEG, ...); several: one prompt shows all"
     )
     p.add_argument("question", help="the question to ask about it (them)")
     p.add_argument(
@@ -71,6 +72,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "`xattr list --method NAME` lists them)",
     )
     p.add_argument("--max-new-tokens", type=int, help="longest generated answer (tokens)")
+    p.add_argument(
+        "--video", metavar="PATH", help="a video file instead of images (Qwen2-VL, Qwen2.5-VL)"
+    )
+    p.add_argument("--fps", type=float, help="with --video: sample the frames at this rate")
+    p.add_argument("--num-frames", type=int, help="with --video: keep this many frames, evenly")
     p.add_argument("--attn", help="attention implementation: eager (default) or sdpa")
     p.add_argument("--device", help="override the model config's device (auto, cpu, cuda, cuda:1)")
     p.add_argument("--dtype", help="override the model config's dtype (float32, bfloat16)")
@@ -84,8 +90,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", AnswerCutWarning)  # the summary says it instead
+            if bool(args.image) == bool(args.video):
+                raise ValueError("give image file(s) or --video PATH (not both), then the question")
+            if args.video:
+                source: Any = Video(args.video, fps=args.fps, num_frames=args.num_frames)
+            else:
+                source = args.image[0] if len(args.image) == 1 else args.image
             result = explain_to_folder(
-                args.image[0] if len(args.image) == 1 else args.image,
+                source,
                 args.question,
                 model=args.model,
                 methods=args.method,
@@ -108,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def explain_to_folder(
-    image: str | Path | Sequence[str | Path],
+    image: str | Path | Sequence[str | Path] | Video,
     question: str,
     model: str = DEFAULT_MODEL,
     methods: Sequence[str] = DEFAULT_METHODS,
@@ -125,8 +137,9 @@ def explain_to_folder(
     """Explain once with every method and write ``<out>/{<method>.png, <method>/, report.html}``.
 
     ``image`` may be a list: one prompt shows every image, and each method's overlays are
-    ``<method>_image1.png``, ``<method>_image2.png``, ... Inputs are checked before the model
-    loads: methods and their settings, then the image(s), then the model, its device and dtype.
+    ``<method>_image1.png``, ``<method>_image2.png``, ...; or a `Video`: overlays
+    ``<method>_frame1.png``, ... per sampled frame. Inputs are checked before the model loads:
+    methods and their settings, then the image(s) or frames, then the model, its device and dtype.
     """
     from .. import explain
     from .. import methods as registry
@@ -141,8 +154,13 @@ def explain_to_folder(
     for name, values in parse_settings(settings, specs).items():
         specs[name].update(values)
     chosen = build_methods(specs)  # hyper-parameter rules checked here
-    paths = [Path(p) for p in (image if isinstance(image, (list, tuple)) else [image])]
-    pictures = load_images(paths)  # names the first missing or unreadable file
+    video = image if isinstance(image, Video) else None
+    if video is not None:
+        paths = [Path(video.source)] if isinstance(video.source, (str, Path)) else [Path("video")]
+        pictures = video.frames()  # names a missing or undecodable file
+    else:
+        paths = [Path(p) for p in (image if isinstance(image, (list, tuple)) else [image])]
+        pictures = load_images(paths)  # names the first missing or unreadable file
     if max_new_tokens is not None and max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
     if attn not in (None, "eager", "sdpa"):
@@ -158,8 +176,9 @@ def explain_to_folder(
             raise
         where = "" if str(path) == model else f" ({path})"
         raise OSError(f"cannot load model {model!r}{where}: {err}") from err
+    shown = video if video is not None else prompt_images(pictures)
     explanations = explain(
-        adapter, prompt_images(pictures), question, method=chosen, answer=answer,
+        adapter, shown, question, method=chosen, answer=answer,
         target=token_range(target), contrast=contrast,
     )  # fmt: skip
     stem = "+".join(p.stem for p in paths)
@@ -168,16 +187,18 @@ def explain_to_folder(
     files: dict[str, list[Path]] = {"overlays": [], "saved": []}
     for name, expl in explanations.items():
         for k, picture in enumerate(pictures):
-            overlay = folder / overlay_name(name, k, len(pictures))
+            overlay = folder / overlay_name(name, k, len(pictures), "frame" if video else "image")
             expl.overlay(picture, index=k).save(overlay)
             files["overlays"].append(overlay)
         files["saved"].append(expl.save(folder / name))
-    shown = prompt_images(pictures)
-    report = write_report(folder / "report.html", explanations, shown, question, model=model)
+    report = write_report(
+        folder / "report.html", explanations, prompt_images(pictures), question, model=model
+    )
     first = next(iter(explanations.values()))
-    shares = {n: e.image_shares.tolist() for n, e in explanations.items()}
+    shares = {n: e.shown()[1].tolist() for n, e in explanations.items()}
     return {
         "images": paths,
+        "video": video is not None,
         "shares": shares if len(pictures) > 1 else {},
         "target": target,
         "contrast": first.meta.get("contrast"),
@@ -193,9 +214,10 @@ def explain_to_folder(
     }
 
 
-def overlay_name(method: str, image: int, num_images: int) -> str:
-    """A method's overlay file: ``<method>.png``, or ``<method>_image<k+1>.png`` of several."""
-    return f"{method}.png" if num_images == 1 else f"{method}_image{image + 1}.png"
+def overlay_name(method: str, image: int, num_images: int, kind: str = "image") -> str:
+    """A method's overlay file: ``<method>.png``, or ``<method>_<kind><k+1>.png`` of several
+    images (``kind`` "image") or a video's frames ("frame")."""
+    return f"{method}.png" if num_images == 1 else f"{method}_{kind}{image + 1}.png"
 
 
 def method_specs(names: Sequence[str], known: Sequence[str]) -> dict[str, dict[str, bool]]:
@@ -278,11 +300,15 @@ def summary_text(result: dict[str, Any]) -> str:
     if result.get("target") is not None:
         extra.append(f"target:   {result['target']}")
         extra += [f"  span {text.strip()!r}: relevance {rel:.4g}" for text, rel in result["spans"]]
-    if result.get("shares"):  # several images: each one's share of every method's relevance
-        extra += [f"image {k + 1}:  {path}" for k, path in enumerate(result["images"])]
+    if result.get("shares"):  # several images or frames: each one's share of the relevance
+        kind = "frame" if result.get("video") else "image"
+        if result.get("video"):
+            extra.append(f"video:    {result['images'][0]}")
+        else:
+            extra += [f"image {k + 1}:  {path}" for k, path in enumerate(result["images"])]
         extra += [
             f"shares:   {method}: "
-            + ", ".join(f"image {k + 1} {_percent(v)}" for k, v in enumerate(shares))
+            + ", ".join(f"{kind} {k + 1} {_percent(v)}" for k, v in enumerate(shares))
             for method, shares in result["shares"].items()
         ]
     lines[1:1] = extra

@@ -103,12 +103,10 @@ class PromptingMixin:
 
     def prepare_video(self, video: Any, question: str) -> PreparedInputs:
         """The prompt of one video and a question (families that read video override this)."""
-        from . import ADAPTERS
-
-        able = [
-            f for f, cls in ADAPTERS.items()
-            if cls.prepare_video is not PromptingMixin.prepare_video
-        ]  # fmt: skip
+        able = sorted(
+            {c.family for c in _subclasses(PromptingMixin) if getattr(c, "family", "")
+             and c.prepare_video is not PromptingMixin.prepare_video}
+        )  # fmt: skip
         raise CaptureError(
             f"video input is not supported for {getattr(self, 'family', type(self).__name__)}; "
             f"families that take a Video: {', '.join(able)}"
@@ -262,6 +260,14 @@ class PromptingMixin:
                 f"sequence of {n} tokens is longer than the model's context of {self.context_length}"
             )
         return {k: v.to(self.device) for k, v in inputs.items()}  # type: ignore[attr-defined]
+
+
+def _subclasses(cls: type) -> list[type]:
+    """Every subclass of ``cls``, however deep (the registered adapters among them)."""
+    out = []
+    for sub in cls.__subclasses__():
+        out += [sub, *_subclasses(sub)]
+    return out
 
 
 def image_list(image: Any) -> list[Any]:

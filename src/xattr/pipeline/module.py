@@ -207,7 +207,11 @@ def keep_explanations(run_dir: Path, sample: Sample, result: SampleResult, sourc
     path = sample_path(run_dir / RUN_SUBDIR, sample.sample_id)
     references = {"human_map": sample.human_map, "mask": sample.mask}  # what it was scored on
     return save_sample(
-        path, result.explanations, sample.prompt_images(), info, references=references
+        path,
+        result.explanations,
+        sample.load_images() if sample.is_video else sample.prompt_images(),
+        info,
+        references=references,
     )
 
 

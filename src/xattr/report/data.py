@@ -53,9 +53,9 @@ def page_data(
     first = next(iter(explanations.values()))
     rgbs = [im.convert("RGB") for im in (image if isinstance(image, (list, tuple)) else [image])]
     for name, expl in explanations.items():
-        if expl.num_images != len(rgbs):
+        if expl.shown()[0] != len(rgbs):
             raise ValueError(
-                f"{name}: the explanation covers {expl.num_images} image(s) but the report "
+                f"{name}: the explanation covers {expl.shown()[0]} image(s) or frame(s) but the report "
                 f"was given {len(rgbs)}"
             )
     sizes = [rgb.size for rgb in rgbs]
@@ -124,7 +124,7 @@ def method_view(
         "warnings": [str(w) for w in expl.meta.get("warnings", [])],
     }
     if more_sizes:
-        shares = _floats(expl.image_shares)
+        shares = _floats(expl.shown()[1])  # each image's, or each video frame's
         out["images"] = [{"share": shares[0]}] + [
             {
                 "share": shares[k],
@@ -165,7 +165,9 @@ def _per_image(expl: Explanation, sizes: list[tuple[int, int]], view: Any) -> li
         own = getattr(expl, f"{kind}_pixels")
         fn = lambda size, image: own(index, size, image=image)  # noqa: E731
     values = [
-        _raster(expl, (height, width), k)(lambda size, k=k: fn(size, k))
+        _raster(expl, (height, width), expl.input_of(k))(
+            lambda size, k=k: fn(size, expl.input_of(k))
+        )
         for k, (width, height) in enumerate(sizes)
     ]
     return _jointly(values)
