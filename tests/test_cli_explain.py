@@ -279,23 +279,11 @@ def test_a_video_as_a_user_types_it(tmp_path, capsys, monkeypatch):
     """``xattr explain --video clip.mp4 "..." --num-frames 4``: overlays per sampled frame
     under explanations/clip, each frame's share printed (a frame pair's share split over its
     two frames), the frames in the report."""
-    import av
-    import numpy as np
-
+    from support.video import write_mp4
     from xattr.data.synthetic_video import generate_synthetic_videos
 
     sample = generate_synthetic_videos(1, seed=5, frames=8)[0]
-    with av.open(str(tmp_path / "clip.mp4"), "w") as container:
-        stream = container.add_stream("libx264", rate=4)
-        stream.width = stream.height = 112
-        stream.pix_fmt = "yuv420p"
-        for frame in sample.load_images():
-            for packet in stream.encode(
-                av.VideoFrame.from_ndarray(np.asarray(frame), format="rgb24")
-            ):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    write_mp4(tmp_path / "clip.mp4", sample.load_images(), rate=4)
     monkeypatch.chdir(tmp_path)
     args = ["explain", "--video", "clip.mp4", sample.question, "--num-frames", "4"]
     assert main([*args, "--method", "glimpse", "raw_attention"]) == 0

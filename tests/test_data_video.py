@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import xattr
+from support.video import write_mp4
 from xattr.data import JsonlDataset, Sample, SampleError
 from xattr.data.cached import synthetic_video_dataset
 from xattr.data.synthetic_video import generate_synthetic_videos
@@ -37,19 +38,9 @@ def test_the_mover_moves_and_its_masks_are_exact():
 
 
 def test_jsonl_reads_a_video_file_or_its_frames(tmp_path: Path):
-    import av
-
     rgb = np.zeros((4, 32, 32, 3), np.uint8)
     rgb[:, :, :8] = 200
-    with av.open(str(tmp_path / "clip.mp4"), "w") as c:
-        stream = c.add_stream("libx264", rate=4)
-        stream.width = stream.height = 32
-        stream.pix_fmt = "yuv420p"
-        for frame in rgb:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                c.mux(packet)
-        for packet in stream.encode():
-            c.mux(packet)
+    write_mp4(tmp_path / "clip.mp4", list(rgb), rate=4)
     lines = [
         {"id": "file", "video": "clip.mp4", "fps": 2, "question": "q?"},
         {"id": "gone", "video": "missing.mp4", "question": "q?"},

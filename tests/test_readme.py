@@ -138,13 +138,20 @@ PYTHON_BLOCKS = [_param(i, b) for i, b in enumerate(_blocks("python"))]
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
     """A fresh directory with the entry point, conf/, a photo and a VQA-HAT-layout folder."""
+    from support.video import write_mp4
     from xattr.data import generate_synthetic, write_synthetic_vqahat
+    from xattr.data.synthetic_pairs import generate_synthetic_pairs
+    from xattr.data.synthetic_video import generate_synthetic_videos
 
     ws = tmp_path_factory.mktemp("readme")
     (ws / "train_free_eval.py").write_text((ROOT / "train_free_eval.py").read_text())
     (ws / "conf").symlink_to(ROOT / "conf")
     generate_synthetic(1, seed=3)[0].load_image().save(ws / "photo.jpg")
     write_synthetic_vqahat(ws / "vqahat", n=4, seed=7)
+    before, after = generate_synthetic_pairs(1, seed=3)[0].load_images()
+    before.save(ws / "before.jpg")
+    after.save(ws / "after.jpg")
+    write_mp4(ws / "clip.mp4", generate_synthetic_videos(1, seed=3)[0].load_images(), rate=4)
     return ws
 
 
@@ -204,9 +211,15 @@ def _check(command: str, out: str, ws: Path) -> None:
         assert lines and any("n/a" not in line for line in lines), out  # numbers, not only n/a
     elif command.startswith("xattr explain"):
         given = re.search(r"--out (\S+)", command)
-        folder = ws / (given.group(1) if given else "explanations/photo")
+        inputs = re.findall(
+            r"(\S+)\.(?:jpg|png|mp4)\b", command.split('"')[0]
+        )  # before the question
+        folder = ws / (given.group(1) if given else "explanations/" + "+".join(inputs))
         assert out.startswith("answer (") and (folder / "report.html").is_file(), out
-        assert "glimpse" in out and (folder / "glimpse.png").is_file()
+        overlay = "glimpse.png" if len(inputs) == 1 else "glimpse_image1.png"
+        if "--video" in command:  # one overlay per sampled frame
+            overlay = "glimpse_frame1.png"
+        assert "glimpse" in out and (folder / overlay).is_file(), sorted(folder.iterdir())
     elif command.startswith("xattr report"):
         index = ws / command.split()[2] / "report" / "index.html"
         assert out.strip() == f"report: {index.relative_to(ws)}" and index.is_file()

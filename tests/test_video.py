@@ -13,6 +13,7 @@ import torch
 
 import xattr
 from support.families import SPECS, visual_input_embeddings
+from support.video import write_mp4
 from xattr.explanation import Explanation
 from xattr.images import ImageError
 from xattr.methods import AttributionWarning
@@ -31,21 +32,6 @@ def frames(n: int, size: int = 112, block: dict[int, tuple[int, int]] | None = N
     for k, (top, left) in (block or {}).items():
         out[k, top : top + 28, left : left + 28] = 255
     return out
-
-
-def write_mp4(path: Path, video: np.ndarray, rate: int) -> Path:
-    """Encode frames [T, H, W, 3] as H.264 at ``rate`` frames per second (PyAV)."""
-    import av
-
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=rate)
-        stream.width, stream.height, stream.pix_fmt = video.shape[2], video.shape[1], "yuv420p"
-        for frame in video:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
 
 
 def test_video_samples_files_and_frames(tmp_path: Path):

@@ -10,8 +10,8 @@ from __future__ import annotations
 from .model_spec import CONF_MODELS
 
 HEADER = (
-    "| family | checkpoint config | visual tokens | methods | tested rules | caveats |\n"
-    "|---|---|---|---|---|---|"
+    "| family | checkpoint config | inputs | visual tokens | methods | tested rules | caveats |\n"
+    "|---|---|---|---|---|---|---|"
 )
 START, END = "<!-- family-table:start -->", "<!-- family-table:end -->"  # README markers
 
@@ -43,6 +43,16 @@ def family_methods(family: str | type) -> tuple[list[str], list[str]]:
     return runs, refused
 
 
+def family_inputs(cls: type) -> str:
+    """What one prompt of the family may show: one image, several, and a video (read off the
+    adapter: ``max_images`` and whether it overrides ``prepare_video``)."""
+    from ..models.prompting import PromptingMixin
+
+    several = cls.max_images is None or cls.max_images > 1  # type: ignore[attr-defined]
+    video = cls.prepare_video is not PromptingMixin.prepare_video  # type: ignore[attr-defined]
+    return ("images" if several else "one image") + (", video" if video else "")
+
+
 def family_table() -> str:
     """The family table as Markdown, one row per registered family, sorted by name."""
     from .. import models
@@ -59,6 +69,7 @@ def family_table() -> str:
         cells = [
             name,
             ", ".join(f"`{c}`" for c in configs.get(family, [])) or "—",
+            family_inputs(cls),
             card.visual_tokens if card else "—",
             runs,
             card.tested if card else "—",
