@@ -21,16 +21,20 @@ from xattr.methods.tokens import TokenSelectionWarning
 from xattr.models.prompting import CaptureError
 
 QUESTION = "what colour is the thing that moves?"
-VIDEO_FAMILIES = ["qwen2_vl", "qwen2_5_vl"]
+QWEN = ["qwen2_vl", "qwen2_5_vl"]  # two frames a token grid
+VIDEO_FAMILIES = [*QWEN, "internvl"]  # internvl: one frame a grid
+PER_GRID = {"qwen2_vl": 2, "qwen2_5_vl": 2, "internvl": 1}
 
 
-def frames(n: int, size: int = 112, block: dict[int, tuple[int, int]] | None = None) -> np.ndarray:
+def frames(
+    n: int, size: int = 112, block: dict[int, tuple[int, int]] | None = None, px: int = 28
+) -> np.ndarray:
     """``n`` dark noisy frames [n, size, size, 3]; ``block`` {frame: (top, left)} paints a
-    white 28 px square there."""
+    white ``px`` square there."""
     rng = np.random.default_rng(0)
     out = rng.integers(0, 40, size=(n, size, size, 3), dtype=np.uint8)
     for k, (top, left) in (block or {}).items():
-        out[k, top : top + 28, left : left + 28] = 255
+        out[k, top : top + px, left : left + px] = 255
     return out
 
 
@@ -62,7 +66,7 @@ def test_video_samples_files_and_frames(tmp_path: Path):
         xattr.Video(path, fps=0)
 
 
-@pytest.mark.parametrize("family", VIDEO_FAMILIES)
+@pytest.mark.parametrize("family", QWEN)
 def test_two_equal_frames_are_the_image(family, tiny_adapter):
     """A video of one frame shown twice is one frame pair whose patches are the image's (the
     image processor repeats an image over the temporal axis), one grid of the image's shape,
@@ -84,7 +88,7 @@ def test_two_equal_frames_are_the_image(family, tiny_adapter):
     )
 
 
-@pytest.mark.parametrize("family", VIDEO_FAMILIES)
+@pytest.mark.parametrize("family", QWEN)
 def test_frame_pairs_and_their_time(family, tiny_adapter):
     """Five frames: pairs (1, 2), (3, 4) and (5) padded with itself; Qwen2.5-VL spaces pairs
     by the seconds two frames span (4 fps: 0.5 s), Qwen2-VL by their index."""
@@ -103,39 +107,42 @@ def test_frame_pairs_and_their_time(family, tiny_adapter):
 
 @pytest.mark.parametrize("family", VIDEO_FAMILIES)
 def test_a_moving_block_moves_the_tokens_of_its_frames(family, tiny_adapter):
-    """A white block in frames 3-4 only, at token cell (1, 2) of the 4 x 4 grid: the visual
-    input that changes most is pair 2's token (1, 2); moving it to cell (3, 0) in frames 1-2
-    moves the change to pair 1's token (3, 0)."""
+    """A white block in frame 3 only, at token cell (1, 2) of the 4 x 4 grids: the visual
+    input that changes most is token (1, 2) of the grid showing frame 3 (Qwen: pair 2;
+    InternVL: frame 3's own); the block in frame 1 at cell (3, 0) moves the change to token
+    (3, 0) of the first grid."""
     adapter = tiny_adapter(family)
-    base = visual_input_embeddings(adapter, xattr.Video(frames(4)))
-    side = SPECS[family].native_size // 4  # one token's pixels
-    for (first, row, col), group in (((2, 1, 2), 1), ((0, 3, 0), 0)):
-        block = {first: (row * side, col * side), first + 1: (row * side, col * side)}
-        moved = visual_input_embeddings(adapter, xattr.Video(frames(4, block=block)))
-        change = (moved - base).norm(dim=-1)  # [|V|]: 16 tokens of pair 1, then 16 of pair 2
+    size = SPECS[family].native_size
+    side = size // 4  # one token's pixels
+    base = visual_input_embeddings(adapter, xattr.Video(frames(4, size)))
+    for frame, row, col in ((2, 1, 2), (0, 3, 0)):
+        block = {frame: (row * side, col * side)}
+        moved = visual_input_embeddings(adapter, xattr.Video(frames(4, size, block, side)))
+        change = (moved - base).norm(dim=-1)  # [|V|]: 16 tokens per grid, grid after grid
         top2 = change.topk(2).values
-        assert int(change.argmax()) == group * 16 + row * 4 + col
+        assert int(change.argmax()) == frame // PER_GRID[family] * 16 + row * 4 + col
         assert float(top2[0]) > 2 * float(top2[1])
 
 
 @pytest.mark.parametrize("family", VIDEO_FAMILIES)
 def test_every_trace_method_explains_a_video(family, tiny_adapter):
     adapter = tiny_adapter(family)
-    video = xattr.Video(frames(5))
+    video = xattr.Video(frames(5, SPECS[family].native_size))
+    per = PER_GRID[family]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", AttributionWarning)
         warnings.simplefilter("ignore", TokenSelectionWarning)
         out = xattr.explain(adapter, video, QUESTION, answer="red",
                             method=["glimpse", "tmme", "rollout", "raw_attention", "gradcam", "dexar"])  # fmt: skip
     for name, expl in out.items():
-        assert expl.num_frames == 5 and expl.num_images == 3, name
+        assert expl.num_frames == 5 and expl.num_images == math.ceil(5 / per), name
         shares = expl.frame_shares
         if not torch.isnan(shares).any():
             assert math.isclose(float(shares.sum()), 1.0, abs_tol=1e-6), name
-            assert float(shares[0]) == pytest.approx(float(expl.image_shares[0]) / 2)
-            assert float(shares[4]) == pytest.approx(float(expl.image_shares[2]))
+            assert float(shares[0]) == pytest.approx(float(expl.image_shares[0]) / per)
+            assert float(shares[4]) == pytest.approx(float(expl.image_shares[4 // per]))
         torch.testing.assert_close(
-            expl.frame_pixels((8, 8), frame=3), expl.visual_pixels((8, 8), image=1)
+            expl.frame_pixels((8, 8), frame=3), expl.visual_pixels((8, 8), image=3 // per)
         )
     with pytest.raises(NotImplementedError, match="video frames"):
         xattr.explain(adapter, video, QUESTION, "igos", answer="red")
@@ -150,7 +157,7 @@ def test_frames_survive_save_and_load(tmp_path, tiny_adapter):
     assert [g.frames for g in back.grids] == [(0, 2), (2, 3)] and back.num_frames == 3
 
 
-@pytest.mark.parametrize("family", ["llava", "qwen3_vl", "internvl"])
+@pytest.mark.parametrize("family", ["llava", "qwen3_vl", "glm4v"])
 def test_families_without_video_refuse_it_by_name(family, tiny_adapter):
     with pytest.raises(CaptureError, match=f"not supported for {family}.*qwen2_5_vl"):
         tiny_adapter(family).prepare(xattr.Video(frames(2)), QUESTION)
@@ -174,3 +181,20 @@ def test_report_page_shows_every_frame_with_its_share(tiny_adapter):
     assert shares == pytest.approx(expl.frame_shares.tolist())
     assert method["images"][1]["map"] == method["map"]  # frames 1 and 2: one pair, one map
     assert method["images"][2]["map"] != method["map"]
+
+
+def test_internvl_frames_are_untiled_views_tagged_by_number(tiny_adapter):
+    """InternVL: each frame is the one view a native-size image gets (its pixel_values and
+    token count), tagged "Frame{i}: <img>...</img>" one line per frame, one grid per frame."""
+    adapter = tiny_adapter("internvl")
+    clip = frames(3, SPECS["internvl"].native_size)
+    video = adapter.prepare(xattr.Video(clip), QUESTION)
+    alone = [adapter.prepare(f, QUESTION) for f in clip]
+    torch.testing.assert_close(
+        video.inputs["pixel_values"], torch.cat([a.inputs["pixel_values"] for a in alone])
+    )
+    assert video.layout.positions.numel() == sum(a.layout.positions.numel() for a in alone)
+    assert [(g.frames, g.name) for g in video.layout.grids] == [
+        ((0, 1), "frame 1"), ((1, 2), "frame 2"), ((2, 3), "frame 3")
+    ]  # fmt: skip
+    assert all(f"Frame{i}: <img>" in video.text for i in (1, 2, 3))

@@ -73,7 +73,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--max-new-tokens", type=int, help="longest generated answer (tokens)")
     p.add_argument(
-        "--video", metavar="PATH", help="a video file instead of images (Qwen2-VL, Qwen2.5-VL)"
+        "--video",
+        metavar="PATH",
+        help="a video file instead of images (Qwen2-VL, Qwen2.5-VL, InternVL)",
     )
     p.add_argument("--fps", type=float, help="with --video: sample the frames at this rate")
     p.add_argument("--num-frames", type=int, help="with --video: keep this many frames, evenly")

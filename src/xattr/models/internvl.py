@@ -33,10 +33,12 @@ from transformers import InternVLProcessor, ProcessorMixin
 from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import get_optimal_tiled_canvas
 
 from ..layout import Grid, LayoutError, VisualLayout
+from ..video import Video
 from .base import FamilyCard, ModelAdapter
 from .pixels import ViewPerGridPixels
 from .processors import ImageOnlyProcessorMixin, image_only_processor
-from .prompting import CaptureError
+from .prompting import CaptureError, PreparedInputs
+from .video_prompt import frame_groups, tokenized, video_prepared, video_text
 
 
 @image_only_processor("internvl")
@@ -146,6 +148,30 @@ class InternVLAdapter(ViewPerGridPixels, ModelAdapter, family="internvl"):
         image = image[0] if isinstance(image, (list, tuple)) else image
         patch = patch[0] if isinstance(patch, (list, tuple)) else patch
         return round(int(image) // int(patch) * float(cfg.downsample_ratio))
+
+    def prepare_video(self, video: Video, question: str) -> PreparedInputs:
+        """A video: each frame one untiled view (resized to the tile size, as InternVL's video
+        processor resizes frames), tagged ``Frame{i}: <img>...</img>`` one line per frame as its
+        processor writes them; one grid per frame."""
+        frames = video.frames()
+        ip = self.processor.image_processor
+        pixel_values = torch.cat(
+            [
+                ip(images=[f], crop_to_patches=False, return_tensors="pt")["pixel_values"]
+                for f in frames
+            ]
+        )  # [F, C, S, S]
+        proc = self.processor
+        tokens = proc.image_token * proc.image_seq_length
+        expansion = "\n".join(
+            f"Frame{i + 1}: {proc.start_image_token}{tokens}{proc.end_image_token}"
+            for i in range(len(frames))
+        )
+        text = video_text(self, question, proc.video_token, expansion)
+        inputs = {**tokenized(self, text), "pixel_values": pixel_values}
+        side = self.view_side
+        grids = frame_groups(side, side, len(frames), 1, len(frames))
+        return video_prepared(self, inputs, self.image_token_id, grids, question, text, video)
 
     def visual_layout(self, inputs: dict[str, Tensor], image_size: tuple[int, int]) -> VisualLayout:
         """The ``<IMG_CONTEXT>`` positions, view after view, and each view's grid: the tiles of

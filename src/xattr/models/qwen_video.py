@@ -22,9 +22,9 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from ..layout import Grid, VisualLayout
 from ..video import Video
-from .prompting import CaptureError, PreparedInputs, locate_question
+from .prompting import CaptureError, PreparedInputs
+from .video_prompt import frame_groups, tokenized, video_prepared, video_text
 
 
 class QwenVideoMixin:
@@ -52,46 +52,19 @@ class QwenVideoMixin:
         pairs = [torch.stack(patches[i : i + tp], dim=2) for i in range(0, len(patches), tp)]
         pixel_values = torch.cat([pair.reshape(gh * gw, -1) for pair in pairs])  # [G*n, C*tp*p*p]
         groups = len(pairs)
-        text = self.prompt_text(question, images=0, videos=1)  # type: ignore[attr-defined]
         token = self.processor.video_token  # type: ignore[attr-defined]
-        if text.count(token) != 1:
-            raise CaptureError(
-                f"the chat template put {text.count(token)} {token} in the prompt of one video; "
-                "this checkpoint's template has no video entry"
-            )
         count = groups * gh * gw // (m * m)
-        # the processor's text side: the tokenizer on the expanded prompt, each token's modality
-        tokens = self.tokenizer([text.replace(token, token * count)], return_tensors="pt")  # type: ignore[attr-defined]
-        inputs = {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
-        if hasattr(self.processor, "create_mm_token_type_ids"):  # type: ignore[attr-defined]
-            kinds = self.processor.create_mm_token_type_ids(tokens["input_ids"])  # type: ignore[attr-defined]
-            inputs["mm_token_type_ids"] = torch.tensor(kinds, dtype=torch.long)
+        text = video_text(self, question, token, token * count)
+        inputs = tokenized(self, text)
         inputs["pixel_values_videos"] = pixel_values
         inputs["video_grid_thw"] = torch.tensor([[groups, gh, gw]])
         times = video.timestamps()
         if self.timed_video:
             step = (times[-1] - times[0]) / (len(times) - 1) if len(times) > 1 else 1.0
             inputs["second_per_grid_ts"] = torch.tensor([tp * step])
-        prompt_ids = inputs["input_ids"][0]
-        positions = torch.nonzero(prompt_ids == self.model.config.video_token_id).flatten()  # type: ignore[attr-defined]
-        n = len(frames)
-        layout = VisualLayout(
-            positions,
-            tuple(
-                Grid(gh // m, gw // m, image=g, name=_frames_name(tp * g, min(n, tp * g + tp)),
-                     frames=(tp * g, min(n, tp * g + tp)))
-                for g in range(groups)
-            ),
-        )  # fmt: skip
-        prompt_index = locate_question(self.tokenizer, prompt_ids, question)  # type: ignore[attr-defined]
-        return PreparedInputs(
-            inputs, prompt_ids, layout, prompt_index, text, frames[0].size, video=video
-        )
-
-
-def _frames_name(first: int, end: int) -> str:
-    """ "frames 3-4" (counting from 1), or "frame 5" for a group of one."""
-    return f"frames {first + 1}-{end}" if end - first > 1 else f"frame {first + 1}"
+        grids = frame_groups(gh // m, gw // m, groups, tp, len(frames))
+        video_id = int(self.model.config.video_token_id)  # type: ignore[attr-defined]
+        return video_prepared(self, inputs, video_id, grids, question, text, video)
 
 
 def _frame_slice(pixel_values: Tensor, tp: int, p: int) -> Tensor:
