@@ -22,13 +22,15 @@ The pixel-mask path's views are LLaVA-NeXT's (the base, then the canvas tiles).
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 from transformers import LlavaOnevisionProcessor, ProcessorMixin
 
-from ..layout import LayoutError
+from ..layout import Grid, LayoutError
 from .base import FamilyCard
 from .llava_next import LlavaNextAdapter
 from .processors import ImageOnlyProcessorMixin, image_only_processor
+from .prompting import PreparedInputs
 
 
 @image_only_processor("llava_onevision")
@@ -68,6 +70,24 @@ class LlavaOnevisionAdapter(LlavaNextAdapter, family="llava_onevision"):
         tested="as LLaVA-NeXT, downsampling",
         caveats="a downsampled cell mixes ~2×2 neighbours; a few pixels per tile are unseen",
     )
+
+    def block_in_several(
+        self, part: PreparedInputs, visual_ids: Tensor
+    ) -> tuple[Tensor, Tensor, tuple[Grid, ...]]:
+        """With several images in a prompt the processor pads each image to a square (centred,
+        its mean colour) and the model reads that one view, no tiles: one grid of the base
+        view's shape over the padded square, its tokens then one newline feature."""
+        base = part.layout.grids[0]
+        width, height = part.image_size  # type: ignore[misc]
+        side = max(width, height)
+        if width > height:  # rows [-start, side - start) of the image
+            start = (side - height) // 2
+            box = (-start / height, 0.0, (side - start) / height, 1.0)
+        else:
+            start = (side - width) // 2
+            box = (0.0, -start / width, 1.0, (side - start) / width)
+        grid = Grid(base.rows, base.cols, box=box, name="padded view")
+        return torch.arange(base.cells + 1), torch.arange(base.cells), (grid,)
 
     def max_num_patches(self) -> int | None:
         """N of the config's ``vision_aspect_ratio`` = "anyres_max_N"."""

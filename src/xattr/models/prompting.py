@@ -101,6 +101,17 @@ class PromptingMixin:
             add_generation_prompt=True,
         )
 
+    def block_in_several(
+        self, part: PreparedInputs, visual_ids: Tensor
+    ) -> tuple[Tensor, Tensor, tuple[Any, ...]]:
+        """Image ``part``'s block in a prompt of several images: the offsets of its placeholder
+        tokens from the first, the indices of its visual tokens among them, and its grids.
+        Default: the block it has alone (families that show several images otherwise, such
+        as LLaVA-OneVision's base view alone, override this)."""
+        alone = torch.nonzero(torch.isin(part.prompt_ids, visual_ids)).flatten()
+        visual = torch.searchsorted(alone, part.layout.positions)
+        return alone - alone[0], visual, part.layout.grids
+
     def prepare_video(self, video: Any, question: str) -> PreparedInputs:
         """The prompt of one video and a question (families that read video override this)."""
         able = sorted(
@@ -271,8 +282,10 @@ def _subclasses(cls: type) -> list[type]:
 
 
 def image_list(image: Any) -> list[Any]:
-    """A processor's ``images`` argument: one prompt's image, or its list of images."""
-    return list(image) if isinstance(image, (list, tuple)) else [image]
+    """A processor's ``images`` argument for one prompt: ``[image]``, or ``[[a, b, ...]]`` for
+    several (nested: one sample with several images; a flat list reads as one image per
+    sample to processors that count images per sample, e.g. LLaVA-OneVision's)."""
+    return [list(image)] if isinstance(image, (list, tuple)) else [image]
 
 
 def prepare_several(adapter: Any, images: list[Any], question: str) -> PreparedInputs:
@@ -282,7 +295,8 @@ def prepare_several(adapter: Any, images: list[Any], question: str) -> PreparedI
     A processor expands each image's placeholder on its own, so image ``k``'s block of
     placeholder tokens in the joint prompt is the block it has alone, and its visual tokens sit
     at the same indices of that block (separators such as LLaVA-NeXT's newline features
-    included in the block, kept out of V). Both counts are checked against the joint prompt.
+    included in the block, kept out of V); a family that shows several images otherwise says
+    how (`block_in_several`). Both counts are checked against the joint prompt.
     """
     family = getattr(adapter, "family", type(adapter).__name__)
     parts = tuple(adapter.prepare(image, question) for image in images)
@@ -305,17 +319,17 @@ def prepare_several(adapter: Any, images: list[Any], question: str) -> PreparedI
     joint = torch.nonzero(torch.isin(prompt_ids, torch.tensor(visual_ids))).flatten()
     positions, grids, start = [], [], 0
     for k, part in enumerate(parts):
-        alone = torch.nonzero(torch.isin(part.prompt_ids, torch.tensor(visual_ids))).flatten()
-        block = joint[start : start + alone.numel()]
-        if block.numel() < alone.numel() or not torch.equal(block - block[0], alone - alone[0]):
+        offsets, visual, own = adapter.block_in_several(part, torch.tensor(visual_ids))
+        block = joint[start : start + offsets.numel()]
+        if block.numel() < offsets.numel() or not torch.equal(block - block[0], offsets):
             raise LayoutError(
                 f"the {family} processor gave the {len(images)}-image prompt {joint.numel()} "
-                f"placeholder tokens; image {k + 1} alone has {alone.numel()} in one block, which "
-                "the joint prompt does not hold in the same shape"
+                f"placeholder tokens; image {k + 1} should hold {offsets.numel()} in one block, "
+                "which the joint prompt does not hold in that shape"
             )
-        positions.append(block[torch.searchsorted(alone, part.layout.positions)])
-        grids += [replace(g, image=k) for g in part.layout.grids]
-        start += alone.numel()
+        positions.append(block[visual])
+        grids += [replace(g, image=k) for g in own]
+        start += offsets.numel()
     if start != joint.numel():
         raise LayoutError(
             f"the {family} processor gave the {len(images)}-image prompt {joint.numel()} "
