@@ -75,7 +75,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--video",
         metavar="PATH",
-        help="a video file instead of images (Qwen2-VL, Qwen2.5-VL, InternVL)",
+        help="a video file instead of images (the families whose inputs say video)",
     )
     p.add_argument("--fps", type=float, help="with --video: sample the frames at this rate")
     p.add_argument("--num-frames", type=int, help="with --video: keep this many frames, evenly")

@@ -22,15 +22,20 @@ The pixel-mask path's views are LLaVA-NeXT's (the base, then the canvas tiles).
 
 from __future__ import annotations
 
+import math
+
 import torch
+from PIL import Image
 from torch import Tensor
 from transformers import LlavaOnevisionProcessor, ProcessorMixin
 
 from ..layout import Grid, LayoutError
+from ..video import Video
 from .base import FamilyCard
 from .llava_next import LlavaNextAdapter
 from .processors import ImageOnlyProcessorMixin, image_only_processor
 from .prompting import PreparedInputs
+from .video_prompt import frame_groups, tokenized, video_prepared, video_text
 
 
 @image_only_processor("llava_onevision")
@@ -88,6 +93,31 @@ class LlavaOnevisionAdapter(LlavaNextAdapter, family="llava_onevision"):
             box = (0.0, -start / width, 1.0, (side - start) / width)
         grid = Grid(base.rows, base.cols, box=box, name="padded view")
         return torch.arange(base.cells + 1), torch.arange(base.cells), (grid,)
+
+    def prepare_video(self, video: Video, question: str) -> PreparedInputs:
+        """A video: each frame resized to the tower's square (as the video processor resizes,
+        bicubic) and normalised by the image processor; the model pools each frame's token
+        grid 2 x 2 (bilinear) to ``ceil(side / 2)`` per side and ends the video with one
+        newline feature. One grid per frame over the whole frame."""
+        frames = video.frames()
+        vision = self.model.config.vision_config
+        size = int(vision.image_size)
+        pooled = math.ceil(size // int(vision.patch_size) / 2)
+        ip = self.processor.image_processor
+        views = [
+            ip(images=[f.resize((size, size), Image.Resampling.BICUBIC)], return_tensors="pt")
+            for f in frames
+        ]
+        pixel_values = torch.stack([v["pixel_values"][0, 0] for v in views])[
+            None
+        ]  # [1, F, C, S, S]
+        token = self.processor.video_token
+        text = video_text(self, question, token, token * (len(frames) * pooled * pooled + 1))
+        inputs = {**tokenized(self, text), "pixel_values_videos": pixel_values}
+        grids = frame_groups(pooled, pooled, len(frames), 1, len(frames))
+        video_id = int(self.model.config.video_token_index)
+        prepared = video_prepared(self, inputs, video_id, grids, question, text, video, skip_last=1)
+        return prepared
 
     def max_num_patches(self) -> int | None:
         """N of the config's ``vision_aspect_ratio`` = "anyres_max_N"."""

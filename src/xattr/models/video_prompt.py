@@ -51,11 +51,13 @@ def frame_groups(rows: int, cols: int, groups: int, per_group: int, frames: int)
 
 def video_prepared(
     adapter: Any, inputs: dict[str, Tensor], token_id: int, grids: list[Grid], question: str,
-    text: str, video: Any,
+    text: str, video: Any, skip_last: int = 0,
 ) -> PreparedInputs:  # fmt: skip
-    """The prepared video prompt: its ``token_id`` positions are the grids' tokens, in order."""
+    """The prepared video prompt: its ``token_id`` positions are the grids' tokens, in order
+    (but the last ``skip_last``, separators such as a closing newline feature)."""
     prompt_ids = inputs["input_ids"][0]
     positions = torch.nonzero(prompt_ids == token_id).flatten()
+    positions = positions[: positions.numel() - skip_last]
     layout = VisualLayout(positions, tuple(grids))
     prompt_index = locate_question(adapter.tokenizer, prompt_ids, question)
     size = video.frames()[0].size
