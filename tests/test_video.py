@@ -21,9 +21,9 @@ from xattr.methods.tokens import TokenSelectionWarning
 from xattr.models.prompting import CaptureError
 
 QUESTION = "what colour is the thing that moves?"
-QWEN = ["qwen2_vl", "qwen2_5_vl"]  # two frames a token grid
+QWEN = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"]  # two frames a token grid
 VIDEO_FAMILIES = [*QWEN, "internvl", "llava_onevision"]  # the others: one frame a grid
-PER_GRID = {"qwen2_vl": 2, "qwen2_5_vl": 2, "internvl": 1, "llava_onevision": 1}
+PER_GRID = {"internvl": 1, "llava_onevision": 1}  # Qwen: 2
 
 
 def frames(
@@ -66,7 +66,7 @@ def test_video_samples_files_and_frames(tmp_path: Path):
         xattr.Video(path, fps=0)
 
 
-@pytest.mark.parametrize("family", QWEN)
+@pytest.mark.parametrize("family", [*QWEN, "qwen3_5"])
 def test_two_equal_frames_are_the_image(family, tiny_adapter):
     """A video of one frame shown twice is one frame pair whose patches are the image's (the
     image processor repeats an image over the temporal axis), one grid of the image's shape,
@@ -121,7 +121,7 @@ def test_a_moving_block_moves_the_tokens_of_its_frames(family, tiny_adapter):
         moved = visual_input_embeddings(adapter, xattr.Video(frames(4, size, block, side)))
         change = (moved - base).norm(dim=-1)  # [|V|]: rows x cols tokens per grid, in order
         top2 = change.topk(2).values
-        expected = frame // PER_GRID[family] * rows * cols + row * cols + col
+        expected = frame // PER_GRID.get(family, 2) * rows * cols + row * cols + col
         assert int(change.argmax()) == expected
         # by a clear margin (the towers' attention spreads a change to neighbours: SigLIP's
         # reaches 1.96x on OneVision's tiny tower)
@@ -132,7 +132,7 @@ def test_a_moving_block_moves_the_tokens_of_its_frames(family, tiny_adapter):
 def test_every_trace_method_explains_a_video(family, tiny_adapter):
     adapter = tiny_adapter(family)
     video = xattr.Video(frames(5, SPECS[family].native_size))
-    per = PER_GRID[family]
+    per = PER_GRID.get(family, 2)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", AttributionWarning)
         warnings.simplefilter("ignore", TokenSelectionWarning)
@@ -161,7 +161,7 @@ def test_frames_survive_save_and_load(tmp_path, tiny_adapter):
     assert [g.frames for g in back.grids] == [(0, 2), (2, 3)] and back.num_frames == 3
 
 
-@pytest.mark.parametrize("family", ["llava", "qwen3_vl", "glm4v"])
+@pytest.mark.parametrize("family", ["llava", "idefics3", "glm4v"])
 def test_families_without_video_refuse_it_by_name(family, tiny_adapter):
     with pytest.raises(CaptureError, match=f"not supported for {family}.*qwen2_5_vl"):
         tiny_adapter(family).prepare(xattr.Video(frames(2)), QUESTION)
@@ -223,3 +223,16 @@ def test_llava_onevision_frames_are_base_views_pooled_and_closed_by_a_newline(ti
     assert blocks == 3 * pooled * pooled + 1 == video.layout.positions.numel() + 1
     last = int(torch.nonzero(video.prompt_ids == video_id).max())
     assert last not in video.layout.positions.tolist()  # the newline closes the video
+
+
+def test_qwen3_vl_writes_each_pair_time_before_it(tiny_adapter):
+    """Qwen3-VL: each frame pair's tokens follow ``<t seconds>``, t the mean time of the
+    pair's frames (5 frames at 4 fps: 0.125, 0.625 and 1.0 for the last frame paired with
+    itself, one decimal), then its own vision markers, as the processor writes them."""
+    adapter = tiny_adapter("qwen3_vl")
+    prepared = adapter.prepare(xattr.Video(frames(5), fps=4), QUESTION)
+    pad, start = adapter.processor.video_token, adapter.processor.vision_start_token
+    n = prepared.layout.grids[0].cells
+    for t in ("0.1", "0.6", "1.0"):
+        assert f"<{t} seconds>{start}{pad * n}{adapter.processor.vision_end_token}" in prepared.text
+    assert prepared.text.count(" seconds>") == 3 and "second_per_grid_ts" not in prepared.inputs

@@ -40,7 +40,6 @@ from transformers import Qwen3VLProcessor
 
 from .base import FamilyCard
 from .processors import _ImageOnlyQwenMixin, image_only_processor
-from .prompting import PromptingMixin
 from .qwen2_vl import Qwen2VLAdapter
 
 
@@ -66,8 +65,11 @@ class Qwen3VLAdapter(Qwen2VLAdapter, family="qwen3_vl"):
     """Qwen3-VL-*-Instruct and Qwen3-VL-*-A*B (MoE): Qwen2-VL's grid and pixel path, with
     16 px patches and deepstack (module docstring)."""
 
-    # its video prompts interleave timestamp text between frame groups: not built yet
-    prepare_video = PromptingMixin.prepare_video
+    def video_expansion(self, token: str, per_group: int, times: list[float]) -> str:
+        """Each frame pair as Qwen3-VL's processor writes it: ``<t seconds>`` (the mean time of
+        the pair's frames, one decimal), then ``<|vision_start|>``, its tokens, ``<|vision_end|>``."""
+        start, end = self.processor.vision_start_token, self.processor.vision_end_token
+        return "".join(f"<{t:.1f} seconds>{start}{token * per_group}{end}" for t in times)
 
     card = FamilyCard(
         visual_tokens="one grid over the resized image (16 px patches)",

@@ -1,4 +1,4 @@
-"""Qwen2-VL and Qwen2.5-VL video: frames merged two by two in time, one token grid per pair.
+"""Qwen2-VL, Qwen2.5-VL and Qwen3-VL video: frames merged two by two in time, one token grid per pair.
 
 The vision tower reads a video as patches of ``temporal_patch_size`` (2) consecutive frames:
 a frame pair becomes one grid of ``(h / m) x (w / m)`` merged tokens (``m`` the spatial merge),
@@ -6,7 +6,9 @@ so a map belongs to the pair, not to either frame (an odd last frame is paired w
 as the processor pads it). The prompt holds ``<|vision_start|>``, then every pair's tokens
 pair after pair, then ``<|vision_end|>``. Qwen2.5-VL places pair ``g`` at time position
 ``g * tokens_per_second * second_per_grid_ts`` with ``second_per_grid_ts`` the seconds one
-pair spans (`Video.timestamps`); Qwen2-VL at ``g``.
+pair spans (`Video.timestamps`); Qwen2-VL at ``g``. Qwen3-VL (and Qwen3.5) writes each pair's
+time in the text instead, ``<t seconds>`` then the pair's own vision markers and tokens
+(`video_expansion`; the installed processor's replacement of the template's video token).
 
 The frames go through the family's *image* processor one by one (resize, rescale,
 normalise, patchify, which for one image repeats it over the temporal axis), and a pair's
@@ -32,6 +34,11 @@ class QwenVideoMixin:
 
     timed_video: ClassVar[bool] = False  # Qwen2.5-VL: pairs placed in time (second_per_grid_ts)
 
+    def video_expansion(self, token: str, per_group: int, times: list[float]) -> str:
+        """What the video placeholder becomes: every group's ``per_group`` tokens in a row
+        (Qwen2-VL, Qwen2.5-VL; ``times``: each group's mean frame time in seconds)."""
+        return token * (per_group * len(times))
+
     def prepare_video(self, video: Video, question: str) -> PreparedInputs:
         """The prompt of one video and a question, with one grid per frame pair (module doc)."""
         frames = video.frames()
@@ -53,12 +60,14 @@ class QwenVideoMixin:
         pixel_values = torch.cat([pair.reshape(gh * gw, -1) for pair in pairs])  # [G*n, C*tp*p*p]
         groups = len(pairs)
         token = self.processor.video_token  # type: ignore[attr-defined]
-        count = groups * gh * gw // (m * m)
-        text = video_text(self, question, token, token * count)
+        times = video.timestamps()
+        padded = times + [times[-1]] * (-len(times) % tp)
+        group_times = [(padded[i] + padded[i + tp - 1]) / 2 for i in range(0, len(padded), tp)]
+        expansion = self.video_expansion(token, gh * gw // (m * m), group_times)
+        text = video_text(self, question, token, expansion)
         inputs = tokenized(self, text)
         inputs["pixel_values_videos"] = pixel_values
         inputs["video_grid_thw"] = torch.tensor([[groups, gh, gw]])
-        times = video.timestamps()
         if self.timed_video:
             step = (times[-1] - times[0]) / (len(times) - 1) if len(times) > 1 else 1.0
             inputs["second_per_grid_ts"] = torch.tensor([tp * step])
