@@ -329,3 +329,33 @@ def test_two_images_each_show_the_map_and_their_share(browser, tmp_path):
     assert shares() == expected("rollout")
     assert heats.nth(1).get_attribute("data-view") == "rollout/holistic/"
     assert troubles == []
+
+
+def test_a_video_shows_its_frames_and_plays_through_them(browser, tmp_path):
+    """A video's page: one canvas per frame captioned "frame k — share", the frame pair's map
+    on both of its frames; play steps a highlight from frame to frame, pause stops it."""
+    from xattr.data.synthetic_video import generate_synthetic_videos
+
+    sample = generate_synthetic_videos(1, seed=2, frames=4)[0]
+    adapter = xattr.models.load(xattr.toy.checkpoint("qwen2_5_vl"))
+    expl = xattr.explain(adapter, sample.image, sample.question, method="glimpse", answer="red")
+    frames = sample.load_images()
+    path = write_report(tmp_path / "video.html", {"glimpse": expl}, frames, sample.question)
+    page, troubles = _open(browser, path)
+    page.wait_for_selector("body[data-ready='1']")
+    assert page.locator(".stage canvas").count() == 4
+    shares = expl.frame_shares.tolist()
+    assert [page.inner_text(f"#share-{k}") for k in range(4)] == [
+        f"frame {k + 1} — {100 * s:.0f}% of the relevance" for k, s in enumerate(shares)
+    ]
+    drawn = [page.evaluate(f"document.querySelectorAll('.stage canvas')[{k}].toDataURL()")
+             for k in range(4)]  # fmt: skip
+    assert drawn[0] == drawn[1] and drawn[2] == drawn[3] and drawn[0] != drawn[2]  # pairs
+    page.click("#play")
+    page.wait_for_function("document.getElementById('images').dataset.current === '1'")
+    assert page.locator("#images figure.current").count() == 1
+    page.click("#play")  # pause
+    stopped = page.get_attribute("#images", "data-current")
+    page.wait_for_timeout(900)
+    assert page.get_attribute("#images", "data-current") == stopped
+    assert troubles == []

@@ -23,7 +23,7 @@ from .images import ImageError, blur_image, load_image
 DEFAULT_FPS = 2.0  # frames per second assumed for a list of frames
 
 
-@dataclass
+@dataclass(eq=False)  # frames, not values: compared by identity
 class Video:
     """Frames of one video in time order, sampled as the module docstring says."""
 

@@ -77,6 +77,7 @@ def page_data(
     }
     if several:
         page["images"] = [image_data(rgb) for rgb in rgbs]
+        page["picture"] = "frame" if first.num_frames else "image"  # a video's frames
     return page
 
 

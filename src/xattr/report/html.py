@@ -65,7 +65,7 @@ def render_page(
         <input id="opacity" type="range" min="0" max="100" value="50"><span id="opacity-value"></span>
       </label>
     </div>
-    {_stages(sources)}
+    {_stages(sources, page.get("picture", "image"))}
     <div id="caption"></div>
     <div id="references-box" hidden><h2>Scored against</h2><div class="strip" id="references"></div></div>
   </section>
@@ -165,9 +165,10 @@ def _document(title: str, body: str) -> str:
 """
 
 
-def _stages(sources: Sequence[str]) -> str:
-    """The image(s) with a canvas over each for the map; several images each get a caption
-    (its number and share of the relevance, filled in by the page's script)."""
+def _stages(sources: Sequence[str], picture: str = "image") -> str:
+    """The image(s) with a canvas over each for the map; several images (or a video's frames,
+    ``picture`` "frame") each get a caption (its number and share of the relevance, filled in
+    by the page's script); frames also a play button that steps through them."""
     if len(sources) == 1:
         return f"""<div class="stage" id="stage">
       <img id="base" alt="input image" src="{sources[0]}">
@@ -177,14 +178,19 @@ def _stages(sources: Sequence[str]) -> str:
         f"""
       <figure class="image-box">
         <div class="stage" id="stage-{k}">
-          <img alt="input image {k + 1}" src="{src}">
+          <img alt="input {picture} {k + 1}" src="{src}">
           <canvas id="heat-{k}" data-image="{k}"></canvas>
         </div>
-        <figcaption class="share" id="share-{k}">image {k + 1}</figcaption>
+        <figcaption class="share" id="share-{k}">{picture} {k + 1}</figcaption>
       </figure>"""
         for k, src in enumerate(sources)
     )
-    return f'<div class="images" id="images">{figures}\n    </div>'
+    play = (
+        '<button type="button" id="play" title="step through the frames">▶ play</button>\n    '
+        if picture == "frame"
+        else ""
+    )
+    return f'{play}<div class="images" id="images">{figures}\n    </div>'
 
 
 def _nav(links: Sequence[tuple[str, str]]) -> str:

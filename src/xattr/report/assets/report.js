@@ -104,9 +104,37 @@
     m.images.forEach((im, k) => {
       const box = $(`share-${k}`);
       const share = im.share === null ? "no positive relevance" : `${(100 * im.share).toFixed(0)}% of the relevance`;
-      box.textContent = `image ${k + 1} — ${share}`;
-      box.title = `${m.name}: this image's share of the holistic map's positive relevance`;
+      const picture = data.picture || "image";
+      box.textContent = `${picture} ${k + 1} — ${share}`;
+      box.title = `${m.name}: this ${picture}'s share of the holistic map's positive relevance`;
       box.dataset.share = im.share === null ? "" : String(im.share);
+    });
+  }
+
+  // a video's frames: play steps a highlight through them, one frame every 600 ms
+  function setupPlay() {
+    const button = $("play");
+    if (!button) return;
+    const figures = Array.from(document.querySelectorAll("#images figure"));
+    let timer = null;
+    let current = -1;
+    const show = (k) => {
+      current = k;
+      figures.forEach((f, i) => f.classList.toggle("current", i === k));
+      $("images").dataset.current = String(k);
+    };
+    button.addEventListener("click", () => {
+      if (timer) {
+        clearInterval(timer);
+        timer = null;
+        button.textContent = "▶ play";
+        $("images").classList.remove("playing");
+        return;
+      }
+      $("images").classList.add("playing");
+      button.textContent = "❚❚ pause";
+      show((current + 1) % figures.length);
+      timer = setInterval(() => show((current + 1) % figures.length), 600);
     });
   }
 
@@ -325,6 +353,7 @@
     opacity.addEventListener("input", apply);
     apply();
     $("holistic").addEventListener("click", () => { state.kind = "holistic"; render(); });
+    setupPlay();
     render();
     document.body.dataset.ready = "1";
   }
