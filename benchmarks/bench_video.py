@@ -14,7 +14,7 @@ of ``--repeats`` warm runs, the floor and the capture interleaved; floor = one f
 plain VJP per answer token (`common.floor`); capture = the five methods from one capture.
 Prints one row per frame count and how time and memory grow with N (the fitted exponent).
 
-    python benchmarks/bench_video.py            # F = 4, 8, 16: ~15 min on one thread
+    python benchmarks/bench_video.py            # F = 4, 8, 16: ~25 min on one thread
     python benchmarks/bench_video.py --quick    # 4 layers, 4 heads, F = 2, 4: under a minute
 """
 
