@@ -29,13 +29,16 @@ import json
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 from common import QUESTION, peak, rss  # benchmarks/common.py
 from common import answer as make_answer
 from common import child as common_child
 from common import floor as common_floor
+from PIL import Image
 
 FIVE = ["glimpse", "tmme", "rollout", "raw_attention", "gradcam"]
 
@@ -70,39 +73,40 @@ def vjp_mode(batched: bool | None, skip_before: int = 0) -> Iterator[list[int]]:
     assert sizes or batched is None, "the capture never called recording.batched_vjp: stale"
 
 
-def measure(spec: dict) -> dict:
+def picture(size: int) -> Image.Image:
+    """A square RGB noise image of ``size`` pixels a side (seeded: the same every run)."""
+    return Image.fromarray(
+        np.random.default_rng(0).integers(0, 255, (size, size, 3), dtype=np.uint8)
+    )
+
+
+def measure(spec: dict, visual: Callable[[dict], Any] | None = None) -> dict:
     """One measurement in this process (see the module docstring): seconds and bytes.
 
-    Optional keys: ``batched`` (`vjp_mode`), ``probe`` (K: memory only, the backward passes
-    of the last K answer tokens alone; `vjp_mode`'s ``skip_before``), ``warmup`` (the warm-up's answer length, the
+    ``visual``: what the prompt shows, made from the spec (default: `picture` of
+    ``spec["image"]``; `bench_video` passes a video). Optional keys: ``batched``
+    (`vjp_mode`), ``probe`` (K: memory only, the backward passes of the last K answer tokens
+    alone; `vjp_mode`'s ``skip_before``), ``warmup`` (the warm-up's answer length, the
     measured one's by default), ``also_batched`` (time mode: also time the capture with
     batched VJPs, interleaved with the others)."""
-    import numpy as np
     import torch
-    from PIL import Image
 
     import xattr
 
     torch.set_num_threads(spec["threads"])
     adapter = xattr.models.load(spec["model"], attn_implementation=spec["impl"])
-
-    def picture(size: int) -> Image.Image:
-        return Image.fromarray(
-            np.random.default_rng(0).integers(0, 255, (size, size, 3), dtype=np.uint8)
-        )
-
-    image = picture(spec["image"])
+    image = visual(spec) if visual else picture(spec["image"])
     answer = make_answer(spec["T"])
     answer_ids = adapter.encode_answer(answer)
     chunks: list[int] = []
 
     skip = max(0, spec["T"] - spec["probe"]) if spec.get("probe") else 0
 
-    def floor(image: Image.Image = image, text: str = answer) -> None:
+    def floor(image: Any = image, text: str = answer) -> None:
         common_floor(adapter, image, QUESTION, adapter.encode_answer(text), skip_before=skip)
 
     def capture(
-        image: Image.Image = image, text: str = answer, batched: bool | None = spec.get("batched")
+        image: Any = image, text: str = answer, batched: bool | None = spec.get("batched")
     ) -> None:
         with vjp_mode(batched, skip) as seen:
             xattr.explain(adapter, image, QUESTION, method=list(spec["methods"]), answer=text)
