@@ -324,8 +324,7 @@ def test_the_synthetic_set_is_logged_by_its_name(tmp_path, model_dir, caplog):
 )
 def test_runs_on_several_images_and_on_video(tmp_path, model_dir, data, hit_column):
     """data=synthetic_pairs and data=synthetic_video run the default metrics: the maps are
-    scored over every image (or frame); deletion/insertion runs on two images and is NaN
-    (logged, not failed) on video, which it cannot perturb yet."""
+    scored over every image (or frame), deletion/insertion perturbs every image (or frame)."""
     cfg = _compose(tmp_path, model_dir, FAST_METHODS, f"data={data}", "data.dataset.n=2")
     run(cfg)
     rows = load_rows(tmp_path / "run")
@@ -334,8 +333,32 @@ def test_runs_on_several_images_and_on_video(tmp_path, model_dir, data, hit_colu
         assert {"nss", "pointing_game"} <= set(r)
         if hit_column:
             assert r[hit_column] in (0.0, 1.0)
-            assert r["deletion_auc"] == r["deletion_auc"]  # computed (not NaN)
-        else:
-            assert r["deletion_auc"] != r["deletion_auc"]  # NaN: video frames are not perturbed
+        assert r["deletion_auc"] == r["deletion_auc"]  # computed (not NaN)
     overlays = sorted(p.name for p in (tmp_path / "run" / "overlays").glob("*.png"))
     assert overlays and all("_image" in name for name in overlays)
+
+
+def test_a_model_metric_that_cannot_run_on_an_input_gives_nan(caplog):
+    """A model metric raising NotImplementedError (an input it cannot perturb) gives NaN in
+    each of its columns, logged once, and the method's row stays."""
+    import logging
+    import math
+
+    from xattr.pipeline.evaluator import SampleEvaluator
+
+    class Refusing:
+        outputs = ("deletion_auc", "faithfulness_passes")
+
+        def __call__(self, *args):
+            raise NotImplementedError("perturbing this input is not built yet")
+
+    evaluator = SampleEvaluator(adapter=None, methods={}, map_metrics={},  # type: ignore[arg-type]
+                                model_metrics={"faithfulness": Refusing()})  # fmt: skip
+    expl = type("E", (), {"meta": {}, "spans": []})()
+    sample = type("S", (), {"sample_id": "s", "question": "q?", "num_images": 1})()
+    evaluator._map_scores = lambda *a: {}  # type: ignore[method-assign]
+    with caplog.at_level(logging.WARNING):
+        for _ in range(2):
+            row = evaluator._method_row("glimpse", expl, sample, None, None)
+    assert math.isnan(row["deletion_auc"]) and math.isnan(row["faithfulness_passes"])
+    assert caplog.text.count("faithfulness: not computed (perturbing this input") == 1

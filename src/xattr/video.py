@@ -57,7 +57,13 @@ class Video:
 
     def blurred(self, radius: float | None = None) -> Video:
         """The same frames at the same times, each blurred (`images.blur_image`)."""
-        out = Video([blur_image(f, radius) for f in self.frames()])
+        return self.with_frames([blur_image(f, radius) for f in self.frames()])
+
+    def with_frames(self, frames: list[Image.Image]) -> Video:
+        """Other frames (a perturbed copy of each) at this video's sampled times."""
+        if len(frames) != len(self.frames()):
+            raise ValueError(f"{len(frames)} frames for a video of {len(self.frames())}")
+        out = Video(list(frames))
         out._frames, out._times = out._read()[0], list(self._times)
         return out
 

@@ -34,7 +34,9 @@ separate backward calls). The visual map is the final importance ``1 - D I`` (or
 area-averaged over each cell of every token grid, each grid on its own box. Token relevance is
 ``log p(y_t | image) - log p(y_t | blurred)``.
 
-Several images in one prompt (`Strip`): their mask boxes lie side by side at the tallest
+Several images in one prompt (`Strip`; a video's frames are its images, and a grid that
+shows several frames, a Qwen frame pair, takes the mean of their importance): their mask
+boxes lie side by side at the tallest
 one's processed height, each keeping its aspect; one mask of ``mask_size`` rows and
 ``mask_size`` columns per image spans them (one regulariser: the total variation meets
 across an image boundary in one column pair, whose processed pixels usually differ, so its
@@ -174,10 +176,12 @@ class IGOS(Attributor, name="igos"):
             pooled = [_pool_onto(1 - final, box, (height, width), g) for g in trace.layout.grids]
         else:  # each image's columns of the strip, at the strip's resolution
             parts = strip.split(1 - _upsample(final[None], strip.size)[0])
-            pooled = [
-                _pool_onto(parts[g.image], strip.boxes[g.image], tuple(parts[g.image].shape), g)
-                for g in trace.layout.grids
-            ]
+            pooled = []
+            for g in trace.layout.grids:  # a video's grid: the mean over the frames it shows
+                shown = range(*g.frames) if g.frames is not None else [g.image]
+                pooled.append(torch.stack([
+                    _pool_onto(parts[k], strip.boxes[k], tuple(parts[k].shape), g) for k in shown
+                ]).mean(dim=0))  # fmt: skip
         visual = torch.cat([p.reshape(-1) for p in pooled])
         # [|V|] each grid's cells: the area average of the importance over their boxes
         meta: dict[str, Any] = {

@@ -77,6 +77,7 @@ from ..images import (
     prompt_images,
 )
 from ..layout import canvas_grid
+from ..video import Video
 from ._base import undefined
 
 if TYPE_CHECKING:
@@ -232,25 +233,25 @@ class DeletionInsertion:
     def _score_processed(
         self,
         adapter: Any,
-        images: list[Image.Image],
-        bases: list[Image.Image],
+        prompts: tuple[Any, Any],
         question: str,
         answer_ids: torch.Tensor,
         grids: list[tuple[int, ...]],
         keeps: list[np.ndarray],
         regions: list[Region],
     ) -> torch.Tensor:
-        """Scores of the blends made in pixel_values space: the image(s) and the baseline(s)
-        are processed once, and every view's pixel takes the keep weight of the grid cell under
-        its centre on its image (each cell grid placed on its ``region``, as in image space)."""
-        prepared = adapter.prepare(prompt_images(images), question)
-        baseline = adapter.prepare(prompt_images(bases), question)
+        """Scores of the blends made in pixel_values space: the prompt and its baseline (each
+        an image, images or a video) are processed once, and every view's pixel takes the keep
+        weight of the grid cell under its centre on its image (each cell grid placed on its
+        ``region``, as in image space; a video's frames are its images)."""
+        prepared = adapter.prepare(prompts[0], question)
+        baseline = adapter.prepare(prompts[1], question)
         stacked = np.stack(keeps)  # [B, cells of every image]
         weights = [
             torch.as_tensor(part, dtype=torch.float32).reshape(len(keeps), *grid)
             for part, grid in zip(_per_image(stacked, grids), grids, strict=True)
         ]  # per image [B, gh, gw] over its region
-        several = len(images) > 1
+        several = len(grids) > 1
         out = []
         with torch.no_grad():
             for start in range(0, len(keeps), self.batch_size):
@@ -274,8 +275,9 @@ class DeletionInsertion:
         if trace.input_ids is None:
             raise ValueError("the trace has no input_ids, so the answer to score is unknown")
         answer_ids = trace.input_ids[trace.answer_positions]
-        if expl.num_images > 1:
-            canvases = [canvas_saliency(expl, image=k) for k in range(expl.num_images)]
+        pictures = expl.shown()[0]  # the images, or a video's frames (each its group's map)
+        if pictures > 1:
+            canvases = [canvas_saliency(expl, image=expl.input_of(k)) for k in range(pictures)]
             maps, boxes = [c[0] for c in canvases], [c[1] for c in canvases]
             return self.score(adapter, image, question, answer_ids, maps, region=boxes)
         saliency, region = canvas_saliency(expl)
@@ -324,9 +326,9 @@ class DeletionInsertion:
         region: Region | Sequence[Region] = FULL_IMAGE,
     ) -> FaithfulnessCurves | None:
         """The raw curves (None, with a warning, when the map holds NaN or inf)."""
-        if hasattr(image, "frames"):  # a Video
-            raise NotImplementedError("deletion/insertion of video frames is not built yet")
-        images = load_images(image)
+        video = image if isinstance(image, Video) else None
+        images = video.frames() if video is not None else load_images(image)
+        prompt = video.with_frames if video is not None else prompt_images  # frames -> prompt
         several = len(images) > 1
         if several != isinstance(saliency, (list, tuple)) or (
             several and (len(saliency) != len(images) or len(region) != len(images))
@@ -348,9 +350,7 @@ class DeletionInsertion:
         sal = np.concatenate([s.reshape(-1) for s in sals])  # every image's cells, ranked together
         if all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(images, bases)):
             # Every perturbed image is the image itself: one pass scores the whole curve.
-            logp = adapter.answer_logprobs(
-                [prompt_images(images)], question, answer_ids, batch_size=1
-            )
+            logp = adapter.answer_logprobs([prompt(images)], question, answer_ids, batch_size=1)
             s_orig = float(torch.as_tensor(logp).double().mean())
             flat = np.full(len(fractions), s_orig)
             return FaithfulnessCurves(
@@ -370,13 +370,14 @@ class DeletionInsertion:
         shapes = [s.shape for s in sals]
         if self._processed_space(adapter):
             logp = self._score_processed(
-                adapter, images, bases, question, answer_ids, shapes, keeps, regions
-            )
+                adapter, (prompt(images), prompt(bases)), question, answer_ids, shapes, keeps,
+                regions,
+            )  # fmt: skip
         else:  # image space: each image's cell grid placed on it
             cells = [_cell_index(sh, im.size, r) for sh, im, r in zip(shapes, images, regions)]
-            blends = [prompt_images(images), prompt_images(bases)] + [
-                prompt_images([blend_images(im, b, part[c]) for im, b, part, c
-                               in zip(images, bases, _per_image(k, shapes), cells)])
+            blends = [prompt(images), prompt(bases)] + [
+                prompt([blend_images(im, b, part[c]) for im, b, part, c
+                        in zip(images, bases, _per_image(k, shapes), cells)])
                 for k in keeps[2:]
             ]  # fmt: skip
             logp = adapter.answer_logprobs(blends, question, answer_ids, batch_size=self.batch_size)

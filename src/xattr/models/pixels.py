@@ -81,10 +81,11 @@ class PixelMaskMixin:
     # ------------------------------------------------------------ shared
     def views(self, prepared: PreparedInputs) -> list[PixelView]:
         """`pixel_views` of a one-image prompt (a prompt of several: ask each of its ``parts``)."""
-        if getattr(prepared, "video", None) is not None:
+        if getattr(prepared, "video", None) is not None and not prepared.parts:
             raise NotImplementedError(
-                "the pixel-mask path (iGOS, pixel-space deletion/insertion) takes images; "
-                "perturbing video frames is not built yet"
+                "the pixel-mask path (iGOS, pixel-space deletion/insertion) of this family's "
+                f"video is not built yet ({getattr(self, 'family', type(self).__name__)}: "
+                "images only)"
             )
         if getattr(prepared, "parts", ()):
             raise ValueError(
@@ -153,6 +154,12 @@ class PixelMaskMixin:
             for m, part, b in zip(masks, prepared.parts, boxes, strict=True)
         ]  # each [B, *pv_k]
         return self.join_pixel_values(per, prepared)
+
+    @staticmethod
+    def pixel_key(prepared: PreparedInputs) -> str:
+        """The input the pixel-mask path edits: ``pixel_values``, or a video's
+        ``pixel_values_videos``."""
+        return "pixel_values" if prepared.video is None else "pixel_values_videos"
 
     def join_pixel_values(self, per_image: Sequence[Tensor], prepared: PreparedInputs) -> Tensor:
         """Each image's ``pixel_values`` layout [B, *pv_k] -> the prompt's [B, *pv], for a

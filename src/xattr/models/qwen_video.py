@@ -52,13 +52,8 @@ class QwenVideoMixin:
         if len(grids) != 1:
             raise CaptureError(f"the frames were resized to different grids {sorted(grids)}")
         _, gh, gw = next(iter(grids))
-        p = int(self.model.config.vision_config.patch_size)  # type: ignore[attr-defined]
-        patches = [_frame_slice(out["pixel_values"], tp, p) for out in processed]  # [n, C, p*p]
-        while len(patches) % tp:
-            patches.append(patches[-1])  # the processor pads with the last frame
-        pairs = [torch.stack(patches[i : i + tp], dim=2) for i in range(0, len(patches), tp)]
-        pixel_values = torch.cat([pair.reshape(gh * gw, -1) for pair in pairs])  # [G*n, C*tp*p*p]
-        groups = len(pairs)
+        pixel_values = self.pair_frames([out["pixel_values"] for out in processed])
+        groups = -(-len(frames) // tp)  # ceil: the last frame pads an odd count
         token = self.processor.video_token  # type: ignore[attr-defined]
         times = video.timestamps()
         padded = times + [times[-1]] * (-len(times) % tp)
@@ -73,11 +68,29 @@ class QwenVideoMixin:
             inputs["second_per_grid_ts"] = torch.tensor([tp * step])
         grids = frame_groups(gh // m, gw // m, groups, tp, len(frames))
         video_id = int(self.model.config.video_token_id)  # type: ignore[attr-defined]
-        return video_prepared(self, inputs, video_id, grids, question, text, video)
+        prepared = video_prepared(self, inputs, video_id, grids, question, text, video)
+        # each frame as an image: the pixel-mask path edits frames and pairs them (join)
+        prepared.parts = tuple(self.prepare(f, question) for f in frames)  # type: ignore[attr-defined]
+        return prepared
 
+    def pair_frames(self, per_frame: list[Tensor]) -> Tensor:
+        """Frames' image patches [..., n, C*tp*p*p] (each frame repeated over the temporal
+        axis, as the image processor writes one image) -> the video's [..., G*n, C*tp*p*p]:
+        each group's patches take its frames' temporal slices; an odd count repeats the last."""
+        vision = self.model.config.vision_config  # type: ignore[attr-defined]
+        tp, p = int(vision.temporal_patch_size), int(vision.patch_size)
+        *lead, n, width = per_frame[0].shape
+        slices = [
+            f.reshape(*lead, n, width // (tp * p * p), tp, p * p).select(-2, 0) for f in per_frame
+        ]
+        while len(slices) % tp:
+            slices.append(slices[-1])  # the processor pads with the last frame
+        groups = [torch.stack(slices[i : i + tp], dim=-2) for i in range(0, len(slices), tp)]
+        return torch.cat([g.reshape(*lead, n, width) for g in groups], dim=-2)
 
-def _frame_slice(pixel_values: Tensor, tp: int, p: int) -> Tensor:
-    """One image's patches [n, C*tp*p*p], each flattened as (C, tp, p, p) -> the first
-    temporal slice [n, C, p*p] (the image processor repeats one image over the ``tp`` slices)."""
-    n, width = pixel_values.shape
-    return pixel_values.reshape(n, width // (tp * p * p), tp, p * p)[:, :, 0]
+    def join_pixel_values(self, per_image: list[Tensor], prepared: PreparedInputs) -> Tensor:
+        """A video's frames' weights [B, *pv_frame] -> its ``pixel_values_videos`` layout
+        (`pair_frames`); several images as `PixelMaskMixin.join_pixel_values`."""
+        if prepared.video is not None:
+            return self.pair_frames(list(per_image))
+        return super().join_pixel_values(per_image, prepared)  # type: ignore[misc]

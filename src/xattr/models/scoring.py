@@ -122,8 +122,9 @@ class ScoringMixin:
             several = isinstance(keep, (list, tuple))  # a prompt of several images
             keeps = list(keep) if several else [keep]
             stack.enter_context(torch.set_grad_enabled(any(k.requires_grad for k in keeps)))
-            pv = prepared.inputs["pixel_values"].to(device)
-            pv_base = baseline.inputs["pixel_values"].to(device)
+            key = self.pixel_key(prepared)  # type: ignore[attr-defined]
+            pv = prepared.inputs[key].to(device)
+            pv_base = baseline.inputs[key].to(device)
             moved = [k.to(device, pv.dtype) for k in keeps]
             weight = self.mask_to_pixel_values(  # type: ignore[attr-defined]
                 moved if several else moved[0], prepared, box=box, mode=mode
@@ -133,5 +134,5 @@ class ScoringMixin:
                 eps = torch.randn(blended.shape, generator=generator, dtype=blended.dtype)
                 blended = blended + noise * eps.to(blended.device)
             # B copies of the prompt, each with its blend, packed as the family batches images
-            batch = self.merge_inputs([{**full, "pixel_values": b} for b in blended])
+            batch = self.merge_inputs([{**full, key: b} for b in blended])
             return answer_logprob_rows(self.model, batch, prepared.prompt_ids.numel(), answer_ids)
