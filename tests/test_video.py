@@ -291,3 +291,24 @@ def test_igos_optimises_one_mask_over_the_frames(tiny_adapter):
     first, second = expl.visual_maps
     assert float(first.max()) > 0 and float(second.max()) < float(first.max())
     assert len(expl.meta["image_columns"]) == 5  # one strip column span per frame
+
+
+@pytest.mark.parametrize("family", QWEN)
+def test_each_frame_mask_reaches_its_own_frame(family, tiny_adapter):
+    """Blending a video with its blurred copy under masks of ones on frames 1-2 and zeros on
+    frames 3-5 gives the pixel_values_videos of the video whose last three frames are blurred."""
+    from xattr.images import blur_image
+
+    adapter = tiny_adapter(family)
+    video = xattr.Video(frames(5, SPECS[family].native_size, {0: (0, 0), 3: (20, 20)}))
+    prepared = adapter.prepare(video, QUESTION)
+    blurred = adapter.prepare(video.blurred(), QUESTION)
+    sizes = [adapter.processed_size(part) for part in prepared.parts]
+    masks = [torch.full((1, *hw), 1.0 if k < 2 else 0.0) for k, hw in enumerate(sizes)]
+    weight = adapter.mask_to_pixel_values(masks, prepared)[0]
+    key = "pixel_values_videos"
+    mixed = weight * prepared.inputs[key] + (1 - weight) * blurred.inputs[key]
+    shown = video.with_frames([f if k < 2 else blur_image(f) for k, f in enumerate(video.frames())])
+    torch.testing.assert_close(
+        mixed, adapter.prepare(shown, QUESTION).inputs[key], rtol=0, atol=1e-6
+    )
