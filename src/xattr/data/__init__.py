@@ -54,6 +54,7 @@ _SUBMODULES = (
     "sample",
     "synthetic",
     "synthetic_pairs",
+    "synthetic_relations",
     "synthetic_video",
     "vqahat",
 )

@@ -203,20 +203,16 @@ def _question_type(template: str) -> str:
     return template.split("{", 1)[0].strip().lower()
 
 
-def make_sample(cfg: SyntheticConfig, seed: int, index: int) -> Sample:
-    """Draw sample ``index`` of ``seed``: image, question, answer, queried mask, object meta."""
-    rng = np.random.default_rng([seed, index])
-    kind = cfg.question_kinds[rng.integers(len(cfg.question_kinds))]
-    attrs = _attributes(cfg, kind, rng)
-    boxes = _layout(cfg, rng)
-    order = rng.permutation(cfg.n_objects)  # object 0 (queried) lands at a random list position
+def draw_objects(
+    cfg: SyntheticConfig, placed: Sequence[tuple[str, str, tuple[int, int, int, int]]]
+) -> tuple[np.ndarray, list[dict[str, Any]], list[np.ndarray]]:
+    """The image [H, W, 3] of ``(shape, colour, box)`` objects drawn in order (boxes with
+    exclusive ends), each object's meta, and each one's exact mask."""
     hw = (cfg.image_size, cfg.image_size)
     canvas = np.empty((*hw, 3), dtype=np.uint8)
     canvas[:] = cfg.background
-    objects, queried, queried_mask = [], 0, None
-    for pos, k in enumerate(order):
-        shape, color = attrs[k]
-        x0, y0, x1, y1 = boxes[pos]
+    objects, masks = [], []
+    for shape, color, (x0, y0, x1, y1) in placed:
         box = [x0, y0, x1 - 1, y1 - 1]  # inclusive, as PIL draws it
         m = render_mask(shape, box, hw)
         canvas[m] = cfg.colors[color]
@@ -229,11 +225,26 @@ def make_sample(cfg: SyntheticConfig, seed: int, index: int) -> Sample:
                 "box": box,
                 "bbox": [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1],
                 "area": int(m.sum()),
-                "queried": bool(k == 0),
             }
         )
-        if k == 0:
-            queried, queried_mask = pos, m
+        masks.append(m)
+    return canvas, objects, masks
+
+
+def make_sample(cfg: SyntheticConfig, seed: int, index: int) -> Sample:
+    """Draw sample ``index`` of ``seed``: image, question, answer, queried mask, object meta."""
+    rng = np.random.default_rng([seed, index])
+    kind = cfg.question_kinds[rng.integers(len(cfg.question_kinds))]
+    attrs = _attributes(cfg, kind, rng)
+    boxes = _layout(cfg, rng)
+    order = rng.permutation(cfg.n_objects)  # object 0 (queried) lands at a random list position
+    hw = (cfg.image_size, cfg.image_size)
+    placed = [(*attrs[k], boxes[pos]) for pos, k in enumerate(order)]
+    canvas, objects, masks = draw_objects(cfg, placed)
+    queried = int(np.flatnonzero(order == 0)[0])
+    queried_mask = masks[queried]
+    for pos, obj in enumerate(objects):
+        obj["queried"] = pos == queried
     templates = cfg.templates[kind]
     template = templates[rng.integers(len(templates))]
     shape, color = attrs[0]
