@@ -44,15 +44,13 @@ class QwenVideoMixin:
         frames = video.frames()
         tp = int(self.model.config.vision_config.temporal_patch_size)  # type: ignore[attr-defined]
         m = int(self.model.config.vision_config.spatial_merge_size)  # type: ignore[attr-defined]
-        processed = [
-            self.processor.image_processor(images=[f], return_tensors="pt")  # type: ignore[attr-defined]
-            for f in frames
-        ]
-        grids = {tuple(p["image_grid_thw"][0].tolist()) for p in processed}
+        # each frame prepared as an image: its patches here, and the pixel-mask path's parts
+        parts = tuple(self.prepare(f, question) for f in frames)  # type: ignore[attr-defined]
+        grids = {tuple(p.inputs["image_grid_thw"][0].tolist()) for p in parts}
         if len(grids) != 1:
             raise CaptureError(f"the frames were resized to different grids {sorted(grids)}")
         _, gh, gw = next(iter(grids))
-        pixel_values = self.pair_frames([out["pixel_values"] for out in processed])
+        pixel_values = self.pair_frames([p.inputs["pixel_values"] for p in parts])
         groups = -(-len(frames) // tp)  # ceil: the last frame pads an odd count
         token = self.processor.video_token  # type: ignore[attr-defined]
         times = video.timestamps()
@@ -69,8 +67,7 @@ class QwenVideoMixin:
         grids = frame_groups(gh // m, gw // m, groups, tp, len(frames))
         video_id = int(self.model.config.video_token_id)  # type: ignore[attr-defined]
         prepared = video_prepared(self, inputs, video_id, grids, question, text, video)
-        # each frame as an image: the pixel-mask path edits frames and pairs them (join)
-        prepared.parts = tuple(self.prepare(f, question) for f in frames)  # type: ignore[attr-defined]
+        prepared.parts = parts  # the pixel-mask path edits frames and pairs them (join)
         return prepared
 
     def pair_frames(self, per_frame: list[Tensor]) -> Tensor:
