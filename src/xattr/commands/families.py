@@ -46,11 +46,10 @@ def family_methods(family: str | type) -> tuple[list[str], list[str]]:
 def family_inputs(cls: type) -> str:
     """What one prompt of the family may show: one image, several, and a video (read off the
     adapter: ``max_images`` and whether it overrides ``prepare_video``)."""
-    from ..models.prompting import PromptingMixin
+    from ..models.prompting import reads_video
 
     several = cls.max_images is None or cls.max_images > 1  # type: ignore[attr-defined]
-    video = cls.prepare_video is not PromptingMixin.prepare_video  # type: ignore[attr-defined]
-    return ("images" if several else "one image") + (", video" if video else "")
+    return ("images" if several else "one image") + (", video" if reads_video(cls) else "")
 
 
 def family_table() -> str:

@@ -115,9 +115,12 @@ class PromptingMixin:
     def prepare_video(self, video: Any, question: str) -> PreparedInputs:
         """The prompt of one video and a question (families that read video override this)."""
         able = sorted(
-            {c.family for c in _subclasses(PromptingMixin) if getattr(c, "family", "")
-             and c.prepare_video is not PromptingMixin.prepare_video}
-        )  # fmt: skip
+            {
+                c.family
+                for c in _subclasses(PromptingMixin)
+                if getattr(c, "family", "") and reads_video(c)
+            }
+        )
         raise CaptureError(
             f"video input is not supported for {getattr(self, 'family', type(self).__name__)}; "
             f"families that take a Video: {', '.join(able)}"
@@ -271,6 +274,11 @@ class PromptingMixin:
                 f"sequence of {n} tokens is longer than the model's context of {self.context_length}"
             )
         return {k: v.to(self.device) for k, v in inputs.items()}  # type: ignore[attr-defined]
+
+
+def reads_video(cls: type) -> bool:
+    """Whether an adapter class builds video prompts (overrides `prepare_video`)."""
+    return cls.prepare_video is not PromptingMixin.prepare_video  # type: ignore[attr-defined]
 
 
 def _subclasses(cls: type) -> list[type]:

@@ -221,12 +221,11 @@ class SampleEvaluator:
             return expl.visual_pixels(hw, image=k).numpy()
 
         saliency = np.concatenate([composed(k, hw) for k, hw in enumerate(sizes)], axis=1)
+        masks = [sample.mask_at(hw, image=k) for k, hw in enumerate(sizes)]  # resampled once
+        human_maps = [sample.human_map_at(hw, image=k) for k, hw in enumerate(sizes)]
         scores = {}
         for name, metric in self.map_metrics.items():
-            refs = [
-                _reference_for(name, sample.mask_at(hw, image=k), sample.human_map_at(hw, image=k))
-                for k, hw in enumerate(sizes)
-            ]
+            refs = [_reference_for(name, m, h) for m, h in zip(masks, human_maps, strict=True)]
             if all(r is None for r in refs):
                 continue
             dtype = next(r.dtype for r in refs if r is not None)
@@ -240,11 +239,7 @@ class SampleEvaluator:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 scores[name] = float(metric(saliency, strip))
-        holding = [
-            k
-            for k, hw in enumerate(sizes)
-            if (m := sample.mask_at(hw, image=k)) is not None and m.any()
-        ]
+        holding = [k for k, m in enumerate(masks) if m is not None and m.any()]
         shares = expl.image_shares
         if len(holding) == 1 and not sample.is_video and not torch.isnan(shares).any():
             scores[IMAGE_HIT] = float(int(shares.argmax()) == holding[0])
