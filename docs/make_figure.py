@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 from PIL import Image, ImageDraw
 
 from xattr.data.cached import synthetic_dataset
+from xattr.data.synthetic_relations import RELATIONS
 
 CELL = 112
 # the methods of the shipped docs/default_run.png, left to right after image and mask
@@ -35,15 +36,21 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS))
     args = ap.parse_args()
     cfg = OmegaConf.load(args.run_dir / "config.yaml")
-    data = cfg.data.dataset
-    dataset = synthetic_dataset(data.root, n=data.n, seed=data.seed, split=data.split)
+    data = OmegaConf.to_container(cfg.data.dataset, resolve=True)
+    data.pop("_target_")
+    dataset = synthetic_dataset(**data)
+    # The first samples, the last row a relational question when the set has any.
+    relational = [i for i in range(len(dataset)) if dataset[i].meta.get("question_kind") in RELATIONS]
+    rows_of = list(range(args.samples))
+    if relational and not set(rows_of) & set(relational):
+        rows_of = [i for i in rows_of if i not in relational][: args.samples - 1] + relational[:1]
     rows = []
-    for i in range(args.samples):
+    for i in rows_of:
         sample = dataset[i]
         mask = Image.fromarray((np.asarray(sample.mask) * 255).astype(np.uint8))
         tiles = [
             _tile(sample.load_image(), "..." + sample.question[-17:]),
-            _tile(mask, "queried object"),
+            _tile(mask, "answer's object"),
         ]
         for m in args.methods:
             path = args.run_dir / "overlays" / f"{sample.sample_id}_{m}.png"

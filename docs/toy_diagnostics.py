@@ -1,89 +1,176 @@
-"""Why the methods rank as they do on the toy: the numbers quoted in the README's default-run section.
+"""Where the toy models ground, layer by layer, and where each method's peak lies: docs/toy.md's numbers.
 
-Per layer, how much of the answer position's visual attention (``A``) and of GLIMPSE's
-gradient-weighted attention (``A * G+``) lands on the queried object, and how often the
-gradient is positive there; then where each method's peak cell lies (queried object,
-another object, background). Reads the default run's synthetic samples.
+Per language-model layer ``k`` and per question kind (today's "What color is the circle?"
+and the relational ones), on the default run's held-out samples:
 
-    python docs/toy_diagnostics.py [--n 200]
+* raw attention restricted to layer ``k`` (the answer row, heads averaged: the
+  ``raw_attention`` method's layer maps) -- NSS on the cells of the object the answer is
+  about, its share of the row's visual attention, and the mean share on each *other*
+  object (on relational questions the anchor's share too);
+* GLIMPSE restricted to layer ``k`` (``layers=[k]``, its documented defaults otherwise) --
+  NSS, so the gradient-weighted map is read at the same depth;
+* where each method's peak cell lies (the answer's object, another object, background).
+
+Cells belong to an object when it covers at least 30% of them (`xattr.toy.layer_profile`).
+The profile is plotted to ``docs/toy_profile.png`` (one panel per model, the middle half
+of the layers shaded).
+
+    python docs/toy_diagnostics.py [--n 200] [--family qwen2_5_vl llava]
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 
 import xattr
 from xattr.data.cached import synthetic_dataset
-from xattr.data.synthetic import object_mask, read_synthetic_meta
+from xattr.data.synthetic import object_mask
 from xattr.metrics._resize import resize_area
+from xattr.toy.layer_profile import MIN_COVER
 
-ROOT = "data/synthetic_val_seed12345"  # written by `python train_free_eval.py`
-METHODS = ("glimpse", "tmme", "rollout", "raw_attention", "gradcam")
+HERE = Path(__file__).resolve().parent
+DATA = OmegaConf.load(HERE.parent / "conf" / "data" / "synthetic.yaml").dataset
+ROOT = f"data/synthetic_val_seed{DATA.seed}"  # where `python train_free_eval.py` writes them
+PEAK_METHODS = ("glimpse", "tmme", "rollout", "raw_attention", "gradcam")
+PLOT = HERE / "toy_profile.png"
 
 
-def cell_coverage(meta: dict, index: int, grid: tuple[int, int]) -> torch.Tensor:
-    """Fraction of each token-grid cell covered by object ``index``: [h, w] (exact area)."""
-    return torch.from_numpy(resize_area(object_mask(meta, index).astype(np.float64), grid))
+def cells(meta: dict, index: int, grid: tuple[int, int]) -> np.ndarray:
+    """Cells of object ``index`` (covered by at least MIN_COVER, its best cell at least): [h*w] bool."""
+    cover = resize_area(object_mask(meta, index).astype(np.float64), grid).flatten()
+    return (cover >= MIN_COVER) | (cover == cover.max())
+
+
+def nss(weights: np.ndarray, on: np.ndarray) -> float:
+    """Mean z-score of a map on a set of cells (0 for a constant map)."""
+    std = weights.std()
+    return float(((weights - weights.mean()) / std)[on].mean()) if std > 0 else 0.0
+
+
+def profile(family: str, n: int) -> dict[str, dict[str, np.ndarray]]:
+    """Per question group ("color", "relational"): per-layer arrays [n_samples, L]; plus peaks."""
+    torch.set_num_threads(1)
+    params = {
+        k: v for k, v in OmegaConf.to_container(DATA).items() if k not in ("_target_", "root")
+    }
+    data = synthetic_dataset(ROOT, **params)
+    adapter = xattr.models.load(family, xattr.toy.checkpoint(family))
+    raw = xattr.methods.get("raw_attention", return_layer_maps=True)
+    peak_methods = {name: xattr.methods.get(name) for name in PEAK_METHODS}
+    out: dict[str, dict[str, list]] = {}
+    peaks = {
+        name: {"answer's object": 0, "other object": 0, "background": 0} for name in PEAK_METHODS
+    }
+    for i in range(min(n, len(data))):
+        sample = data[i]
+        meta = sample.meta
+        group = "color" if meta.get("question_kind", "color") == "color" else "relational"
+        row = out.setdefault(
+            group, {k: [] for k in ("nss", "share", "share_other", "share_anchor", "glimpse_nss")}
+        )
+        trace = adapter.trace(sample.load_image(), sample.question, None, gradients=True)
+        grid = trace.grid
+        objects = [cells(meta, k, grid) for k in range(len(meta["objects"]))]
+        on, target = objects[meta["queried"]], meta["queried"]
+        layer_maps = raw.explain(trace).layer_maps.float().flatten(1).numpy()  # [L, h*w]
+        shares = layer_maps / layer_maps.sum(1, keepdims=True)
+        row["nss"].append([nss(m, on) for m in layer_maps])
+        row["share"].append(shares[:, on].sum(1))
+        others = [objects[k] for k in range(len(objects)) if k != target]
+        row["share_other"].append(np.mean([shares[:, o].sum(1) for o in others], axis=0))
+        anchor = meta.get("anchor")
+        row["share_anchor"].append(shares[:, objects[anchor]].sum(1) if anchor is not None
+                                   else np.full(len(shares), np.nan))  # fmt: skip
+        glimpse = [
+            xattr.methods.get("glimpse", layers=[k]).explain(trace).visual.float().flatten().numpy()
+            for k in range(trace.num_layers)
+        ]
+        row["glimpse_nss"].append([nss(m, on) for m in glimpse])
+        for name, method in peak_methods.items():
+            visual = method.explain(trace).visual.float().flatten().numpy()
+            if not visual.any():
+                continue  # an all-zero map has no peak
+            j = int(visual.argmax())
+            where = [k for k, o in enumerate(objects) if o[j]]
+            key = (
+                "background"
+                if not where
+                else "answer's object"
+                if target in where
+                else "other object"
+            )
+            peaks[name][key] += 1
+    result = {g: {k: np.asarray(v, dtype=float) for k, v in r.items()} for g, r in out.items()}
+    result["peaks"] = peaks  # type: ignore[assignment]
+    return result
+
+
+def report(family: str, result: dict) -> None:
+    """Print the per-layer means and the peak counts."""
+    print(f"== {family}")
+    for group, rows in result.items():
+        if group == "peaks":
+            continue
+        print(f"{group} ({len(rows['nss'])} samples), per layer 0..L-1:")
+        for key, value in rows.items():
+            if np.isnan(value).all():
+                continue  # (no anchor on today's questions)
+            mean = np.nanmean(value, axis=0)
+            print(f"  {key:13s}", " ".join(f"{v:5.2f}" for v in mean))
+    print("where each method's peak cell lies:")
+    for name, count in result["peaks"].items():
+        total = sum(count.values())
+        print(
+            f"  {name:14s}",
+            {k: round(v / max(total, 1), 2) for k, v in count.items()},
+            f"n={total}",
+        )
+
+
+def plot(results: dict[str, dict], path: Path) -> None:
+    """One panel per model: NSS per layer (raw attention per question group, GLIMPSE)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(5.2 * len(results), 3.4), squeeze=False)
+    for ax, (family, result) in zip(axes[0], results.items()):
+        n_layers = next(iter(v for k, v in result.items() if k != "peaks"))["nss"].shape[1]
+        ax.axvspan(n_layers / 4 - 0.5, 3 * n_layers / 4 - 0.5, color="0.92", label="middle half")
+        for group, rows in result.items():
+            if group == "peaks":
+                continue
+            ax.plot(np.nanmean(rows["nss"], 0), marker="o", label=f"raw attention, {group}")
+            ax.plot(np.nanmean(rows["glimpse_nss"], 0), marker="x", ls="--",
+                    label=f"GLIMPSE at layer k, {group}")  # fmt: skip
+        ax.axhline(0, color="0.5", lw=0.8)
+        ax.set_title(f"{family} toy: NSS of layer k alone")
+        ax.set_xlabel("language-model layer k")
+        ax.set_ylabel("NSS on the answer's object")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(path)
 
 
 def main() -> None:
-    """Print the per-layer object shares and the peak-location counts."""
+    """Profile each model, print the tables, save the plot."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=200)
+    parser.add_argument("--family", nargs="+", default=list(xattr.toy.SHIPPED))
+    parser.add_argument("--plot", type=Path, default=PLOT)
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    data = synthetic_dataset(ROOT, n=200, seed=12345)
-    side = read_synthetic_meta(ROOT)
-    adapter = xattr.models.load("qwen2_5_vl", xattr.toy.checkpoint("qwen2_5_vl"))
-    methods = {name: xattr.methods.get(name) for name in METHODS}
-
-    shares = {k: [] for k in ("attention", "attention_x_positive_grad", "positive_grad_object")}
-    shares["positive_grad_visual"] = []
-    area = []
-    peaks = {name: {"queried": 0, "other": 0, "background": 0} for name in METHODS}
-    for i in range(args.n):
-        sample = data[i]
-        meta = side[sample.sample_id]
-        trace = adapter.trace(sample.load_image(), sample.question, None, gradients=True)
-        covers = [cell_coverage(meta, k, trace.grid) for k in range(len(meta["objects"]))]
-        on_object = covers[meta["queried"]].flatten() > 0.3  # [|V|]
-        area.append(on_object.float().mean().item())
-        vis, p = trace.visual_index, int(trace.predicting_positions[0])
-        grads = trace.token_gradients(0)  # [L, H, N, N], first answer token
-        row = {k: [] for k in shares}
-        for layer in range(trace.num_layers):
-            attn = trace.attentions[layer][:, p, vis].float()  # [H, |V|]
-            grad = grads[layer][:, p, vis].float()
-            weighted = attn * grad.clamp_min(0)
-            row["attention"].append((attn[:, on_object].sum() / attn.sum()).item())
-            row["attention_x_positive_grad"].append(
-                (weighted[:, on_object].sum() / weighted.sum().clamp_min(1e-12)).item()
-            )
-            row["positive_grad_object"].append((grad[:, on_object] > 0).float().mean().item())
-            row["positive_grad_visual"].append((grad > 0).float().mean().item())
-        for k in shares:
-            shares[k].append(row[k])
-        for name, method in methods.items():
-            visual = method.explain(trace).visual.float()
-            if not visual.any():
-                continue  # an all-zero map has no peak
-            r, c = divmod(int(visual.flatten().argmax()), trace.grid[1])
-            cover = [float(m[r, c]) for m in covers]
-            k = int(np.argmax(cover))
-            where = "background" if cover[k] < 0.25 else "other"
-            peaks[name]["queried" if where == "other" and k == meta["queried"] else where] += 1
-
-    print(f"{args.n} samples; queried object covers {np.mean(area):.3f} of the cells")
-    print("share on the queried object, per layer 0..L-1 (answer position's row):")
-    for k, v in shares.items():
-        print(f"  {k:28s}", np.round(np.nanmean(v, axis=0), 3))
-    print("where each method's peak cell lies:")
-    for name, count in peaks.items():
-        total = sum(count.values())
-        print(f"  {name:14s}", {k: round(v / total, 2) for k, v in count.items()}, f"n={total}")
+    results = {}
+    for family in args.family:
+        results[family] = profile(family, args.n)
+        report(family, results[family])
+    plot(results, args.plot)
 
 
 if __name__ == "__main__":

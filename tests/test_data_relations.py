@@ -62,3 +62,24 @@ def test_bad_relations_are_named():
         make_relational_sample(cfg, 0, 0, "above")
     with pytest.raises(ValueError, match="distinct=True"):
         make_relational_sample(synthetic_config(distinct=False), 0, 0, "left_color")
+
+
+def test_default_set_mixes_relational_questions_with_unique_ids(tmp_path):
+    """`relational=0.3`: about 30% relational samples, the rest today's, every id unique; the
+    share is recorded, so changing it rewrites the set instead of reusing it."""
+    from xattr.data.cached import synthetic_dataset
+    from xattr.data.synthetic import make_sample
+
+    data = synthetic_dataset(tmp_path / "syn", n=60, seed=12345, relational=0.3)
+    kinds = [s.meta["question_kind"] for s in data]
+    assert 0.15 <= np.mean([k != "color" for k in kinds]) <= 0.45
+    assert len({s.sample_id for s in data}) == 60
+    cfg = synthetic_config()
+    for i, s in enumerate(data):
+        if kinds[i] == "color":  # index i of the plain generator, untouched
+            assert s.question == make_sample(cfg, 12345, i).question
+        else:  # the mask read back is the answer object's, not the anchor's
+            assert np.array_equal(s.mask, object_mask(s.meta) > 0)
+            assert not np.array_equal(s.mask, object_mask(s.meta, s.meta["anchor"]) > 0)
+    plain = synthetic_dataset(tmp_path / "syn", n=60, seed=12345)
+    assert all(s.meta["question_kind"] == "color" for s in plain)

@@ -40,11 +40,19 @@ def test_checkpoint_files_are_small_and_complete(family):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_checkpoint_training_record(family):
-    """The shipped weights come from the documented command: seed 0, well within 30 minutes."""
-    record = json.loads((xattr.toy.checkpoint(family) / "training_report.json").read_text())
+    """The shipped weights come from the documented command: seed 0, well within 30 minutes,
+    grown to the recipe's depth (at least 12 language layers)."""
+    from xattr.toy.recipe import TEXT_LAYERS
+
+    path = xattr.toy.checkpoint(family)
+    record = json.loads((path / "training_report.json").read_text())
     assert record["recipe"]["family"] == family and record["recipe"]["seed"] == 0
     assert record["seconds"] < 30 * 60
-    assert record["stages"][-1]["heldout"]["acc"] >= 0.95
+    assert record["stages"][-1]["heldout"]["acc_color"] >= 0.95
+    grown = [s for s in record["stages"] if s["stage"] == "grow"]
+    assert [s["text_layers"] for s in grown] == [TEXT_LAYERS] and TEXT_LAYERS >= 12
+    text = json.loads((path / "config.json").read_text())["text_config"]
+    assert text["num_hidden_layers"] == TEXT_LAYERS
 
 
 @pytest.mark.parametrize("family", FAMILIES)

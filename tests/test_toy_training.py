@@ -8,9 +8,10 @@ import torch
 
 from xattr.data.synthetic import SHAPES
 from xattr.toy import SHIPPED
-from xattr.toy.model import build_toy, fast_vision
+from xattr.toy.layer_profile import row_profile
+from xattr.toy.model import build_toy, fast_vision, grow_toy
 from xattr.toy.recipe import FAMILY_SIZES, Recipe, Stage, answer_tokens
-from xattr.toy.task import QUESTION, TaskMix, chat_messages, draw_samples, make_batch
+from xattr.toy.task import COLORS, KINDS, TaskMix, chat_messages, draw_samples, make_batch
 from xattr.toy.train import train
 
 FAMILIES = SHIPPED  # the families with a trained toy checkpoint
@@ -29,7 +30,7 @@ def _processor_inputs(toy, items):
     proc = toy.processor
     texts = [
         proc.apply_chat_template(
-            chat_messages(QUESTION.format(shape=it.asked)),
+            chat_messages(it.sample.question),
             tokenize=False,
             add_generation_prompt=True,
         )
@@ -38,15 +39,18 @@ def _processor_inputs(toy, items):
     return proc(images=[it.image for it in items], text=texts, return_tensors="pt")
 
 
-def test_fast_path_matches_processor_and_model(toy):
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_fast_path_matches_processor_and_model(toy, kind):
     """Hand-built pixel_values, prompt ids and the batched forward equal the ordinary path."""
-    items = draw_samples(TaskMix(), seed=3, start=0, n=5)
+    items = draw_samples(TaskMix(), seed=3, start=0, n=5, kind=kind)
+    if kind == "color":  # the absent-shape items ask about a shape not in the sample's question
+        items = [it for it in items if it.asked in it.sample.question]
     batch = make_batch(items, toy.grid)
     inputs = _processor_inputs(toy, items)
     pixel_values = toy.pixel_values(batch.images)
     assert torch.allclose(pixel_values, inputs["pixel_values"], atol=1e-6)
 
-    ids = toy.sequence_ids(batch.shape_q, answer_tokens(toy, batch))
+    ids = toy.sequence_ids(kind, batch.word, answer_tokens(toy, batch))
     assert torch.equal(ids[:, :-2], inputs["input_ids"])
     full = dict(inputs)
     full["input_ids"] = ids
@@ -56,7 +60,8 @@ def test_fast_path_matches_processor_and_model(toy):
         full["mm_token_type_ids"] = torch.cat([full["mm_token_type_ids"], pad], 1)
     toy.model.eval()
     with torch.no_grad():
-        ref = toy.model(**full).logits[:, toy.n_prompt - 1 : toy.n_prompt + 1]
+        n = toy.n_prompt(kind)
+        ref = toy.model(**full).logits[:, n - 1 : n + 1]
         mine = toy.forward_answer(toy.visual_tokens(pixel_values, ids.shape[0]), ids)
         with fast_vision(toy):  # the training-time vision path: same maths
             fast = toy.forward_answer(toy.visual_tokens(pixel_values, ids.shape[0]), ids)
@@ -82,11 +87,12 @@ def test_task_batches_are_seeded_and_grounded():
         present = a.cover[j].sum(-1) > 0
         shapes = a.obj_shape[j][present].tolist()
         if a.answer[j] >= 0:
-            k = shapes.index(int(a.shape_q[j]))
+            k = shapes.index(int(a.word[j]))
             assert int(a.obj_color[j][present][k]) == int(a.answer[j])
+            assert int(a.obj_shape[j][a.target[j]]) == int(a.word[j])
         else:
-            assert int(a.shape_q[j]) not in shapes
-    assert set(a.shape_q.tolist()) <= set(range(len(SHAPES)))
+            assert int(a.word[j]) not in shapes and a.target[j] == -1
+    assert set(a.word.tolist()) <= set(range(len(SHAPES)))
     # A cell's cover never exceeds 1 and objects' covers sum to their area / cell area.
     assert float(a.cover.sum(1).max()) <= 1.0 + 1e-6
 
@@ -139,7 +145,7 @@ def test_small_retrain_learns(family, tmp_path):
     with torch.no_grad():
         vis = toy.visual_tokens(toy.pixel_values(batch.images), 16)
         logits = toy.forward_answer(
-            vis, toy.sequence_ids(batch.shape_q, toy.color_ids[batch.answer])
+            vis, toy.sequence_ids("color", batch.word, toy.color_ids[batch.answer])
         )
     vocab = toy.processor.tokenizer.convert_ids_to_tokens(logits[:, 0].argmax(-1).tolist())
     assert answers == vocab  # the fast path and greedy generation through the adapter agree
@@ -152,6 +158,7 @@ def test_training_is_reproducible_from_the_seed(tmp_path):
         Stage("lm", steps=4, lr=1e-3, batch_size=8, warmup=2, shape_probe=1.0, source="oracle"),
         Stage("align", steps=4, lr=1e-3, batch_size=8, warmup=2, cell_probe=1.0),
         Stage("lm", steps=3, lr=1e-3, batch_size=8, warmup=1, shape_probe=1.0),
+        Stage("grow", grow_to=3, grow_bottom=1),  # the new layers' random parts are seeded too
         Stage("joint", steps=3, lr=1e-3, batch_size=8, warmup=1),
     ]
     states = []
@@ -160,4 +167,62 @@ def test_training_is_reproducible_from_the_seed(tmp_path):
         toy, _ = train(recipe, None, verbose=False, workdir=tmp_path / str(run))
         states.append({k: v.clone() for k, v in toy.model.state_dict().items()})
     assert states[0].keys() == states[1].keys()
+    assert any(".layers.2." in k for k in states[0])  # grown from 2 to 3 layers
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+@pytest.mark.parametrize("kind", ["left_color", "next_shape"])
+def test_relational_batches_name_the_anchor_and_answer_the_target(kind):
+    """A relational batch: the word names the anchor, the answer is the target's attribute."""
+    mix = TaskMix(kinds=("color", kind), kind_weights=(1.0, 1.0))
+    items = draw_samples(mix, 5, 0, 16, kind=kind)
+    batch = make_batch(items, grid=7)
+    assert batch.kind == kind
+    spec = KINDS[kind]
+    for j, it in enumerate(items):
+        meta = it.sample.meta
+        anchor, target = meta["objects"][meta["anchor"]], meta["objects"][meta["queried"]]
+        assert it.sample.question == spec.question(anchor[spec.word])
+        assert int(batch.target[j]) == meta["queried"] != meta["anchor"]
+        answers = SHAPES if spec.answer == "shape" else COLORS
+        assert answers[int(batch.answer[j])] == target[spec.answer] == it.sample.answer
+    # Kinds per batch follow the mix's weights, seeded: both occur over a stream.
+    drawn = {mix.batch_kind(5, start) for start in range(0, 64 * 40, 64)}
+    assert drawn == {"color", kind}
+    with pytest.raises(ValueError, match="one question kind"):
+        make_batch(items[:2] + draw_samples(mix, 5, 0, 2, kind="color"), grid=7)
+
+
+def test_row_profile_against_hand_computed_values():
+    """NSS and shares of a row: hand-computed on a 4-cell grid with two objects."""
+    items = draw_samples(TaskMix(), 5, 0, 1, kind="left_color")
+    batch = make_batch(items, grid=7)
+    cover = torch.zeros(1, 3, 4)
+    cover[0, 0, 0] = 1.0  # object 0 covers cell 0
+    cover[0, 1, 3] = 0.5  # object 1 covers half of cell 3
+    batch.cover, batch.target = cover, torch.tensor([0])
+    row = torch.tensor([[[0.4, 0.2, 0.2, 0.2]]])  # [L=1, B=1, G=4]
+    prof = row_profile(row, batch)
+    z = (row - row.mean()) / row.std()
+    assert torch.allclose(prof["nss"], z[..., 0])
+    assert float(prof["share"]) == pytest.approx(0.4)
+    assert float(prof["share_other"]) == pytest.approx(0.2)  # object 1 only (object 2 absent)
+
+
+def test_grown_model_computes_what_the_small_one_did(tmp_path):
+    """Block expansion: new layers start as the identity, so the grown model's logits are unchanged."""
+    sizes = {**FAMILY_SIZES["qwen2_5_vl"], **SMALL}
+    toy = build_toy("qwen2_5_vl", 0, sizes, tmp_path / "small")
+    grown = grow_toy(toy, sizes, 5, bottom=2, seed=1, workdir=tmp_path / "grown")
+    assert grown.model.config.text_config.num_hidden_layers == 5
+    batch = make_batch(draw_samples(TaskMix(), 5, 0, 4, kind="next_shape"), toy.grid)
+    ids = toy.sequence_ids("next_shape", batch.word, answer_tokens(toy, batch))
+    with torch.no_grad():
+        vis = toy.visual_tokens(toy.pixel_values(batch.images), 4)
+        before = toy.forward_answer(vis, ids)
+        after = grown.forward_answer(grown.visual_tokens(grown.pixel_values(batch.images), 4), ids)
+    assert torch.allclose(before, after, atol=1e-5)
+    old = toy.model.model.language_model.layers[1].self_attn.q_proj.weight
+    assert torch.equal(grown.model.model.language_model.layers[3].self_attn.q_proj.weight, old)
+    new = grown.model.model.language_model.layers[0]
+    assert not new.self_attn.o_proj.weight.any() and new.self_attn.q_proj.weight.any()

@@ -31,9 +31,13 @@ def synthetic_dataset(
     split: str = "val",
     mask_threshold: float = 0.5,
     limit: int | None = None,
+    relational: float = 0.0,
     **generator: Any,
 ) -> VQAHATDataset:
     """The synthetic grounding set in VQA-HAT layout under ``root``, generated if absent.
+
+    ``relational``: the share of relational questions ("What color is the shape left of
+    the circle?"; `xattr.data.synthetic_relations.with_relations`).
 
     The files are rewritten when the recorded generator or writer parameters differ from
     the requested ones (compared after normalisation, so ``colors: [red, blue]`` matches
@@ -44,9 +48,9 @@ def synthetic_dataset(
     sidecar = root / f"synthetic_{split}_meta.json"
     writer = {k: generator.get(k, v) for k, v in WRITER_DEFAULTS.items()}
     params = {k: v for k, v in generator.items() if k not in WRITER_DEFAULTS}
-    wanted = {"n": n, "seed": seed, **asdict(synthetic_config(**params))}
+    wanted = {"n": n, "seed": seed, "relational": relational, **asdict(synthetic_config(**params))}
     if not _matches(sidecar, wanted, writer):
-        write_synthetic_vqahat(root, n=n, seed=seed, split=split, **generator)
+        write_synthetic_vqahat(root, n=n, seed=seed, split=split, relational=relational, **generator)
     return VQAHATDataset(
         root,
         split=split,

@@ -317,16 +317,22 @@ def write_synthetic_vqahat(
     n_maps: int = 3,
     map_jitter: int = 0,
     jpeg_quality: int = 95,
+    relational: float = 0.0,
     **generator_kwargs: Any,
 ) -> list[Sample]:
     """Generate ``n`` samples and write them under ``root`` in the VQA-HAT layout (SPEC §8).
+
+    ``relational`` is the share of relational questions
+    (`xattr.data.synthetic_relations.with_relations`; their mask is the answer object's).
 
     The split's earlier maps and images are deleted first (``write_vqahat(clean=True)``).
     Besides the VQA-HAT files, ``synthetic_{split}_meta.json`` records the generator
     parameters and each question's object metadata (the VQA-HAT loader ignores it).
     """
+    from xattr.data.synthetic_relations import with_relations  # (it builds on this module)
+
     cfg = synthetic_config(**generator_kwargs)
-    samples = [make_sample(cfg, seed, i) for i in range(n)]
+    samples = with_relations(cfg, n, seed, relational)
     root = write_vqahat(
         samples,
         root,
@@ -338,7 +344,7 @@ def write_synthetic_vqahat(
         clean=True,
     )
     sidecar = {
-        "generator": {"n": n, "seed": seed, **asdict(cfg)},
+        "generator": {"n": n, "seed": seed, "relational": relational, **asdict(cfg)},
         "writer": {"n_maps": n_maps, "map_jitter": map_jitter, "jpeg_quality": jpeg_quality},
         "questions": {s.sample_id: s.meta for s in samples},
     }

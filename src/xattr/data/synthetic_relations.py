@@ -26,6 +26,7 @@ from xattr.data.synthetic import (
     _layout,
     _question_type,
     draw_objects,
+    make_sample,
     synthetic_config,
 )
 
@@ -101,6 +102,22 @@ def make_relational_sample(cfg: SyntheticConfig, seed: int, index: int, kind: st
             "anchor": anchor,
         },
     )  # fmt: skip
+
+
+def with_relations(cfg: SyntheticConfig, n: int, seed: int, share: float) -> list[Sample]:
+    """Samples ``0..n-1`` of ``seed``: each relational (kind drawn uniformly) with probability
+    ``share``, else today's `synthetic.make_sample`; one sample per index, so ids stay unique."""
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"relational share must lie in [0, 1], got {share}")
+    out = []
+    for i in range(n):
+        rng = np.random.default_rng([seed, i, RELATION_STREAM, 1])
+        if share and rng.random() < share:
+            kind = tuple(RELATIONS)[int(rng.integers(len(RELATIONS)))]
+            out.append(make_relational_sample(cfg, seed, i, kind))
+        else:
+            out.append(make_sample(cfg, seed, i))
+    return out
 
 
 def generate_relational(

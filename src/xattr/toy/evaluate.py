@@ -6,7 +6,9 @@ circle?", the default benchmark: 112 px, 3 objects) three ways:
 * ``accuracy`` -- the clean image;
 * ``queried_blurred`` -- the queried object blurred out: should fall to chance
   (1 / number of colours), since the answer is nowhere else in the image;
-* ``other_blurred`` -- another object (seeded choice) blurred out instead: should stay high.
+* ``other_blurred`` -- another object (seeded choice) blurred out instead: should stay high;
+* ``relational`` -- accuracy on each relational question ("What color is the shape left of
+  the circle?", "What shape is next to the red one?"), clean images.
 
 "Blurred out" has two modes: ``"fill"`` paints the object's bounding box with the background
 colour (the object is gone), ``"blur"`` pastes a strongly Gaussian-blurred copy of the image
@@ -106,12 +108,14 @@ def grounding_report(
     batch_size: int = 50,
     n_objects: int = 3,
     image_size: int = 112,
+    relational: bool = True,
 ) -> dict[str, Any]:
     """Held-out answer accuracy, and with the queried / another object blurred out (per mode).
 
     ``model`` is a model adapter, a checkpoint directory or a shipped family name. Returns
     ``{"n", "seed", "chance", "accuracy", "<mode>": {"queried_blurred", "other_blurred"}, ...}``
-    plus the flat keys ``queried_blurred`` / ``other_blurred`` of the first mode.
+    plus the flat keys ``queried_blurred`` / ``other_blurred`` of the first mode, and with
+    ``relational`` the accuracy on each relational question kind (`relational_accuracy`).
     """
     adapter = _load(model, family)
     samples = generate_synthetic(n, seed, image_size=image_size, n_objects=n_objects)
@@ -169,7 +173,31 @@ def grounding_report(
         m: {str(k): int(v) for k, v in d.items()}
         for m, d in report["queried_blurred_answers"].items()
     }
+    if relational:
+        report["relational"] = relational_accuracy(adapter, n, seed, batch_size=batch_size)
     return report
+
+
+def relational_accuracy(adapter: Any, n: int, seed: int, batch_size: int = 50) -> dict[str, Any]:
+    """Greedy answers to ``n`` held-out relational questions per relation, clean images.
+
+    Returns ``{kind: accuracy, ..., "chance": {kind: ...}}``; chance is one over the answer
+    vocabulary (colours for "left_color", shapes for "next_shape").
+    """
+    from xattr.data.synthetic import SHAPES
+    from xattr.data.synthetic_relations import RELATIONS, generate_relational
+
+    out: dict[str, Any] = {"chance": {}}
+    for kind in RELATIONS:
+        samples = generate_relational(n, seed, kinds=(kind,))
+        preds: list[str] = []
+        for i in range(0, n, batch_size):
+            chunk = samples[i : i + batch_size]
+            preds += answer_batch(adapter, [s.image for s in chunk], [s.question for s in chunk])
+        out[kind] = float(np.mean([p == s.answer.lower() for p, s in zip(preds, samples)]))
+        vocabulary = PALETTE if kind == "left_color" else SHAPES
+        out["chance"][kind] = 1.0 / len(vocabulary)
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -23,26 +23,25 @@ from torch import Tensor, nn
 from transformers import AutoConfig
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
 
-from xattr.data.synthetic import SHAPES
 from xattr.toy.build import build_tiny_model, load_tiny_model
 from xattr.toy.task import (
     BACKGROUND_WORD,
-    COLORS,
-    QUESTION,
+    KINDS,
+    VOCABULARIES,
     Batch,
     TaskMix,
+    batch_for,
     chat_messages,
-    draw_samples,
-    make_batch,
 )
 
 
 class ToyLVLM(nn.Module):
     """A transformers LVLM plus the fixed prompt layout of the task, with a fast batched path.
 
-    Every prompt has the same length (one image, one question of fixed wording), so a batch is
-    a plain stack: ``[prompt(shape), answer, end-of-turn]``. ``forward_answer`` gives the
-    logits predicting the answer and the end-of-turn token.
+    The prompts of one question kind share one length (one image, one question of fixed
+    wording and one word), so a batch of one kind is a plain stack: ``[prompt(kind, word),
+    answer, end-of-turn]``. ``forward_answer`` gives the logits predicting the answer and the
+    end-of-turn token.
     """
 
     def __init__(self, model: nn.Module, processor: Any, family: str) -> None:
@@ -52,33 +51,37 @@ class ToyLVLM(nn.Module):
         self.family = family
         self.qwen = family.startswith("qwen")
         tok = processor.tokenizer
-        self.color_ids = torch.tensor([tok.convert_tokens_to_ids(c) for c in COLORS])
-        self.shape_ids = torch.tensor([tok.convert_tokens_to_ids(s) for s in SHAPES])
         self.background_id = tok.convert_tokens_to_ids(BACKGROUND_WORD)
         self.eos_id = int(model.generation_config.eos_token_id)
         cfg = model.config
         self.image_token_id = int(getattr(cfg, "image_token_id", None) or cfg.image_token_index)
-        # One processor call per asked shape gives the exact prompt ids.
+        self.vocab_ids = {
+            name: torch.tensor([tok.convert_tokens_to_ids(w) for w in words])
+            for name, words in VOCABULARIES.items()
+        }
+        # One processor call per (kind, word) gives the exact prompt ids.
         size = self.image_size
         blank = Image.new("RGB", (size, size), (128, 128, 128))
-        prompts, extra = [], {}
-        for shape in SHAPES:
-            text = processor.apply_chat_template(
-                chat_messages(QUESTION.format(shape=shape)),
-                tokenize=False,
-                add_generation_prompt=True,
-            )
-            inputs = processor(images=[blank], text=[text], return_tensors="pt")
-            prompts.append(inputs["input_ids"][0])
-            extra = inputs
-        prompt_ids = torch.stack(prompts)  # [3, L]
-        self.register_buffer("prompt_ids", prompt_ids, persistent=False)
-        self.n_prompt = prompt_ids.shape[1]
-        image_pos = torch.nonzero(prompt_ids[0] == self.image_token_id).flatten()
+        self.prompts: dict[str, Tensor] = {}  # kind -> [len(vocabulary of its word), L_kind]
+        extra: Any = {}
+        for name, kind in KINDS.items():
+            rows = []
+            for word in VOCABULARIES[kind.word]:
+                text = processor.apply_chat_template(
+                    chat_messages(kind.question(word)), tokenize=False, add_generation_prompt=True
+                )
+                extra = processor(images=[blank], text=[text], return_tensors="pt")
+                rows.append(extra["input_ids"][0])
+            self.prompts[name] = torch.stack(rows)
+        first = self.prompts["color"][0]
+        image_pos = torch.nonzero(first == self.image_token_id).flatten()
         self.register_buffer("image_pos", image_pos, persistent=False)
         self.grid = round(math.sqrt(image_pos.numel()))
         if self.qwen:
-            full = torch.cat([prompt_ids[:1], torch.zeros(1, 2, dtype=torch.long)], 1)
+            # Every prompt shares the text before and the image: positions of the longest
+            # prompt (+ answer, end-of-turn) sliced to a shorter one are that one's own.
+            longest = max(self.prompts.values(), key=lambda p: p.shape[1])[:1]
+            full = torch.cat([longest, torch.zeros(1, 2, dtype=torch.long)], 1)
             mm = (full == self.image_token_id).long()
             pos, _ = model.model.get_rope_index(
                 full, mm_token_type_ids=mm, image_grid_thw=extra["image_grid_thw"]
@@ -138,20 +141,45 @@ class ToyLVLM(nn.Module):
         empty = (1 - cover.sum(1)).clamp(min=0)  # [B, G]
         return torch.einsum("bkg,bkd->bgd", cover, obj) + empty[..., None] * emb[self.background_id]
 
-    def sequence_ids(self, shape_q: Tensor, answer_tok: Tensor) -> Tensor:
-        """[B, L + 2]: prompt, answer token, end-of-turn token."""
-        b = shape_q.shape[0]
+    @property
+    def color_ids(self) -> Tensor:
+        """Token ids of the colour words, in COLORS order."""
+        return self.vocab_ids["color"]
+
+    @property
+    def shape_ids(self) -> Tensor:
+        """Token ids of the shape words, in SHAPES order."""
+        return self.vocab_ids["shape"]
+
+    def answer_ids(self, kind: str) -> Tensor:
+        """Token ids of the answer vocabulary of question kind ``kind``."""
+        return self.vocab_ids[KINDS[kind].answer]
+
+    def n_prompt(self, kind: str = "color") -> int:
+        """Prompt length (tokens) of question kind ``kind``."""
+        return self.prompts[kind].shape[1]
+
+    def sequence_ids(self, kind: str, word: Tensor, answer_tok: Tensor) -> Tensor:
+        """[B, L_kind + 2]: prompt (question kind, word index per row), answer token, end-of-turn."""
+        b = word.shape[0]
         eos = torch.full((b, 1), self.eos_id, dtype=torch.long)
-        return torch.cat([self.prompt_ids[shape_q], answer_tok[:, None], eos], dim=1)
+        return torch.cat([self.prompts[kind][word], answer_tok[:, None], eos], dim=1)
 
     def forward_answer(
-        self, visual: Tensor, ids: Tensor, probe_layer: int | None = None
-    ) -> Tensor | tuple[Tensor, Tensor]:
+        self,
+        visual: Tensor,
+        ids: Tensor,
+        probe_layer: int | None = None,
+        attentions: bool = False,
+    ) -> Any:
         """Logits at the last prompt position and the answer position: [B, 2, V].
 
-        With ``probe_layer`` also the hidden state after that layer at the last prompt position.
+        With ``probe_layer`` also the hidden state after that layer at the last prompt
+        position; with ``attentions`` also every layer's attention probabilities
+        ([B, H, N, N] each, eager attention).
         """
         b, n = ids.shape
+        n_prompt = n - 2
         embeds = self.model.get_input_embeddings()(ids)
         embeds = embeds.index_copy(1, self.image_pos, visual.to(embeds.dtype))
         kwargs: dict[str, Any] = {}
@@ -161,13 +189,16 @@ class ToyLVLM(nn.Module):
             inputs_embeds=embeds,
             use_cache=False,
             output_hidden_states=probe_layer is not None,
+            output_attentions=attentions,
             **kwargs,
         )
-        hidden = out.last_hidden_state[:, self.n_prompt - 1 : self.n_prompt + 1]
+        hidden = out.last_hidden_state[:, n_prompt - 1 : n_prompt + 1]
         logits = self.model.lm_head(hidden)
+        if attentions:
+            return logits, out.attentions
         if probe_layer is None:
             return logits
-        return logits, out.hidden_states[probe_layer][:, self.n_prompt - 1]
+        return logits, out.hidden_states[probe_layer][:, n_prompt - 1]
 
 
 def _batched_vision_attention(self, hidden_states: Tensor, cu_seqlens: Tensor, position_embeddings=None, max_seqlen=None, **kwargs) -> Tensor:  # fmt: skip
@@ -245,19 +276,58 @@ def quick_eval(
     """Answer accuracy on ``n`` held-out questions of ``held`` (fast batched path, no processor)."""
     was = toy.model.training
     toy.model.eval()
-    correct, total = 0, 0
-    for start in range(0, n, 64):
-        batch = make_batch(draw_samples(held, seed, start, min(64, n - start)), toy.grid)
-        b = batch.answer.shape[0]
-        vis = (
-            toy.oracle_tokens(batch)
-            if use_oracle
-            else toy.visual_tokens(toy.pixel_values(batch.images), b)
-        )
-        logits = toy.forward_answer(
-            vis, toy.sequence_ids(batch.shape_q, toy.color_ids[batch.answer])
-        )
-        correct += int((logits[:, 0].argmax(-1) == toy.color_ids[batch.answer]).sum())
-        total += b
+    correct: dict[str, int] = {}
+    total: dict[str, int] = {}
+    for kind in held.kinds:
+        for start in range(0, n, 64):
+            batch = batch_for(held, seed, start, min(64, n - start), toy.grid, kind=kind)
+            keep = batch.answer >= 0
+            b = batch.answer.shape[0]
+            vis = (
+                toy.oracle_tokens(batch)
+                if use_oracle
+                else toy.visual_tokens(toy.pixel_values(batch.images), b)
+            )
+            expected = toy.answer_ids(kind)[batch.answer.clamp(min=0)]
+            logits = toy.forward_answer(vis, toy.sequence_ids(kind, batch.word, expected))
+            hit = (logits[:, 0].argmax(-1) == expected)[keep]
+            correct[kind] = correct.get(kind, 0) + int(hit.sum())
+            total[kind] = total.get(kind, 0) + int(keep.sum())
     toy.model.train(was)
-    return {"acc": correct / total}
+    out = {"acc": sum(correct.values()) / max(1, sum(total.values()))}
+    if len(held.kinds) > 1:
+        out.update({f"acc_{k}": correct[k] / max(1, total[k]) for k in held.kinds})
+    return out
+
+
+def grow_toy(
+    toy: ToyLVLM, sizes: dict[str, Any], text_layers: int, bottom: int, seed: int, workdir: Path
+) -> ToyLVLM:
+    """A deeper copy of ``toy``: its language-model layers moved up by ``bottom``, new layers around.
+
+    The new model is a fresh one of ``toy``'s ``sizes`` (`build_toy`'s) but ``text_layers``
+    layers (seed ``seed``); every trained weight is copied over, the trained
+    decoder layer ``i`` becoming layer ``bottom + i``. The new layers (``bottom`` below, the
+    rest above) start as the identity of the residual stream: their output projections
+    (``o_proj``, ``down_proj``) are zero, the rest of them random, and all of them train
+    from the next stage on. Block expansion of this kind is how depth is added to a trained
+    language model without losing what it computes.
+    """
+    old = toy.model.config.text_config.num_hidden_layers
+    if not 0 <= bottom <= text_layers - old:
+        raise ValueError(f"cannot place {old} layers at {bottom} in {text_layers}")
+    grown = build_toy(toy.family, seed, {**sizes, "text_layers": text_layers}, workdir)
+    prefix = "model.language_model.layers."
+    state = grown.model.state_dict()
+    for key, value in toy.model.state_dict().items():
+        if key.startswith(prefix):
+            index, rest = key[len(prefix) :].split(".", 1)
+            key = f"{prefix}{int(index) + bottom}.{rest}"
+        state[key] = value.clone()
+    moved = range(bottom, bottom + old)
+    for layer in (i for i in range(text_layers) if i not in moved):
+        for name in ("self_attn.o_proj.weight", "mlp.down_proj.weight"):
+            state[f"{prefix}{layer}.{name}"].zero_()
+    grown.model.load_state_dict(state)
+    return grown
+

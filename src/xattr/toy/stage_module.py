@@ -26,7 +26,7 @@ from xattr.toy.recipe import (
     qa_loss,
     stage_parameters,
 )
-from xattr.toy.task import Batch
+from xattr.toy.task import VOCABULARIES, Batch
 
 
 class ToyStageModule(L.LightningModule):
@@ -54,18 +54,18 @@ class ToyStageModule(L.LightningModule):
                 probes[name] = nn.Linear(hidden, n_out)
             return probes[name]
 
-        self.probe = get("shape", len(SHAPES), stage.shape_probe)
+        self.probe = get("word", max(map(len, VOCABULARIES.values())), stage.shape_probe)
         self.cellprobe = get("cell", len(SHAPES) + 1, stage.cell_probe)
 
     def _qa(self, vis: Tensor, batch: Batch) -> tuple[Tensor, Tensor, dict[str, float]]:
         toy, st = self.toy, self.stage
-        ids = toy.sequence_ids(batch.shape_q, answer_tokens(toy, batch, self.gen))
+        ids = toy.sequence_ids(batch.kind, batch.word, answer_tokens(toy, batch, self.gen))
         if self.probe is None:
             loss, correct = qa_loss(toy, toy.forward_answer(vis, ids), batch)
             return loss, correct, {}
         logits, h = toy.forward_answer(vis, ids, probe_layer=st.probe_layer)
         loss, correct = qa_loss(toy, logits, batch)
-        probe = F.cross_entropy(self.probe(h), batch.shape_q)
+        probe = F.cross_entropy(self.probe(h), batch.word)
         return loss + st.shape_probe * probe, correct, {"sprobe": float(probe.detach())}
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:

@@ -32,8 +32,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from xattr.toy.model import ToyLVLM, build_toy, fast_vision, quick_eval
-from xattr.toy.recipe import FAMILY_SIZES, Recipe, default_recipe
+from xattr.toy.model import ToyLVLM, build_toy, fast_vision, grow_toy, quick_eval
+from xattr.toy.recipe import FAMILY_SIZES, TEXT_LAYERS, Recipe, default_recipe
 from xattr.toy.stage_module import Progress, ToyStageModule
 from xattr.toy.task import Batch, BatchStream
 
@@ -61,6 +61,14 @@ def train(recipe: Recipe, out: str | Path | None, *, workdir: str | Path | None 
     offset = 0
     for stage in recipe.stages:
         t0 = time.time()
+        if stage.name == "grow":
+            with tempfile.TemporaryDirectory() as tmp:
+                toy = grow_toy(toy, recipe.sizes, stage.grow_to, stage.grow_bottom, recipe.seed + 1,
+                               Path(tmp))  # fmt: skip
+            toy.model.train()
+            report["stages"].append({"stage": "grow", "text_layers": stage.grow_to,
+                                     "bottom": stage.grow_bottom})  # fmt: skip
+            continue
         module = ToyStageModule(toy, stage, recipe.seed + offset, probes)
         loader = torch.utils.data.DataLoader(
             BatchStream(stage.mix or recipe.mix, recipe.seed, offset, stage.batch_size, toy.grid, stage.steps),
@@ -130,11 +138,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument(
         "--steps",
         default=None,
-        help="comma-separated steps of the stages lm(oracle),align,lm(vision),joint",
+        help="comma-separated steps of the stages with steps, in order (grow has none)",
     )
     ap.add_argument("--lrs", default=None, help="comma-separated learning rates of the stages")
     ap.add_argument("--batch-size", type=int, default=None)
-    ap.add_argument("--text-layers", type=int, default=None)
+    ap.add_argument(
+        "--text-layers",
+        type=int,
+        default=TEXT_LAYERS,
+        help="the language model's final depth (grown from the recipe's core)",
+    )
     ap.add_argument("--text-hidden", type=int, default=None)
     ap.add_argument("--text-heads", type=int, default=None)
     ap.add_argument("--vision-layers", type=int, default=None)
@@ -149,16 +162,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    recipe = default_recipe(args.family, args.seed, args.scale)
-    for flag, key in [("text_layers", "text_layers"), ("text_hidden", "text_hidden"), ("text_heads", "text_heads"),
+    recipe = default_recipe(args.family, args.seed, args.scale, args.text_layers)
+    for flag, key in [("text_hidden", "text_hidden"), ("text_heads", "text_heads"),
                       ("vision_layers", "vision_layers"), ("vision_hidden", "vision_hidden")]:  # fmt: skip
         if getattr(args, flag) is not None:
             recipe.sizes[key] = getattr(args, flag)
+    trained = [st for st in recipe.stages if st.name != "grow"]
     if args.steps:
-        for st, n in zip(recipe.stages, args.steps.split(",")):
+        for st, n in zip(trained, args.steps.split(",")):
             st.steps = int(n)
     if args.lrs:
-        for st, lr in zip(recipe.stages, args.lrs.split(",")):
+        for st, lr in zip(trained, args.lrs.split(",")):
             st.lr = float(lr)
     if args.batch_size:
         for st in recipe.stages:
