@@ -40,7 +40,9 @@ def main() -> None:
     data.pop("_target_")
     dataset = synthetic_dataset(**data)
     # The first samples, the last row a relational question when the set has any.
-    relational = [i for i in range(len(dataset)) if dataset[i].meta.get("question_kind") in RELATIONS]
+    relational = [
+        i for i in range(len(dataset)) if dataset[i].meta.get("question_kind") in RELATIONS
+    ]
     rows_of = list(range(args.samples))
     if relational and not set(rows_of) & set(relational):
         rows_of = [i for i in rows_of if i not in relational][: args.samples - 1] + relational[:1]

@@ -50,7 +50,9 @@ def synthetic_dataset(
     params = {k: v for k, v in generator.items() if k not in WRITER_DEFAULTS}
     wanted = {"n": n, "seed": seed, "relational": relational, **asdict(synthetic_config(**params))}
     if not _matches(sidecar, wanted, writer):
-        write_synthetic_vqahat(root, n=n, seed=seed, split=split, relational=relational, **generator)
+        write_synthetic_vqahat(
+            root, n=n, seed=seed, split=split, relational=relational, **generator
+        )
     return VQAHATDataset(
         root,
         split=split,

@@ -330,4 +330,3 @@ def grow_toy(
             state[f"{prefix}{layer}.{name}"].zero_()
     grown.model.load_state_dict(state)
     return grown
-
