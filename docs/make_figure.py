@@ -37,15 +37,18 @@ def main() -> None:
     args = ap.parse_args()
     cfg = OmegaConf.load(args.run_dir / "config.yaml")
     data = OmegaConf.to_container(cfg.data.dataset, resolve=True)
-    data.pop("_target_")
+    data.pop("_target_", None)
     dataset = synthetic_dataset(**data)
-    # The first samples, the last row a relational question when the set has any.
-    relational = [
-        i for i in range(len(dataset)) if dataset[i].meta.get("question_kind") in RELATIONS
-    ]
-    rows_of = list(range(args.samples))
-    if relational and not set(rows_of) & set(relational):
-        rows_of = [i for i in rows_of if i not in relational][: args.samples - 1] + relational[:1]
+    # Among the samples with every overlay saved: the first of today's questions, and the
+    # first relational one as the last row (when the set has any).
+    saved = [
+        i for i in range(len(dataset))
+        if all((args.run_dir / "overlays" / f"{dataset[i].sample_id}_{m}.png").exists()
+               for m in args.methods)
+    ]  # fmt: skip
+    relational = [i for i in saved if dataset[i].meta.get("question_kind") in RELATIONS]
+    plain = [i for i in saved if i not in relational]
+    rows_of = plain[: args.samples - min(1, len(relational))] + relational[:1]
     rows = []
     for i in rows_of:
         sample = dataset[i]

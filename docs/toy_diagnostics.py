@@ -8,14 +8,19 @@ and the relational ones), on the default run's held-out samples:
   about, its share of the row's visual attention, and the mean share on each *other*
   object (on relational questions the anchor's share too);
 * GLIMPSE restricted to layer ``k`` (``layers=[k]``, its documented defaults otherwise) --
-  NSS, so the gradient-weighted map is read at the same depth;
-* where each method's peak cell lies (the answer's object, another object, background).
+  NSS, so the gradient-weighted map is read at the same depth; and, for the first answer
+  token, the share of ``A * G+`` (attention times its positive gradient, heads summed) on
+  the answer's object and the fraction of positive gradient entries there and over all
+  visual cells;
+* where each method's peak cell lies (the answer's object, another object, background);
+* with ``--run DIR`` (a finished default run), each method's mean NSS, pointing game and
+  answer accuracy split by question kind.
 
 Cells belong to an object when it covers at least 30% of them (`xattr.toy.layer_profile`).
 The profile is plotted to ``docs/toy_profile.png`` (one panel per model, the middle half
 of the layers shaded).
 
-    python docs/toy_diagnostics.py [--n 200] [--family qwen2_5_vl llava]
+    python docs/toy_diagnostics.py [--n 200] [--family qwen2_5_vl llava] [--run DIR]
 """
 
 from __future__ import annotations
@@ -70,9 +75,9 @@ def profile(family: str, n: int) -> dict[str, dict[str, np.ndarray]]:
         sample = data[i]
         meta = sample.meta
         group = "color" if meta.get("question_kind", "color") == "color" else "relational"
-        row = out.setdefault(
-            group, {k: [] for k in ("nss", "share", "share_other", "share_anchor", "glimpse_nss")}
-        )
+        keys = ("nss", "share", "share_other", "share_anchor", "glimpse_nss", "share_AxG+",
+                "positive_grad_object", "positive_grad_visual")  # fmt: skip
+        row = out.setdefault(group, {k: [] for k in keys})
         trace = adapter.trace(sample.load_image(), sample.question, None, gradients=True)
         grid = trace.grid
         objects = [cells(meta, k, grid) for k in range(len(meta["objects"]))]
@@ -91,6 +96,19 @@ def profile(family: str, n: int) -> dict[str, dict[str, np.ndarray]]:
             for k in range(trace.num_layers)
         ]
         row["glimpse_nss"].append([nss(m, on) for m in glimpse])
+        vis, p = trace.visual_index, int(trace.predicting_positions[0])
+        grads = trace.token_gradients(0)  # [L, H, N, N], first answer token
+        weighted, positive, positive_all = [], [], []
+        for layer in range(trace.num_layers):
+            attn = trace.attentions[layer][:, p, vis].float()  # [H, |V|]
+            grad = grads[layer][:, p, vis].float()
+            mass = (attn * grad.clamp_min(0)).sum(0).numpy()  # [|V|]
+            weighted.append(mass[on].sum() / max(mass.sum(), 1e-12))
+            positive.append(float((grad[:, on] > 0).float().mean()))
+            positive_all.append(float((grad > 0).float().mean()))
+        row["share_AxG+"].append(weighted)
+        row["positive_grad_object"].append(positive)
+        row["positive_grad_visual"].append(positive_all)
         for name, method in peak_methods.items():
             visual = method.explain(trace).visual.float().flatten().numpy()
             if not visual.any():
@@ -159,13 +177,43 @@ def plot(results: dict[str, dict], path: Path) -> None:
     print(path)
 
 
+def by_kind(run_dir: Path) -> None:
+    """A finished run's rows, per method and question kind: mean NSS, pointing game, accuracy."""
+    from xattr.pipeline.results import load_rows
+
+    params = {
+        k: v for k, v in OmegaConf.to_container(DATA).items() if k not in ("_target_", "root")
+    }
+    kinds = {
+        s.sample_id: s.meta.get("question_kind", "color") for s in synthetic_dataset(ROOT, **params)
+    }
+    table: dict[tuple[str, str], list[dict]] = {}
+    for row in load_rows(run_dir):
+        group = "color" if kinds[str(row["sample_id"])] == "color" else "relational"
+        table.setdefault((row["method"], group), []).append(row)
+    print("method | questions | n | nss | pointing_game | correct")
+    for (method, group), rows in table.items():
+        mean = {
+            k: np.nanmean([r.get(k, np.nan) for r in rows])
+            for k in ("nss", "pointing_game", "correct")
+        }
+        print(
+            f"{method} | {group} | {len(rows)} | {mean['nss']:.3f} | {mean['pointing_game']:.3f} | {mean['correct']:.3f}"
+        )
+
+
 def main() -> None:
     """Profile each model, print the tables, save the plot."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--family", nargs="+", default=list(xattr.toy.SHIPPED))
     parser.add_argument("--plot", type=Path, default=PLOT)
+    parser.add_argument(
+        "--run", type=Path, help="a finished default run: its scores by question kind"
+    )
     args = parser.parse_args()
+    if args.run:
+        by_kind(args.run)
     results = {}
     for family in args.family:
         results[family] = profile(family, args.n)

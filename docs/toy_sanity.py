@@ -53,9 +53,10 @@ def main() -> None:
     n_layers = adapter.model.config.get_text_config().num_hidden_layers
     steps = steps_for(n_layers)
     print(f"{args.family}: {n_layers} decoder layers; randomised top k = {steps}")
-    print("method | n | " + " | ".join(f"k={k}" for k in steps) + " | answer log-prob, k=0 → all")
+    print("method | n | " + " | ".join(f"k={k}" for k in steps))
+    logprob: dict[int, list[float]] = {0: [], **{k: [] for k in steps}}
     for name in METHODS:
-        rho, logp, base = [], [], []
+        rho = []
         for i in range(min(SLOW.get(name, args.n), len(data))):
             sample = data[i]
             with warnings.catch_warnings():  # (undefined ranks count as NaN, skipped)
@@ -64,13 +65,16 @@ def main() -> None:
                     adapter, sample.load_image(), sample.question, name, layers=steps
                 )
             rho.append([r["spearman"] for r in rows])
-            logp.append(rows[-1]["answer_logprob"])
-            base.append(rows[0]["original_answer_logprob"])
+            if name == METHODS[0]:  # the model's answer log-probability per step, once
+                logprob[0].append(rows[0]["original_answer_logprob"])
+                for r in rows:
+                    logprob[r["k"]].append(r["answer_logprob"])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # a step undefined on every sample
             mean = np.nanmean(np.asarray(rho, dtype=float), axis=0)
-        cells = " | ".join(f"{v:.2f}" for v in mean)
-        print(f"{name} | {len(rho)} | {cells} | {np.mean(base):.2f} → {np.mean(logp):.2f}")
+        print(f"{name} | {len(rho)} | " + " | ".join(f"{v:.2f}" for v in mean))
+    print("answer log-prob (k = 0, " + ", ".join(map(str, steps)) + "): "
+          + " ".join(f"{np.mean(v):.2f}" for v in logprob.values()))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -71,6 +71,10 @@ def test_default_set_mixes_relational_questions_with_unique_ids(tmp_path):
     from xattr.data.synthetic import make_sample
 
     data = synthetic_dataset(tmp_path / "syn", n=60, seed=12345, relational=0.3)
+    sidecar = tmp_path / "syn" / "synthetic_val_meta.json"
+    written = sidecar.stat().st_mtime_ns
+    synthetic_dataset(tmp_path / "syn", n=60, seed=12345, relational=0.3)
+    assert sidecar.stat().st_mtime_ns == written  # read back, not rewritten
     kinds = [s.meta["question_kind"] for s in data]
     assert 0.15 <= np.mean([k != "color" for k in kinds]) <= 0.45
     assert len({s.sample_id for s in data}) == 60

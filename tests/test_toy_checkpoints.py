@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -111,6 +112,25 @@ def test_greedy_generate_answers_one_word_then_stops(report):
         assert len(new) == 2 and new[1] in adapter.stop_ids(), (family, new)
         word = adapter.tokenizer.decode(new[:1]).strip()
         assert word in PALETTE and word == b
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_grounding_lies_in_the_middle_layers(family):
+    """The answer row's per-layer profile (xattr.toy.layer_profile, 96 held-out questions):
+    its NSS peak, and the layer where it looks at the asked object more than at the others,
+    both lie in the middle half of the layers (not the first or last quarter)."""
+    from xattr.toy.layer_profile import layer_profile
+    from xattr.toy.model import load_toy
+    from xattr.toy.task import CLEAN_3
+
+    toy = load_toy(xattr.toy.checkpoint(family), family)
+    prof = layer_profile(toy, CLEAN_3, HELDOUT_SEED, 96, kind="color")
+    n = len(prof["nss"])
+    middle = range(n // 4, n - n // 4)
+    selectivity = [a - b for a, b in zip(prof["share"], prof["share_other"])]
+    assert int(np.argmax(prof["nss"])) in middle, prof
+    assert int(np.argmax(selectivity)) in middle, prof
+    assert max(selectivity) > 0.05 and prof["acc"] >= 0.95, prof
 
 
 def test_checkpoint_helper_missing_checkpoint(tmp_path, monkeypatch):

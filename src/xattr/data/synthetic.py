@@ -313,11 +313,11 @@ def write_synthetic_vqahat(
     n: int,
     seed: int,
     split: str = "val",
+    relational: float = 0.0,
     *,
     n_maps: int = 3,
     map_jitter: int = 0,
     jpeg_quality: int = 95,
-    relational: float = 0.0,
     **generator_kwargs: Any,
 ) -> list[Sample]:
     """Generate ``n`` samples and write them under ``root`` in the VQA-HAT layout (SPEC §8).
