@@ -31,8 +31,13 @@ def test_a_negative_temperature_names_the_rule(tmp_path):
 
 
 def test_a_layer_the_model_does_not_have_is_named_with_the_layer_count(tmp_path):
-    line = _refused(tmp_path, "method=[glimpse]", "method.glimpse.layers=[7]")
-    assert line == ("error: glimpse: layers [7]: layer 7 out of range for a model with 4 layers")
+    from xattr.toy.recipe import TEXT_LAYERS  # the shipped toy's depth
+
+    n = TEXT_LAYERS
+    line = _refused(tmp_path, "method=[glimpse]", f"method.glimpse.layers=[{n}]")
+    assert (
+        line == f"error: glimpse: layers [{n}]: layer {n} out of range for a model with {n} layers"
+    )
 
 
 def test_an_unknown_dtype_names_the_nearest(tmp_path):

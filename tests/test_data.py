@@ -15,7 +15,8 @@ from xattr.data import (
     generate_synthetic,
     write_synthetic_vqahat,
 )
-from xattr.data.synthetic import PALETTE, object_mask, read_synthetic_meta
+from xattr.data.synthetic import PALETTE, object_mask
+from xattr.data.synthetic_vqahat import read_synthetic_meta
 
 
 def _same(a: Sample, b: Sample) -> bool:

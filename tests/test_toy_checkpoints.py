@@ -91,6 +91,14 @@ def test_queried_object_blurred_out_falls_to_chance(report, mode):
     assert abs(rep[mode]["queried_blurred"] - rep["chance"]) <= 0.12, (family, mode, rep)
 
 
+def test_relational_questions_beat_chance(report):
+    """Relational questions (docs/toy.md: 52-54%, short of the 90% aimed at): at least 10
+    points above chance (a quarter for "left of", a third for "next to")."""
+    family, _, rep = report
+    for kind in ("left_color", "next_shape"):
+        assert rep["relational"][kind] >= rep["relational"]["chance"][kind] + 0.10, (family, rep)
+
+
 def test_other_object_blurred_out_keeps_accuracy(report):
     family, _, rep = report
     for mode in ("fill", "blur"):

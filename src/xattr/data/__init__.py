@@ -9,12 +9,8 @@ from xattr.data.sample import Sample, SampleError
 if TYPE_CHECKING:
     from xattr.data.datamodule import XattrDataModule
     from xattr.data.jsonl import JsonlDataset
-    from xattr.data.synthetic import (
-        generate_synthetic,
-        object_mask,
-        read_synthetic_meta,
-        write_synthetic_vqahat,
-    )
+    from xattr.data.synthetic import generate_synthetic, object_mask
+    from xattr.data.synthetic_vqahat import read_synthetic_meta, write_synthetic_vqahat
     from xattr.data.vqahat import VQAHATDataset
     from xattr.data.vqahat_writer import write_vqahat
 
@@ -25,8 +21,8 @@ _LAZY = {
     "VQAHATDataset": "xattr.data.vqahat",
     "generate_synthetic": "xattr.data.synthetic",
     "object_mask": "xattr.data.synthetic",
-    "read_synthetic_meta": "xattr.data.synthetic",
-    "write_synthetic_vqahat": "xattr.data.synthetic",
+    "read_synthetic_meta": "xattr.data.synthetic_vqahat",
+    "write_synthetic_vqahat": "xattr.data.synthetic_vqahat",
     "write_vqahat": "xattr.data.vqahat_writer",
 }
 

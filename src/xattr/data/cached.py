@@ -10,9 +10,10 @@ from typing import Any
 
 from xattr.data.jsonl import JsonlDataset
 from xattr.data.jsonl_writer import write_jsonl_folder
-from xattr.data.synthetic import read_synthetic_meta, synthetic_config, write_synthetic_vqahat
+from xattr.data.synthetic import synthetic_config
 from xattr.data.synthetic_pairs import generate_synthetic_pairs
 from xattr.data.synthetic_video import generate_synthetic_videos
+from xattr.data.synthetic_vqahat import read_synthetic_meta, write_synthetic_vqahat
 from xattr.data.vqahat import VQAHATDataset
 
 # write_synthetic_vqahat's file-writing options (keyword-only) and their defaults, read off its

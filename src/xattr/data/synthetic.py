@@ -8,17 +8,14 @@ equals ``generate_synthetic(3, s)``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from xattr.data.sample import Sample
-from xattr.data.vqahat_writer import write_vqahat
 
 RGB = tuple[int, int, int]
 
@@ -306,57 +303,3 @@ def generate_synthetic(
         distinct=distinct,
     )
     return [make_sample(cfg, seed, i) for i in range(n)]
-
-
-def write_synthetic_vqahat(
-    root: str | Path,
-    n: int,
-    seed: int,
-    split: str = "val",
-    relational: float = 0.0,
-    *,
-    n_maps: int = 3,
-    map_jitter: int = 0,
-    jpeg_quality: int = 95,
-    **generator_kwargs: Any,
-) -> list[Sample]:
-    """Generate ``n`` samples and write them under ``root`` in the VQA-HAT layout (SPEC §8).
-
-    ``relational`` is the share of relational questions
-    (`xattr.data.synthetic_relations.with_relations`; their mask is the answer object's).
-
-    The split's earlier maps and images are deleted first (``write_vqahat(clean=True)``).
-    Besides the VQA-HAT files, ``synthetic_{split}_meta.json`` records the generator
-    parameters and each question's object metadata (the VQA-HAT loader ignores it).
-    """
-    from xattr.data.synthetic_relations import with_relations  # (it builds on this module)
-
-    cfg = synthetic_config(**generator_kwargs)
-    samples = with_relations(cfg, n, seed, relational)
-    root = write_vqahat(
-        samples,
-        root,
-        split,
-        n_maps=n_maps,
-        map_jitter=map_jitter,
-        seed=seed,
-        jpeg_quality=jpeg_quality,
-        clean=True,
-    )
-    sidecar = {
-        "generator": {"n": n, "seed": seed, "relational": relational, **asdict(cfg)},
-        "writer": {"n_maps": n_maps, "map_jitter": map_jitter, "jpeg_quality": jpeg_quality},
-        "questions": {s.sample_id: s.meta for s in samples},
-    }
-    (root / f"synthetic_{split}_meta.json").write_text(json.dumps(sidecar))
-    return samples
-
-
-def read_synthetic_meta(root: str | Path, split: str = "val") -> dict[str, dict[str, Any]]:
-    """Per-question generator meta (objects, boxes, queried index) keyed by sample id.
-
-    Join it to samples read back with ``VQAHATDataset`` (``meta.update(side[s.sample_id])``)
-    when code needs the objects, e.g. to blur one of them.
-    """
-    path = Path(root) / f"synthetic_{split}_meta.json"
-    return json.loads(path.read_text())["questions"]
