@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,7 +37,7 @@ import xattr
 from xattr.data.cached import synthetic_dataset
 from xattr.data.synthetic import object_mask
 from xattr.metrics._resize import resize_area
-from xattr.toy.layer_profile import MIN_COVER
+from xattr.toy.layer_profile import object_cells
 
 HERE = Path(__file__).resolve().parent
 DATA = OmegaConf.load(HERE.parent / "conf" / "data" / "synthetic.yaml").dataset
@@ -45,10 +46,18 @@ PEAK_METHODS = ("glimpse", "tmme", "rollout", "raw_attention", "gradcam")
 PLOT = HERE / "toy_profile.png"
 
 
+def default_run_data() -> Any:
+    """The default run's synthetic samples (conf/data/synthetic.yaml), read from ``ROOT``."""
+    params = OmegaConf.to_container(DATA)
+    return synthetic_dataset(
+        ROOT, **{k: v for k, v in params.items() if k not in ("_target_", "root")}
+    )
+
+
 def cells(meta: dict, index: int, grid: tuple[int, int]) -> np.ndarray:
-    """Cells of object ``index`` (covered by at least MIN_COVER, its best cell at least): [h*w] bool."""
+    """Cells of object ``index`` (`xattr.toy.layer_profile.object_cells`): [h*w] bool."""
     cover = resize_area(object_mask(meta, index).astype(np.float64), grid).flatten()
-    return (cover >= MIN_COVER) | (cover == cover.max())
+    return object_cells(torch.from_numpy(cover)[None, None])[0, 0].numpy()
 
 
 def nss(weights: np.ndarray, on: np.ndarray) -> float:
@@ -60,13 +69,12 @@ def nss(weights: np.ndarray, on: np.ndarray) -> float:
 def profile(family: str, n: int) -> dict[str, dict[str, np.ndarray]]:
     """Per question group ("color", "relational"): per-layer arrays [n_samples, L]; plus peaks."""
     torch.set_num_threads(1)
-    params = {
-        k: v for k, v in OmegaConf.to_container(DATA).items() if k not in ("_target_", "root")
-    }
-    data = synthetic_dataset(ROOT, **params)
+    data = default_run_data()
     adapter = xattr.models.load(family, xattr.toy.checkpoint(family))
     raw = xattr.methods.get("raw_attention", return_layer_maps=True)
     peak_methods = {name: xattr.methods.get(name) for name in PEAK_METHODS}
+    n_layers = adapter.model.config.get_text_config().num_hidden_layers
+    glimpse_at = [xattr.methods.get("glimpse", layers=[k]) for k in range(n_layers)]
     out: dict[str, dict[str, list]] = {}
     peaks = {
         name: {"answer's object": 0, "other object": 0, "background": 0} for name in PEAK_METHODS
@@ -91,10 +99,7 @@ def profile(family: str, n: int) -> dict[str, dict[str, np.ndarray]]:
         anchor = meta.get("anchor")
         row["share_anchor"].append(shares[:, objects[anchor]].sum(1) if anchor is not None
                                    else np.full(len(shares), np.nan))  # fmt: skip
-        glimpse = [
-            xattr.methods.get("glimpse", layers=[k]).explain(trace).visual.float().flatten().numpy()
-            for k in range(trace.num_layers)
-        ]
+        glimpse = [method.explain(trace).visual.float().flatten().numpy() for method in glimpse_at]
         row["glimpse_nss"].append([nss(m, on) for m in glimpse])
         vis, p = trace.visual_index, int(trace.predicting_positions[0])
         grads = trace.token_gradients(0)  # [L, H, N, N], first answer token
@@ -181,12 +186,7 @@ def by_kind(run_dir: Path) -> None:
     """A finished run's rows, per method and question kind: mean NSS, pointing game, accuracy."""
     from xattr.pipeline.results import load_rows
 
-    params = {
-        k: v for k, v in OmegaConf.to_container(DATA).items() if k not in ("_target_", "root")
-    }
-    kinds = {
-        s.sample_id: s.meta.get("question_kind", "color") for s in synthetic_dataset(ROOT, **params)
-    }
+    kinds = {s.sample_id: s.meta.get("question_kind", "color") for s in default_run_data()}
     table: dict[tuple[str, str], list[dict]] = {}
     for row in load_rows(run_dir):
         group = "color" if kinds[str(row["sample_id"])] == "color" else "relational"

@@ -16,19 +16,14 @@ from __future__ import annotations
 
 import argparse
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
+from toy_diagnostics import default_run_data  # docs/toy_diagnostics.py, next to this script
 
 import xattr
-from xattr.data.cached import synthetic_dataset
 from xattr.metrics import parameter_randomisation
 
-HERE = Path(__file__).resolve().parent
-DATA = OmegaConf.load(HERE.parent / "conf" / "data" / "synthetic.yaml").dataset
-ROOT = f"data/synthetic_val_seed{DATA.seed}"  # where `python train_free_eval.py` writes them
 METHODS = ("glimpse", "tmme", "rollout", "raw_attention", "gradcam", "dexar", "igos_fast")
 SLOW = {"igos_fast": 4}  # samples for methods that optimise per explanation
 
@@ -45,10 +40,7 @@ def main() -> None:
     parser.add_argument("--family", default="qwen2_5_vl")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    params = {
-        k: v for k, v in OmegaConf.to_container(DATA).items() if k not in ("_target_", "root")
-    }
-    data = synthetic_dataset(ROOT, **params)
+    data = default_run_data()
     adapter = xattr.models.load(args.family, xattr.toy.checkpoint(args.family))
     n_layers = adapter.model.config.get_text_config().num_hidden_layers
     steps = steps_for(n_layers)

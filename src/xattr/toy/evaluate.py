@@ -182,10 +182,10 @@ def relational_accuracy(adapter: Any, n: int, seed: int, batch_size: int = 50) -
     """Greedy answers to ``n`` held-out relational questions per relation, clean images.
 
     Returns ``{kind: accuracy, ..., "chance": {kind: ...}}``; chance is one over the answer
-    vocabulary (colours for "left_color", shapes for "next_shape").
+    vocabulary (`xattr.toy.task.KINDS`: colours for "left_color", shapes for "next_shape").
     """
-    from xattr.data.synthetic import SHAPES
     from xattr.data.synthetic_relations import RELATIONS, generate_relational
+    from xattr.toy.task import KINDS, VOCABULARIES
 
     out: dict[str, Any] = {"chance": {}}
     for kind in RELATIONS:
@@ -195,8 +195,7 @@ def relational_accuracy(adapter: Any, n: int, seed: int, batch_size: int = 50) -
             chunk = samples[i : i + batch_size]
             preds += answer_batch(adapter, [s.image for s in chunk], [s.question for s in chunk])
         out[kind] = float(np.mean([p == s.answer.lower() for p, s in zip(preds, samples)]))
-        vocabulary = PALETTE if kind == "left_color" else SHAPES
-        out["chance"][kind] = 1.0 / len(vocabulary)
+        out["chance"][kind] = 1.0 / len(VOCABULARIES[KINDS[kind].answer])
     return out
 
 

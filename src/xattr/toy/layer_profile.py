@@ -78,12 +78,7 @@ def layer_profile(
         keep = batch.target >= 0
         if not keep.any():
             continue
-        b = batch.answer.shape[0]
-        vis = (
-            toy.oracle_tokens(batch)
-            if use_oracle
-            else toy.visual_tokens(toy.pixel_values(batch.images), b)
-        )
+        vis = toy.batch_visual(batch, use_oracle)
         answer_ids = toy.answer_ids(batch.kind)[batch.answer.clamp(min=0)]
         logits, attn = toy.forward_answer(
             vis, toy.sequence_ids(batch.kind, batch.word, answer_ids), attentions=True

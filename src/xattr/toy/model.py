@@ -159,6 +159,12 @@ class ToyLVLM(nn.Module):
         """Prompt length (tokens) of question kind ``kind``."""
         return self.prompts[kind].shape[1]
 
+    def batch_visual(self, batch: Batch, oracle: bool = False) -> Tensor:
+        """[B, G, D] visual tokens of a batch: its oracle cell embeddings, or the vision tower's."""
+        if oracle:
+            return self.oracle_tokens(batch)
+        return self.visual_tokens(self.pixel_values(batch.images), batch.answer.shape[0])
+
     def sequence_ids(self, kind: str, word: Tensor, answer_tok: Tensor) -> Tensor:
         """[B, L_kind + 2]: prompt (question kind, word index per row), answer token, end-of-turn."""
         b = word.shape[0]
@@ -282,12 +288,7 @@ def quick_eval(
         for start in range(0, n, 64):
             batch = batch_for(held, seed, start, min(64, n - start), toy.grid, kind=kind)
             keep = batch.answer >= 0
-            b = batch.answer.shape[0]
-            vis = (
-                toy.oracle_tokens(batch)
-                if use_oracle
-                else toy.visual_tokens(toy.pixel_values(batch.images), b)
-            )
+            vis = toy.batch_visual(batch, use_oracle)
             expected = toy.answer_ids(kind)[batch.answer.clamp(min=0)]
             logits = toy.forward_answer(vis, toy.sequence_ids(kind, batch.word, expected))
             hit = (logits[:, 0].argmax(-1) == expected)[keep]

@@ -71,20 +71,19 @@ class ToyStageModule(L.LightningModule):
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         """The stage's loss on one batch; its terms are appended to ``history``."""
         toy, st = self.toy, self.stage
-        b = batch.answer.shape[0]
         stats: dict[str, float] = {}
         with torch.no_grad():
             oracle = toy.oracle_tokens(batch)  # targets only: never differentiated
         if st.name == "lm" and st.source == "vision":
             with torch.no_grad():
-                vis = toy.visual_tokens(toy.pixel_values(batch.images), b)
+                vis = toy.batch_visual(batch)
             loss, correct, extra = self._qa(vis, batch)
             stats.update(extra)
         elif st.name == "lm":
             loss, correct, extra = self._qa(oracle, batch)
             stats.update(extra)
         else:
-            vis = toy.visual_tokens(toy.pixel_values(batch.images), b)
+            vis = toy.batch_visual(batch)
             al = align_loss(vis, oracle, batch.cover, st.cell_weight)
             stats["align"] = float(al.detach())
             if self.cellprobe is not None:
