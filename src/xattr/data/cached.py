@@ -13,7 +13,11 @@ from xattr.data.jsonl_writer import write_jsonl_folder
 from xattr.data.synthetic import synthetic_config
 from xattr.data.synthetic_pairs import generate_synthetic_pairs
 from xattr.data.synthetic_video import generate_synthetic_videos
-from xattr.data.synthetic_vqahat import read_synthetic_meta, write_synthetic_vqahat
+from xattr.data.synthetic_vqahat import (
+    generator_record,
+    read_synthetic_meta,
+    write_synthetic_vqahat,
+)
 from xattr.data.vqahat import VQAHATDataset
 
 # write_synthetic_vqahat's file-writing options (keyword-only) and their defaults, read off its
@@ -37,8 +41,9 @@ def synthetic_dataset(
 ) -> VQAHATDataset:
     """The synthetic grounding set in VQA-HAT layout under ``root``, generated if absent.
 
-    ``relational``: the share of relational questions ("What color is the shape left of
-    the circle?"; `xattr.data.synthetic_relations.with_relations`).
+    ``relational``: the share of relational and counting questions ("What color is the
+    shape left of the circle?", "How many circles are there?";
+    `xattr.data.synthetic_relations.with_relations`).
 
     The files are rewritten when the recorded generator or writer parameters differ from
     the requested ones (compared after normalisation, so ``colors: [red, blue]`` matches
@@ -49,7 +54,7 @@ def synthetic_dataset(
     sidecar = root / f"synthetic_{split}_meta.json"
     writer = {k: generator.get(k, v) for k, v in WRITER_DEFAULTS.items()}
     params = {k: v for k, v in generator.items() if k not in WRITER_DEFAULTS}
-    wanted = {"n": n, "seed": seed, "relational": relational, **asdict(synthetic_config(**params))}
+    wanted = generator_record(n, seed, relational, synthetic_config(**params))
     if not _matches(sidecar, wanted, writer):
         write_synthetic_vqahat(
             root, n=n, seed=seed, split=split, relational=relational, **generator
@@ -59,6 +64,7 @@ def synthetic_dataset(
         split=split,
         mask_threshold=mask_threshold,
         limit=limit,
+        answer_types=("other", "number"),  # its counting questions are "number" (VQA's rule)
         extra_meta=read_synthetic_meta(root, split),
         label="synthetic (VQA-HAT layout)",
     )

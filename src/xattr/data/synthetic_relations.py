@@ -10,6 +10,10 @@ centre distance) is nearer than `NEAREST_MARGIN` times the next one. ``mask`` is
 object's exact mask; ``meta["anchor"]`` indexes the anchor in ``meta["objects"]``
 (`synthetic.object_mask(sample, meta["anchor"])` re-renders its mask, kept apart), and
 ``meta["queried"]`` the answer object. Sample ``i`` of seed ``s`` depends only on ``(s, i)``.
+
+`COMPOSITE` adds counting ("How many circles are there?", `xattr.data.synthetic_counting`) to
+the relations: the questions that need more than one object found, which `with_relations`
+mixes into today's.
 """
 
 from __future__ import annotations
@@ -29,11 +33,14 @@ from xattr.data.synthetic import (
     make_sample,
     synthetic_config,
 )
+from xattr.data.synthetic_counting import COUNT_QUESTION, make_counting_sample
 
 RELATIONS: dict[str, str] = {
     "left_color": "What color is the shape left of the {shape}?",  # answer: a colour
     "next_shape": "What shape is next to the {color} one?",  # answer: a shape
 }
+# Every question that needs more than one object found: the relations and counting.
+COMPOSITE: dict[str, str] = {**RELATIONS, "count": COUNT_QUESTION}
 NEAREST_MARGIN = (
     0.75  # "next to": the nearest object at most this fraction of the next one's distance
 )
@@ -104,17 +111,27 @@ def make_relational_sample(cfg: SyntheticConfig, seed: int, index: int, kind: st
     )  # fmt: skip
 
 
+def make_composite_sample(cfg: SyntheticConfig, seed: int, index: int, kind: str) -> Sample:
+    """Sample ``index`` of ``seed`` for question kind ``kind`` (`COMPOSITE`)."""
+    if kind == "count":
+        return make_counting_sample(cfg, seed, index)
+    if kind not in COMPOSITE:
+        raise ValueError(f"unknown question kind {kind!r}; known: {', '.join(COMPOSITE)}")
+    return make_relational_sample(cfg, seed, index, kind)
+
+
 def with_relations(cfg: SyntheticConfig, n: int, seed: int, share: float) -> list[Sample]:
-    """Samples ``0..n-1`` of ``seed``: each relational (kind drawn uniformly) with probability
-    ``share``, else today's `synthetic.make_sample`; one sample per index, so ids stay unique."""
+    """Samples ``0..n-1`` of ``seed``: each a composite question (`COMPOSITE`, kind drawn
+    uniformly) with probability ``share``, else today's `synthetic.make_sample`; one sample
+    per index, so ids stay unique."""
     if not 0.0 <= share <= 1.0:
         raise ValueError(f"relational share must lie in [0, 1], got {share}")
     out = []
     for i in range(n):
         rng = np.random.default_rng([seed, i, RELATION_STREAM, 1])
         if share and rng.random() < share:
-            kind = tuple(RELATIONS)[int(rng.integers(len(RELATIONS)))]
-            out.append(make_relational_sample(cfg, seed, i, kind))
+            kind = tuple(COMPOSITE)[int(rng.integers(len(COMPOSITE)))]
+            out.append(make_composite_sample(cfg, seed, i, kind))
         else:
             out.append(make_sample(cfg, seed, i))
     return out
@@ -123,11 +140,11 @@ def with_relations(cfg: SyntheticConfig, n: int, seed: int, share: float) -> lis
 def generate_relational(
     n: int, seed: int, kinds: tuple[str, ...] = tuple(RELATIONS), **generator: Any
 ) -> list[Sample]:
-    """``n`` deterministic relational samples, the relation of each drawn from ``kinds``
-    (``generator``: `synthetic.generate_synthetic`'s knobs)."""
+    """``n`` deterministic samples, the kind of each drawn from ``kinds`` (`COMPOSITE`: the
+    relations, "count"; ``generator``: `synthetic.generate_synthetic`'s knobs)."""
     cfg = synthetic_config(**generator)
     out = []
     for i in range(n):
         kind = kinds[int(np.random.default_rng([seed, i, RELATION_STREAM, 0]).integers(len(kinds)))]
-        out.append(make_relational_sample(cfg, seed, i, kind))
+        out.append(make_composite_sample(cfg, seed, i, kind))
     return out

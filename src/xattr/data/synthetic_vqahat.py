@@ -1,7 +1,7 @@
 """The synthetic grounding set on disk: written in the VQA-HAT layout, its generator record read back.
 
 ``write_synthetic_vqahat`` draws today's questions (`xattr.data.synthetic`) mixed with a
-share of relational ones (`xattr.data.synthetic_relations`) and writes them with
+share of relational and counting ones (`xattr.data.synthetic_relations`) and writes them with
 `xattr.data.vqahat_writer.write_vqahat`, plus a sidecar recording the generator's
 parameters and each question's objects; ``read_synthetic_meta`` reads the objects back.
 """
@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from xattr.data.sample import Sample
-from xattr.data.synthetic import synthetic_config
-from xattr.data.synthetic_relations import with_relations
+from xattr.data.synthetic import SyntheticConfig, synthetic_config
+from xattr.data.synthetic_relations import COMPOSITE, with_relations
 from xattr.data.vqahat_writer import write_vqahat
 
 
@@ -33,8 +33,9 @@ def write_synthetic_vqahat(
 ) -> list[Sample]:
     """Generate ``n`` samples and write them under ``root`` in the VQA-HAT layout (SPEC §8).
 
-    ``relational`` is the share of relational questions
-    (`xattr.data.synthetic_relations.with_relations`; their mask is the answer object's).
+    ``relational`` is the share of relational and counting questions
+    (`xattr.data.synthetic_relations.with_relations`; their mask is the answer object's, or
+    the counted objects').
 
     The split's earlier maps and images are deleted first (``write_vqahat(clean=True)``).
     Besides the VQA-HAT files, ``synthetic_{split}_meta.json`` records the generator
@@ -53,12 +54,19 @@ def write_synthetic_vqahat(
         clean=True,
     )
     sidecar = {
-        "generator": {"n": n, "seed": seed, "relational": relational, **asdict(cfg)},
+        "generator": generator_record(n, seed, relational, cfg),
         "writer": {"n_maps": n_maps, "map_jitter": map_jitter, "jpeg_quality": jpeg_quality},
         "questions": {s.sample_id: s.meta for s in samples},
     }
     (root / f"synthetic_{split}_meta.json").write_text(json.dumps(sidecar))
     return samples
+
+
+def generator_record(n: int, seed: int, relational: float, cfg: SyntheticConfig) -> dict[str, Any]:
+    """How a written set was drawn, as its sidecar records it (a set is reused only on a match):
+    the question kinds mixed in (`COMPOSITE`) included, so a new kind rewrites an old set."""
+    return {"n": n, "seed": seed, "relational": relational, "composite": list(COMPOSITE),
+            **asdict(cfg)}  # fmt: skip
 
 
 def read_synthetic_meta(root: str | Path, split: str = "val") -> dict[str, dict[str, Any]]:
