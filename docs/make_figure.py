@@ -1,6 +1,6 @@
 """Compose the README figure from a finished run: image, queried-object mask, method overlays.
 
-python docs/make_figure.py RUN_DIR docs/default_run.png --samples 3 --methods glimpse tmme rollout
+python docs/make_figure.py RUN_DIR docs/default_run.png --samples 4 --methods glimpse tmme rollout
 (default methods: DEFAULT_METHODS, the five of the shipped figure)
 """
 
@@ -32,30 +32,35 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run_dir", type=Path)
     ap.add_argument("out", type=Path)
-    ap.add_argument("--samples", type=int, default=3)
+    ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS))
     args = ap.parse_args()
     cfg = OmegaConf.load(args.run_dir / "config.yaml")
     data = OmegaConf.to_container(cfg.data.dataset, resolve=True)
     data.pop("_target_", None)
     dataset = synthetic_dataset(**data)
-    # Among the samples with every overlay saved: the first of today's questions, and the
-    # first relational one as the last row (when the set has any).
+    # Among the samples with every overlay saved: the first of today's questions, then the
+    # first relational and the first counting one as the last rows (when the set has any).
     saved = [
         i for i in range(len(dataset))
         if all((args.run_dir / "overlays" / f"{dataset[i].sample_id}_{m}.png").exists()
                for m in args.methods)
     ]  # fmt: skip
-    relational = [i for i in saved if dataset[i].meta.get("question_kind") in RELATIONS]
-    plain = [i for i in saved if i not in relational]
-    rows_of = plain[: args.samples - min(1, len(relational))] + relational[:1]
+    kind = lambda i: dataset[i].meta.get("question_kind", "color")  # noqa: E731
+    composite = [
+        found[0]
+        for found in ([i for i in saved if kind(i) in RELATIONS], [i for i in saved if kind(i) == "count"])
+        if found
+    ][: args.samples]  # fmt: skip
+    plain = [i for i in saved if kind(i) == "color"]
+    rows_of = plain[: args.samples - len(composite)] + composite
     rows = []
     for i in rows_of:
         sample = dataset[i]
         mask = Image.fromarray((np.asarray(sample.mask) * 255).astype(np.uint8))
         tiles = [
             _tile(sample.load_image(), "..." + sample.question[-17:]),
-            _tile(mask, "answer's object"),
+            _tile(mask, "answer's object(s)"),
         ]
         for m in args.methods:
             path = args.run_dir / "overlays" / f"{sample.sample_id}_{m}.png"

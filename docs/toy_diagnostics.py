@@ -1,12 +1,13 @@
 """Where the toy models ground, layer by layer, and where each method's peak lies: docs/toy.md's numbers.
 
-Per language-model layer ``k`` and per question kind (today's "What color is the circle?"
-and the relational ones), on the default run's held-out samples:
+Per language-model layer ``k`` and per question group (today's "What color is the circle?",
+the relational ones and counting), on the default run's held-out samples:
 
 * raw attention restricted to layer ``k`` (the answer row, heads averaged: the
   ``raw_attention`` method's layer maps) -- NSS on the cells of the object the answer is
-  about, its share of the row's visual attention, and the mean share on each *other*
-  object (on relational questions the anchor's share too);
+  about (on counting questions: every counted object), its share of the row's visual
+  attention, and the mean share on each *other* object (on relational questions the
+  anchor's share too);
 * GLIMPSE restricted to layer ``k`` (``layers=[k]``, its documented defaults otherwise) --
   NSS, so the gradient-weighted map is read at the same depth; and, for the first answer
   token, the share of ``A * G+`` (attention times its positive gradient, heads summed) on
@@ -54,6 +55,16 @@ def default_run_data() -> Any:
     )
 
 
+def group_of(kind: str) -> str:
+    """The question group a sample's kind belongs to: "color", "relational" or "count"."""
+    return kind if kind in ("color", "count") else "relational"
+
+
+def answer_objects(meta: dict) -> list[int]:
+    """The objects the answer is about: the counted ones, or the one queried."""
+    return list(meta.get("counted", [meta["queried"]]))
+
+
 def cells(meta: dict, index: int, grid: tuple[int, int]) -> np.ndarray:
     """Cells of object ``index`` (`xattr.toy.layer_profile.object_cells`): [h*w] bool."""
     cover = resize_area(object_mask(meta, index).astype(np.float64), grid).flatten()
@@ -67,7 +78,7 @@ def nss(weights: np.ndarray, on: np.ndarray) -> float:
 
 
 def profile(family: str, n: int) -> dict[str, dict[str, np.ndarray]]:
-    """Per question group ("color", "relational"): per-layer arrays [n_samples, L]; plus peaks."""
+    """Per question group (`group_of`): per-layer arrays [n_samples, L]; plus peaks."""
     torch.set_num_threads(1)
     data = default_run_data()
     adapter = xattr.models.load(family, xattr.toy.checkpoint(family))
@@ -82,20 +93,22 @@ def profile(family: str, n: int) -> dict[str, dict[str, np.ndarray]]:
     for i in range(min(n, len(data))):
         sample = data[i]
         meta = sample.meta
-        group = "color" if meta.get("question_kind", "color") == "color" else "relational"
+        group = group_of(meta.get("question_kind", "color"))
         keys = ("nss", "share", "share_other", "share_anchor", "glimpse_nss", "share_AxG+",
                 "positive_grad_object", "positive_grad_visual")  # fmt: skip
         row = out.setdefault(group, {k: [] for k in keys})
         trace = adapter.trace(sample.load_image(), sample.question, None, gradients=True)
         grid = trace.grid
         objects = [cells(meta, k, grid) for k in range(len(meta["objects"]))]
-        on, target = objects[meta["queried"]], meta["queried"]
+        targets = answer_objects(meta)
+        on = np.any([objects[k] for k in targets], axis=0)
         layer_maps = raw.explain(trace).layer_maps.float().flatten(1).numpy()  # [L, h*w]
         shares = layer_maps / layer_maps.sum(1, keepdims=True)
         row["nss"].append([nss(m, on) for m in layer_maps])
         row["share"].append(shares[:, on].sum(1))
-        others = [objects[k] for k in range(len(objects)) if k != target]
-        row["share_other"].append(np.mean([shares[:, o].sum(1) for o in others], axis=0))
+        others = [objects[k] for k in range(len(objects)) if k not in targets]
+        row["share_other"].append(np.mean([shares[:, o].sum(1) for o in others], axis=0)
+                                  if others else np.full(len(shares), np.nan))  # fmt: skip
         anchor = meta.get("anchor")
         row["share_anchor"].append(shares[:, objects[anchor]].sum(1) if anchor is not None
                                    else np.full(len(shares), np.nan))  # fmt: skip
@@ -124,7 +137,7 @@ def profile(family: str, n: int) -> dict[str, dict[str, np.ndarray]]:
                 "background"
                 if not where
                 else "answer's object"
-                if target in where
+                if set(targets) & set(where)
                 else "other object"
             )
             peaks[name][key] += 1
@@ -189,7 +202,7 @@ def by_kind(run_dir: Path) -> None:
     kinds = {s.sample_id: s.meta.get("question_kind", "color") for s in default_run_data()}
     table: dict[tuple[str, str], list[dict]] = {}
     for row in load_rows(run_dir):
-        group = "color" if kinds[str(row["sample_id"])] == "color" else "relational"
+        group = group_of(kinds[str(row["sample_id"])])
         table.setdefault((row["method"], group), []).append(row)
     print("method | questions | n | nss | pointing_game | correct")
     for (method, group), rows in table.items():

@@ -11,7 +11,15 @@ from xattr.toy import SHIPPED
 from xattr.toy.layer_profile import row_profile
 from xattr.toy.model import build_toy, fast_vision, grow_toy
 from xattr.toy.recipe import FAMILY_SIZES, Recipe, Stage, answer_tokens
-from xattr.toy.task import COLORS, KINDS, TaskMix, chat_messages, draw_samples, make_batch
+from xattr.toy.task import (
+    COLORS,
+    KINDS,
+    VOCABULARIES,
+    TaskMix,
+    chat_messages,
+    draw_samples,
+    make_batch,
+)
 from xattr.toy.train import train
 
 FAMILIES = SHIPPED  # the families with a trained toy checkpoint
@@ -191,6 +199,20 @@ def test_relational_batches_name_the_anchor_and_answer_the_target(kind):
     assert drawn == {"color", kind}
     with pytest.raises(ValueError, match="one question kind"):
         make_batch(items[:2] + draw_samples(mix, 5, 0, 2, kind="color"), grid=7)
+
+
+def test_counting_batches_answer_the_number_of_objects_of_the_asked_shape():
+    """A counting batch: the word is the asked shape, the answer its count's word, no single target."""
+    items = draw_samples(TaskMix(kinds=("count",)), 5, 0, 24, kind="count")
+    batch = make_batch(items, grid=7)
+    assert batch.kind == "count" and (batch.target == -1).all()
+    for j, it in enumerate(items):
+        shapes = [o["shape"] for o in it.sample.meta["objects"]]
+        asked = SHAPES[int(batch.word[j])]
+        assert it.sample.question == f"How many {asked}s are there?"
+        assert VOCABULARIES["count"][int(batch.answer[j])] == it.sample.answer
+        assert int(batch.answer[j]) + 1 == shapes.count(asked)
+    assert set(batch.answer.tolist()) == {0, 1, 2}
 
 
 def test_row_profile_against_hand_computed_values():

@@ -8,7 +8,8 @@ circle?", the default benchmark: 112 px, 3 objects) three ways:
   (1 / number of colours), since the answer is nowhere else in the image;
 * ``other_blurred`` -- another object (seeded choice) blurred out instead: should stay high;
 * ``relational`` -- accuracy on each relational question ("What color is the shape left of
-  the circle?", "What shape is next to the red one?"), clean images.
+  the circle?", "What shape is next to the red one?") and on counting ("How many circles
+  are there?"), clean images.
 
 "Blurred out" has two modes: ``"fill"`` paints the object's bounding box with the background
 colour (the object is gone), ``"blur"`` pastes a strongly Gaussian-blurred copy of the image
@@ -115,7 +116,8 @@ def grounding_report(
     ``model`` is a model adapter, a checkpoint directory or a shipped family name. Returns
     ``{"n", "seed", "chance", "accuracy", "<mode>": {"queried_blurred", "other_blurred"}, ...}``
     plus the flat keys ``queried_blurred`` / ``other_blurred`` of the first mode, and with
-    ``relational`` the accuracy on each relational question kind (`relational_accuracy`).
+    ``relational`` the accuracy on each relational and counting question kind
+    (`relational_accuracy`).
     """
     adapter = _load(model, family)
     samples = generate_synthetic(n, seed, image_size=image_size, n_objects=n_objects)
@@ -179,16 +181,18 @@ def grounding_report(
 
 
 def relational_accuracy(adapter: Any, n: int, seed: int, batch_size: int = 50) -> dict[str, Any]:
-    """Greedy answers to ``n`` held-out relational questions per relation, clean images.
+    """Greedy answers to ``n`` held-out questions of each composite kind (the relations and
+    counting, `synthetic_relations.COMPOSITE`), clean images.
 
     Returns ``{kind: accuracy, ..., "chance": {kind: ...}}``; chance is one over the answer
-    vocabulary (`xattr.toy.task.KINDS`: colours for "left_color", shapes for "next_shape").
+    vocabulary (`xattr.toy.task.KINDS`: colours for "left_color", shapes for "next_shape",
+    numbers for "count").
     """
-    from xattr.data.synthetic_relations import RELATIONS, generate_relational
+    from xattr.data.synthetic_relations import COMPOSITE, generate_relational
     from xattr.toy.task import KINDS, VOCABULARIES
 
     out: dict[str, Any] = {"chance": {}}
-    for kind in RELATIONS:
+    for kind in COMPOSITE:
         samples = generate_relational(n, seed, kinds=(kind,))
         preds: list[str] = []
         for i in range(0, n, batch_size):

@@ -20,8 +20,8 @@ vocabulary of the hand-off: each 16 px grid cell's *oracle* token is
    identity of the residual stream and train from here on), then ``lm(vision)`` again.
 5. ``joint`` -- everything at a low learning rate, the alignment loss kept as an auxiliary.
 
-Every stage draws "What color is the circle?" and the two relational questions (`TASK_MIX`,
-one kind per batch). Why grow: a 12-layer model trained from scratch on this task grounds
+Every stage draws "What color is the circle?", the two relational questions and counting
+(`TASK_MIX`, one kind per batch). Why grow: a 12-layer model trained from scratch on this task grounds
 in its first layers (docs/toy.md measures it); real LVLMs graft vision onto a language model
 whose early layers are already busy, and ground in their middle layers.
 """
@@ -56,8 +56,11 @@ FAMILY_SIZES: dict[str, dict[str, Any]] = {
     ),
 }  # fmt: skip
 TEXT_LAYERS = 12  # the shipped language models' depth, grown from FAMILY_SIZES' text_layers
-# The questions: today's "What color is the circle?" and the two relations (one batch, one kind).
-TASK_MIX = TaskMix(kinds=("color", "left_color", "next_shape"), kind_weights=(0.6, 0.2, 0.2))
+# The questions: today's "What color is the circle?", the two relations and counting (one
+# batch, one kind).
+TASK_MIX = TaskMix(
+    kinds=("color", "left_color", "next_shape", "count"), kind_weights=(0.6, 0.1, 0.1, 0.2)
+)
 EVAL_MIX = replace(CLEAN_3, kinds=TASK_MIX.kinds, kind_weights=TASK_MIX.kind_weights)
 
 
@@ -173,7 +176,7 @@ def default_recipe(
     core = min(sizes["text_layers"], text_layers)
     sizes["text_layers"] = core
     stages = [
-        Stage("lm", steps=s(800), lr=1e-3, warmup=s(50), hold=0.6, shape_probe=1.0,
+        Stage("lm", steps=s(1000), lr=1e-3, warmup=s(50), hold=0.6, shape_probe=1.0,
               source="oracle", mix=TASK_MIX.answerable()),
         Stage("align", steps=s(700), lr=2e-3, warmup=s(30), hold=0.5, cell_probe=1.0),
         Stage("lm", steps=s(400), lr=1e-3, warmup=s(30), hold=0.3, shape_probe=1.0),

@@ -1,10 +1,12 @@
 """The toy LVLMs' training task: seeded streams of synthetic grounding questions as arrays.
 
-Three kinds of question (`KINDS`): ``"color"`` -- "What color is the circle?" (the default
+Four kinds of question (`KINDS`): ``"color"`` -- "What color is the circle?" (the default
 benchmark, ``xattr.data.synthetic.generate_synthetic``: 112 px, 3 objects, 3 shapes,
-4 colours) -- and two relations that need one object found before another is read
+4 colours) -- two relations that need one object found before another is read
 (``xattr.data.synthetic_relations``): ``"left_color"`` -- "What color is the shape left of
-the circle?" -- and ``"next_shape"`` -- "What shape is next to the red one?". A batch holds
+the circle?" -- and ``"next_shape"`` -- "What shape is next to the red one?" -- and
+``"count"`` -- "How many circles are there?" (``xattr.data.synthetic_counting``: every
+object of the shape found, the answer "one".."three"). A batch holds
 one kind (its prompts then share one length); the kind of each batch is drawn from the
 mix's weights. ``"color"`` batches mix 3- and 2-object images, questions about a shape that
 is not in the image, and images with the asked object or another one Gaussian-blurred out
@@ -24,7 +26,8 @@ from PIL import ImageFilter
 from torch import Tensor
 
 from xattr.data.synthetic import PALETTE, SHAPES, SyntheticConfig, make_sample, render_mask
-from xattr.data.synthetic_relations import RELATIONS, make_relational_sample
+from xattr.data.synthetic_counting import COUNT_QUESTION, NUMBERS
+from xattr.data.synthetic_relations import RELATIONS, make_composite_sample
 
 # Seeds of the training stream live far from small evaluation seeds (held-out sets use
 # seeds < TRAIN_SEED_BASE; see xattr.toy.evaluate).
@@ -32,7 +35,7 @@ TRAIN_SEED_BASE = 1_000_003
 QUESTION = "What color is the {shape}?"
 BACKGROUND_WORD = "background"  # the word whose embedding is an empty cell's oracle token
 COLORS: tuple[str, ...] = tuple(PALETTE)
-VOCABULARIES: dict[str, tuple[str, ...]] = {"shape": SHAPES, "color": COLORS}
+VOCABULARIES: dict[str, tuple[str, ...]] = {"shape": SHAPES, "color": COLORS, "count": NUMBERS}
 
 
 @dataclass(frozen=True)
@@ -41,7 +44,7 @@ class Kind:
 
     template: str  # with one field named after ``word``: {shape} or {color}
     word: str  # "shape" | "color"
-    answer: str  # "shape" | "color"
+    answer: str  # "shape" | "color" | "count" (`VOCABULARIES`)
 
     def question(self, word: str) -> str:
         """The question naming ``word``."""
@@ -52,6 +55,7 @@ KINDS: dict[str, Kind] = {
     "color": Kind(QUESTION, "shape", "color"),
     "left_color": Kind(RELATIONS["left_color"], "shape", "color"),
     "next_shape": Kind(RELATIONS["next_shape"], "color", "shape"),
+    "count": Kind(COUNT_QUESTION, "shape", "count"),
 }
 
 
@@ -108,7 +112,7 @@ class Batch:
     cover: Tensor  # [B, K, G] fraction of each grid cell covered by object k (0 for no object)
     obj_shape: Tensor  # [B, K] index into SHAPES (0 where no object)
     obj_color: Tensor  # [B, K] index into COLORS
-    target: Tensor  # [B] the object the answer is about (index into K), -1 when none
+    target: Tensor  # [B] the object the answer is about (index into K), -1 when none or several
     kind: str = "color"  # the question kind of every row (KINDS)
 
 
@@ -156,8 +160,9 @@ def draw_samples(
         word = KINDS[kind].word
         out = []
         for i in range(start, start + n):
-            s = make_relational_sample(cfgs[3], seed, i, kind)
-            out.append(Item(s, s.meta["objects"][s.meta["anchor"]][word], s.image, kind=kind))
+            s = make_composite_sample(cfgs[3], seed, i, kind)
+            named = s.meta["objects"][s.meta.get("anchor", s.meta["queried"])][word]
+            out.append(Item(s, named, s.image, kind=kind))
         return out
     out = []
     for i in range(start, start + n):
@@ -215,7 +220,9 @@ def make_batch(items: Sequence[Item], grid: int, max_objects: int = 3) -> Batch:
             cover[j, k] = cell_cover(render_mask(o["shape"], o["box"], hw), grid)
             if name == "color" and o["shape"] == it.asked:
                 target[j] = k
-        if name != "color":
+        if name == "count":  # about every object of the asked shape: no single target
+            answer[j] = answers.index(it.sample.answer)
+        elif name != "color":
             target[j] = meta["queried"]
         if target[j] >= 0:
             answer[j] = answers.index(meta["objects"][target[j]][kind.answer])
