@@ -15,7 +15,8 @@ the relational ones and counting), on the default run's held-out samples:
   visual cells;
 * where each method's peak cell lies (the answer's object, another object, background);
 * with ``--run DIR`` (a finished default run), each method's mean NSS, pointing game and
-  answer accuracy split by question kind.
+  answer accuracy split by question kind (and the median deletion AUC: its mean is
+  dominated by the few answers whose likelihood rises many-fold as cells are removed).
 
 Cells belong to an object when it covers at least 30% of them (`xattr.toy.layer_profile`).
 The profile is plotted to ``docs/toy_profile.png`` (one panel per model, the middle half
@@ -45,6 +46,7 @@ DATA = OmegaConf.load(HERE.parent / "conf" / "data" / "synthetic.yaml").dataset
 ROOT = f"data/synthetic_val_seed{DATA.seed}"  # where `python train_free_eval.py` writes them
 PEAK_METHODS = ("glimpse", "tmme", "rollout", "raw_attention", "gradcam")
 PLOT = HERE / "toy_profile.png"
+GROUP_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red")  # a colour per question group
 
 
 def default_run_data() -> Any:
@@ -175,21 +177,22 @@ def plot(results: dict[str, dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(results), figsize=(5.2 * len(results), 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(results), figsize=(5.6 * len(results), 4.4), squeeze=False)
     for ax, (family, result) in zip(axes[0], results.items()):
         n_layers = next(iter(v for k, v in result.items() if k != "peaks"))["nss"].shape[1]
         ax.axvspan(n_layers / 4 - 0.5, 3 * n_layers / 4 - 0.5, color="0.92", label="middle half")
-        for group, rows in result.items():
+        for color, (group, rows) in zip(GROUP_COLORS, result.items()):
             if group == "peaks":
                 continue
-            ax.plot(np.nanmean(rows["nss"], 0), marker="o", label=f"raw attention, {group}")
-            ax.plot(np.nanmean(rows["glimpse_nss"], 0), marker="x", ls="--",
+            ax.plot(np.nanmean(rows["nss"], 0), marker="o", color=color,
+                    label=f"raw attention, {group}")  # fmt: skip
+            ax.plot(np.nanmean(rows["glimpse_nss"], 0), marker="x", ls="--", color=color,
                     label=f"GLIMPSE at layer k, {group}")  # fmt: skip
         ax.axhline(0, color="0.5", lw=0.8)
         ax.set_title(f"{family} toy: NSS of layer k alone")
         ax.set_xlabel("language-model layer k")
         ax.set_ylabel("NSS on the answer's object")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=6.5, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.2))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     print(path)
@@ -204,14 +207,15 @@ def by_kind(run_dir: Path) -> None:
     for row in load_rows(run_dir):
         group = group_of(kinds[str(row["sample_id"])])
         table.setdefault((row["method"], group), []).append(row)
-    print("method | questions | n | nss | pointing_game | correct")
+    print("method | questions | n | nss | pointing_game | correct | deletion_auc median")
     for (method, group), rows in table.items():
         mean = {
             k: np.nanmean([r.get(k, np.nan) for r in rows])
             for k in ("nss", "pointing_game", "correct")
         }
+        deletion = np.nanmedian([r.get("deletion_auc", np.nan) for r in rows])
         print(
-            f"{method} | {group} | {len(rows)} | {mean['nss']:.3f} | {mean['pointing_game']:.3f} | {mean['correct']:.3f}"
+            f"{method} | {group} | {len(rows)} | {mean['nss']:.3f} | {mean['pointing_game']:.3f} | {mean['correct']:.3f} | {deletion:.3f}"
         )
 
 
