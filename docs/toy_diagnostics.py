@@ -6,8 +6,8 @@ the relational ones and counting), on the default run's held-out samples:
 * raw attention restricted to layer ``k`` (the answer row, heads averaged: the
   ``raw_attention`` method's layer maps) -- NSS on the cells of the object the answer is
   about (on counting questions: every counted object), its share of the row's visual
-  attention, and the mean share on each *other* object (on relational questions the
-  anchor's share too);
+  attention (on counting questions also per counted object), and the mean share on each
+  *other* object (on relational questions the anchor's share too);
 * GLIMPSE restricted to layer ``k`` (``layers=[k]``, its documented defaults otherwise) --
   NSS, so the gradient-weighted map is read at the same depth; and, for the first answer
   token, the share of ``A * G+`` (attention times its positive gradient, heads summed) on
@@ -96,8 +96,8 @@ def profile(family: str, n: int) -> dict[str, dict[str, np.ndarray]]:
         sample = data[i]
         meta = sample.meta
         group = group_of(meta.get("question_kind", "color"))
-        keys = ("nss", "share", "share_other", "share_anchor", "glimpse_nss", "share_AxG+",
-                "positive_grad_object", "positive_grad_visual")  # fmt: skip
+        keys = ("nss", "share", "share_each", "share_other", "share_anchor", "glimpse_nss",
+                "share_AxG+", "positive_grad_object", "positive_grad_visual")  # fmt: skip
         row = out.setdefault(group, {k: [] for k in keys})
         trace = adapter.trace(sample.load_image(), sample.question, None, gradients=True)
         grid = trace.grid
@@ -108,6 +108,9 @@ def profile(family: str, n: int) -> dict[str, dict[str, np.ndarray]]:
         shares = layer_maps / layer_maps.sum(1, keepdims=True)
         row["nss"].append([nss(m, on) for m in layer_maps])
         row["share"].append(shares[:, on].sum(1))
+        # per answer object: set apart from ``share`` on counting questions only
+        row["share_each"].append(np.mean([shares[:, objects[k]].sum(1) for k in targets], axis=0)
+                                 if "counted" in meta else np.full(len(shares), np.nan))  # fmt: skip
         others = [objects[k] for k in range(len(objects)) if k not in targets]
         row["share_other"].append(np.mean([shares[:, o].sum(1) for o in others], axis=0)
                                   if others else np.full(len(shares), np.nan))  # fmt: skip

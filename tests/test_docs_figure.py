@@ -18,12 +18,12 @@ SHIPPED_METHODS = ["glimpse", "tmme", "rollout", "raw_attention", "dexar"]
 
 
 def test_default_methods_give_the_shipped_figure_size(tmp_path):
-    data = {"root": str(tmp_path / "data"), "n": 3, "seed": 12345, "split": "val"}
+    data = {"root": str(tmp_path / "data"), "n": 4, "seed": 12345, "split": "val"}
     dataset = synthetic_dataset(**data)
     run = tmp_path / "run"
     (run / "overlays").mkdir(parents=True)
     OmegaConf.save({"data": {"dataset": data}}, run / "config.yaml")
-    for i in range(3):
+    for i in range(4):  # the shipped figure's four rows
         for method in SHIPPED_METHODS:  # a run that saved exactly the shipped methods' overlays
             Image.new("RGB", (112, 112)).save(
                 run / "overlays" / f"{dataset[i].sample_id}_{method}.png"
