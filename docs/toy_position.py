@@ -45,8 +45,11 @@ def position_tokens(toy: ToyLVLM) -> Tensor:
     return (rows[:, None, :] + cols[None, :, :]).reshape(toy.grid**2, -1)
 
 
-def run(family: str, weight: float, scale: float = 1.0, seed: int = 0) -> dict[str, Any]:
-    """Train the core with position-weighted oracle tokens; held-out accuracy per stage."""
+def run(
+    family: str, weight: float, scale: float = 1.0, seed: int = 0, eval_n: int = 256
+) -> dict[str, Any]:
+    """Train the core with position-weighted oracle tokens; held-out accuracy per stage
+    (``eval_n`` questions of each kind)."""
     plain = ToyLVLM.oracle_tokens
 
     def with_position(self: ToyLVLM, batch: Batch) -> Tensor:
@@ -56,6 +59,7 @@ def run(family: str, weight: float, scale: float = 1.0, seed: int = 0) -> dict[s
     recipe = toy_recipe.default_recipe(family, seed=seed, scale=scale, text_layers=4)
     recipe.mix, recipe.eval_mix = mix, replace(recipe.eval_mix, kinds=KINDS, kind_weights=WEIGHTS)
     recipe.stages = [s for s in recipe.stages if s.name != "joint"]
+    recipe.eval_n = eval_n
     recipe.stages[0].mix = mix.answerable()
     ToyLVLM.oracle_tokens = with_position  # type: ignore[method-assign]
     try:

@@ -30,7 +30,7 @@ def test_position_tokens_are_row_plus_column_word_embeddings():
 
 def test_a_short_run_reports_every_stage_and_restores_the_oracle():
     plain = ToyLVLM.oracle_tokens
-    out = toy_position.run("qwen2_5_vl", weight=0.25, scale=0.004)
+    out = toy_position.run("qwen2_5_vl", weight=0.25, scale=0.004, eval_n=16)
     assert ToyLVLM.oracle_tokens is plain
     assert list(out) == ["lm(oracle)", "align", "lm(vision)", "seconds"]
     for stage in ("lm(oracle)", "align", "lm(vision)"):
