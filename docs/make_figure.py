@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 from PIL import Image, ImageDraw
+from toy_diagnostics import group_of  # docs/toy_diagnostics.py, next to this script
 
 from xattr.data.cached import synthetic_dataset
-from xattr.data.synthetic_relations import RELATIONS
 
 CELL = 112
 # the methods of the shipped docs/default_run.png, left to right after image and mask
@@ -46,14 +46,11 @@ def main() -> None:
         if all((args.run_dir / "overlays" / f"{dataset[i].sample_id}_{m}.png").exists()
                for m in args.methods)
     ]  # fmt: skip
-    kind = lambda i: dataset[i].meta.get("question_kind", "color")  # noqa: E731
-    composite = [
-        found[0]
-        for found in ([i for i in saved if kind(i) in RELATIONS], [i for i in saved if kind(i) == "count"])
-        if found
-    ][: args.samples]  # fmt: skip
-    plain = [i for i in saved if kind(i) == "color"]
-    rows_of = plain[: args.samples - len(composite)] + composite
+    groups: dict[str, list[int]] = {}  # question group (`toy_diagnostics.group_of`) -> indices
+    for i in saved:
+        groups.setdefault(group_of(dataset[i].meta.get("question_kind", "color")), []).append(i)
+    composite = [groups[g][0] for g in ("relational", "count") if g in groups][: args.samples]
+    rows_of = groups.get("color", [])[: args.samples - len(composite)] + composite
     rows = []
     for i in rows_of:
         sample = dataset[i]

@@ -46,6 +46,9 @@ DATA = OmegaConf.load(HERE.parent / "conf" / "data" / "synthetic.yaml").dataset
 ROOT = f"data/synthetic_val_seed{DATA.seed}"  # where `python train_free_eval.py` writes them
 PEAK_METHODS = ("glimpse", "tmme", "rollout", "raw_attention", "gradcam")
 PLOT = HERE / "toy_profile.png"
+# What `profile` records per sample and layer, per question group.
+PROFILE_KEYS = ("nss", "share", "share_each", "share_other", "share_anchor", "glimpse_nss",
+                "share_AxG+", "positive_grad_object", "positive_grad_visual")  # fmt: skip
 GROUP_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red")  # a colour per question group
 
 
@@ -96,9 +99,7 @@ def profile(family: str, n: int) -> dict[str, dict[str, np.ndarray]]:
         sample = data[i]
         meta = sample.meta
         group = group_of(meta.get("question_kind", "color"))
-        keys = ("nss", "share", "share_each", "share_other", "share_anchor", "glimpse_nss",
-                "share_AxG+", "positive_grad_object", "positive_grad_visual")  # fmt: skip
-        row = out.setdefault(group, {k: [] for k in keys})
+        row = out.setdefault(group, {k: [] for k in PROFILE_KEYS})
         trace = adapter.trace(sample.load_image(), sample.question, None, gradients=True)
         grid = trace.grid
         objects = [cells(meta, k, grid) for k in range(len(meta["objects"]))]

@@ -220,12 +220,13 @@ def make_batch(items: Sequence[Item], grid: int, max_objects: int = 3) -> Batch:
             cover[j, k] = cell_cover(render_mask(o["shape"], o["box"], hw), grid)
             if name == "color" and o["shape"] == it.asked:
                 target[j] = k
-        if name == "count":  # about every object of the asked shape: no single target
+        if name == "color":  # answerable when the asked shape is shown (not absent, not blurred)
+            if target[j] >= 0:
+                answer[j] = answers.index(meta["objects"][target[j]][kind.answer])
+        else:  # a composite question: the generator's answer; counting has no single target
             answer[j] = answers.index(it.sample.answer)
-        elif name != "color":
-            target[j] = meta["queried"]
-        if target[j] >= 0:
-            answer[j] = answers.index(meta["objects"][target[j]][kind.answer])
+            if name != "count":
+                target[j] = meta["queried"]
         word[j] = VOCABULARIES[kind.word].index(it.asked)
     return Batch(
         images, torch.from_numpy(word), torch.from_numpy(answer), torch.from_numpy(cover),
